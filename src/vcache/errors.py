@@ -1,0 +1,161 @@
+"""The errors vcache raises.
+
+One root, :class:`VcacheError`. Each branch also subclasses the builtin it means, so a caller's
+existing ``except OSError`` / ``except ValueError`` / ``except TimeoutError`` still catches it::
+
+    VcacheError
+    ├── UsageError(ValueError)             bad arguments (CLI exit 2)
+    ├── HubError(OSError)                  the Hub answered, and the answer is "no" (CLI exit 3)
+    │   ├── RepoNotFound
+    │   ├── RevisionNotFound
+    │   ├── EntryNotFound
+    │   ├── GatedRepo
+    │   ├── AuthError                      401/403 that is not one of the above
+    │   ├── RateLimited                    429 after the retry budget was spent
+    │   └── OfflineError                   HF_HUB_OFFLINE is set and the cache cannot answer
+    ├── TransferError(OSError)             bytes could not be moved (CLI exit 3)
+    │   ├── RetriesExhausted               every attempt failed; ``.reason`` is the last cause
+    │   ├── RemoteChanged                  the remote file changed under a resume (etag/size)
+    │   ├── DiskFull                       ENOSPC / EDQUOT / RLIMIT_FSIZE, or the free-space pre-check
+    │   └── CacheNotWritable               read-only cache or permission denied
+    ├── IntegrityError(ValueError)         bytes arrived, but they are not the publisher's (CLI exit 1)
+    │   └── VerificationFailed             a file failed its checks; carries the findings
+    ├── UnsafePath(ValueError)             a server-supplied path would escape the cache
+    ├── LockTimeout(TimeoutError)          a bounded wait for a lock or lease ran out
+    └── IncompleteSnapshot(OSError)        offline and the cache does not hold the whole snapshot
+
+Every error carries context where it has any (``repo_id``, ``path``, ``url``, ``status``) and its
+message says what happened, to which file, and what to do next. Tokens never appear in messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vcache.report import Finding
+
+
+class VcacheError(Exception):
+    """Root of every error vcache raises."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+        for key, value in context.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(VcacheError, ValueError):
+    """The caller asked for something that cannot be done as asked."""
+
+
+class HubError(VcacheError, OSError):
+    """The Hub (or mirror) refused a request in a way that retrying will not fix."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        VcacheError.__init__(self, message, **context)
+
+
+class RepoNotFound(HubError):
+    """The repository does not exist, is private, or the token cannot see it."""
+
+
+class RevisionNotFound(HubError):
+    """The revision (branch, tag, commit, ``refs/pr/N``) does not exist."""
+
+
+class EntryNotFound(HubError):
+    """The file does not exist at that revision."""
+
+
+class GatedRepo(HubError):
+    """The repository is gated and the token has not been granted access."""
+
+
+class AuthError(HubError):
+    """The server rejected the credentials."""
+
+
+class RateLimited(HubError):
+    """The server kept answering 429 after the retry budget was spent."""
+
+
+class OfflineError(HubError):
+    """Offline mode is on and the cache cannot answer the request."""
+
+
+class TransferError(VcacheError, OSError):
+    """Bytes could not be transferred."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        VcacheError.__init__(self, message, **context)
+
+
+class RetriesExhausted(TransferError):
+    """Every attempt failed; ``reason`` holds the last cause."""
+
+
+class RemoteChanged(TransferError):
+    """The remote file changed while a download was being resumed."""
+
+
+class DiskFull(TransferError):
+    """Not enough space for the download (checked up front, or ENOSPC while writing)."""
+
+
+class CacheNotWritable(TransferError):
+    """The cache directory is read-only or not writable by this user."""
+
+
+class IntegrityError(VcacheError, ValueError):
+    """Bytes arrived but they are not what the publisher published."""
+
+
+class VerificationFailed(IntegrityError):
+    """A file (or snapshot) failed verification; ``findings`` says why."""
+
+    def __init__(self, message: str, findings: Sequence[Finding] = (), **context: Any) -> None:
+        super().__init__(message, **context)
+        self.findings = tuple(findings)
+
+
+class UnsafePath(VcacheError, ValueError):
+    """A path from the server would escape the target directory or is otherwise unsafe."""
+
+
+class LockTimeout(VcacheError, TimeoutError):
+    """A bounded wait for a lock or lease ran out."""
+
+
+class IncompleteSnapshot(VcacheError, OSError):
+    """Offline, and the cache does not hold every file of the snapshot."""
+
+
+__all__ = [
+    "AuthError",
+    "CacheNotWritable",
+    "DiskFull",
+    "EntryNotFound",
+    "GatedRepo",
+    "HubError",
+    "IncompleteSnapshot",
+    "IntegrityError",
+    "LockTimeout",
+    "OfflineError",
+    "RateLimited",
+    "RemoteChanged",
+    "RepoNotFound",
+    "RetriesExhausted",
+    "RevisionNotFound",
+    "TransferError",
+    "UnsafePath",
+    "UsageError",
+    "VcacheError",
+    "VerificationFailed",
+]

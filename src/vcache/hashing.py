@@ -1,0 +1,124 @@
+"""Where bytes are hashed: streaming sha256 (LFS files) and git blob sha1 (regular files).
+
+The Hub names every blob by a digest: the sha256 of the content for LFS files, and the git blob id
+(``sha1(b"blob <size>\\0" + content)``) for regular files. :class:`Digest` is that expected value;
+:class:`StreamHasher` computes the same kind of digest incrementally as bytes are written, so no file is
+read twice. This module never decides what to do about a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Algorithm = Literal["sha256", "gitsha1"]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Digest:
+    """An expected or computed digest: the algorithm and the lowercase hex value."""
+
+    algorithm: Algorithm
+    hexdigest: str
+
+    def __post_init__(self) -> None:
+        pattern = _HEX64 if self.algorithm == "sha256" else _HEX40
+        if not pattern.fullmatch(self.hexdigest):
+            raise ValueError(f"not a {self.algorithm} hex digest: {self.hexdigest!r}")
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse ``"sha256:<hex>"`` / ``"gitsha1:<hex>"``, or a bare 64/40-hex value."""
+        algo, sep, value = text.partition(":")
+        if sep:
+            if algo not in ("sha256", "gitsha1"):
+                raise ValueError(f"unknown digest algorithm {algo!r}")
+            return cls(algo, value.lower())  # type: ignore[arg-type]
+        value = text.lower()
+        return cls("sha256" if len(value) == 64 else "gitsha1", value)
+
+    @classmethod
+    def from_etag(cls, etag: str) -> Digest:
+        """The digest an HF blob name implies: 64 hex is sha256 (LFS), 40 hex is a git blob id."""
+        return cls.parse(etag)
+
+    def hasher(self, size: int) -> StreamHasher:
+        """A fresh streaming hasher of this digest's kind for a file of ``size`` bytes."""
+        return StreamHasher(self.algorithm, size)
+
+
+class StreamHasher:
+    """Incremental digest of one file's bytes, fed in order.
+
+    For git blob ids the ``blob <size>\\0`` prefix needs the final size up front; it is the size the
+    publisher announced, and a file of another size fails the separate size check anyway.
+    """
+
+    __slots__ = ("_h", "algorithm", "fed")
+
+    def __init__(self, algorithm: Algorithm, size: int) -> None:
+        self.algorithm: Algorithm = algorithm
+        self.fed = 0
+        if algorithm == "sha256":
+            self._h: _Hash = hashlib.sha256()
+        else:
+            self._h = hashlib.sha1(usedforsecurity=False)
+            self._h.update(b"blob %d\0" % size)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the next bytes of the file."""
+        self._h.update(data)
+        self.fed += len(data)
+
+    def digest(self) -> Digest:
+        """The digest of everything fed so far."""
+        return Digest(self.algorithm, self._h.hexdigest())
+
+
+HASH_CHUNK = 8 * 1024 * 1024
+
+
+def hash_file(path: str | os.PathLike[str], algorithm: Algorithm, *, size: int | None = None) -> Digest:
+    """Hash a whole file from disk (used for verify ``--deep`` and for resumed prefixes)."""
+    with open(path, "rb", buffering=0) as f:
+        total = os.fstat(f.fileno()).st_size if size is None else size
+        hasher = StreamHasher(algorithm, total)
+        hash_stream_into(f.fileno(), hasher, 0, total)
+    return hasher.digest()
+
+
+def hash_stream_into(fd: int, hasher: StreamHasher, start: int, end: int) -> None:
+    """Feed bytes ``[start, end)`` of an open file descriptor to ``hasher`` (positional reads)."""
+    buf = bytearray(min(HASH_CHUNK, max(end - start, 1)))
+    view = memoryview(buf)
+    pos = start
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if n == 0:
+            raise EOFError(f"file ended at byte {pos}, expected {end}")
+        hasher.update(view[:n])
+        pos += n
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob id of ``data`` (what the Hub uses as ETag for regular files)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def sha256_hex(data: bytes) -> str:
+    """The sha256 hex digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
