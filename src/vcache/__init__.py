@@ -1,0 +1,89 @@
+"""vcache: verified, resumable downloads from the Hugging Face Hub into a standard HF cache.
+
+The public API is re-exported here. Importing vcache never imports torch or transformers: the
+transformers integration is loaded on first use of :func:`from_pretrained` / :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vcache._version import __version__
+from vcache.api import verify
+from vcache.errors import (
+    AuthError,
+    CacheNotWritable,
+    DiskFull,
+    EntryNotFound,
+    GatedRepo,
+    HubError,
+    IncompleteSnapshot,
+    IntegrityError,
+    LockTimeout,
+    OfflineError,
+    RateLimited,
+    RemoteChanged,
+    RepoNotFound,
+    RetriesExhausted,
+    RevisionNotFound,
+    TransferError,
+    UnsafePath,
+    UsageError,
+    VcacheError,
+    VerificationFailed,
+)
+from vcache.hashing import Digest
+from vcache.pull import Progress, hf_hub_download, pull, snapshot_download
+from vcache.report import FileReport, Finding, PullReport, Severity, Verdict
+
+
+def from_pretrained(cls: Any, repo_id: str, **kwargs: Any) -> Any:
+    """Pull and verify ``repo_id``, then ``cls.from_pretrained`` the verified snapshot (see integrations)."""
+    from vcache.integrations.transformers import from_pretrained as impl
+
+    return impl(cls, repo_id, **kwargs)
+
+
+def load_model(repo_id: str, **kwargs: Any) -> Any:
+    """Short form of :func:`from_pretrained` with ``AutoModelForCausalLM``."""
+    from vcache.integrations.transformers import load_model as impl
+
+    return impl(repo_id, **kwargs)
+
+
+__all__ = [
+    "AuthError",
+    "CacheNotWritable",
+    "Digest",
+    "DiskFull",
+    "EntryNotFound",
+    "FileReport",
+    "Finding",
+    "GatedRepo",
+    "HubError",
+    "IncompleteSnapshot",
+    "IntegrityError",
+    "LockTimeout",
+    "OfflineError",
+    "Progress",
+    "PullReport",
+    "RateLimited",
+    "RemoteChanged",
+    "RepoNotFound",
+    "RetriesExhausted",
+    "RevisionNotFound",
+    "Severity",
+    "TransferError",
+    "UnsafePath",
+    "UsageError",
+    "VcacheError",
+    "Verdict",
+    "VerificationFailed",
+    "__version__",
+    "from_pretrained",
+    "hf_hub_download",
+    "load_model",
+    "pull",
+    "snapshot_download",
+    "verify",
+]

@@ -1,0 +1,5 @@
+"""``python -m vcache``: the command line."""
+
+from vcache.cli import main
+
+main()

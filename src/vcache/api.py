@@ -1,0 +1,82 @@
+"""Entry points that pick the right verification for what the user pointed at (repo id, snapshot, path)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.config import default_cache_dir
+from vcache.errors import UsageError
+from vcache.report import PullReport
+from vcache.verify import resolve_cached_commit, verify_path, verify_snapshot
+
+_SNAPSHOT_RE = re.compile(r"^(models|datasets|spaces)--(.+)$")
+
+
+def _in_cache_snapshot(path: Path) -> tuple[CacheRepo, str, str | None] | None:
+    """If ``path`` lies in ``<cache>/<type>s--org--name/snapshots/<commit>[/file]``, say where."""
+    resolved = Path(os.path.abspath(path))
+    parts = resolved.parts
+    for i in range(len(parts) - 2):
+        m = _SNAPSHOT_RE.match(parts[i])
+        if m and parts[i + 1] == "snapshots" and i + 2 < len(parts):
+            cache_dir = Path(*parts[:i])
+            repo = CacheRepo(cache_dir, m.group(2).replace("--", "/"), m.group(1)[:-1])
+            rel = "/".join(parts[i + 3 :]) or None
+            return repo, parts[i + 2], rel
+    return None
+
+
+def verify(
+    targets: Sequence[str | os.PathLike[str]] = (),
+    *,
+    revision: str | None = None,
+    repo_type: str = "model",
+    cache_dir: str | os.PathLike[str] | None = None,
+    deep: bool = False,
+    strict: bool = False,
+) -> list[PullReport]:
+    """Verify each target offline and return one report per target.
+
+    A target is a repo id present in the cache (its ``revision``, default ``main``), a snapshot folder or
+    a file inside one (ledger-aware; failing blobs are quarantined), or any other file or folder (structure
+    and content only; nothing is moved). No targets: every snapshot of every repo in the cache.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    reports: list[PullReport] = []
+    if not targets:
+        for rtype, repo_id, _ in iter_repo_folders(root):
+            repo = CacheRepo(root, repo_id, rtype)
+            for commit in repo.snapshots():
+                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict))
+        return reports
+    for target in targets:
+        path = Path(target)
+        located = _in_cache_snapshot(path) if path.exists() or os.path.lexists(path) else None
+        if located is not None:
+            repo, commit, rel = located
+            only = None
+            if rel is not None:
+                only = [rel] if not path.is_dir() else _files_under(repo.snapshot_dir(commit), rel)
+            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, only=only))
+        elif path.exists():
+            reports.append(verify_path(path, strict=strict))
+        elif isinstance(target, str) and 0 < target.count("/") <= 1 and not target.startswith(("/", ".")):
+            repo = CacheRepo(root, target, repo_type)
+            if not repo.root.is_dir():
+                raise UsageError(f"{target!r} is neither a path nor a repo in the cache at {root}")
+            commit = resolve_cached_commit(repo, revision)
+            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, revision=revision))
+        else:
+            raise UsageError(f"{str(target)!r} is neither a path nor a repo id")
+    return reports
+
+
+def _files_under(snapshot: Path, rel: str) -> list[str]:
+    base = snapshot / rel
+    return [
+        (Path(d) / n).relative_to(snapshot).as_posix() for d, _dirs, names in os.walk(base) for n in names
+    ]

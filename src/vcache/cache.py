@@ -1,0 +1,292 @@
+"""The HF cache layout, written exactly as huggingface_hub 2.x writes it, and atomic publishing into it.
+
+::
+
+    <cache>/CACHEDIR.TAG
+    <cache>/.locks/<repo_folder>/<etag>.lock          (huggingface_hub's lock path; see ``locks``)
+    <cache>/<repo_folder>/blobs/<etag>
+    <cache>/<repo_folder>/refs/<revision>              (commit, no newline; written only for whole snapshots)
+    <cache>/<repo_folder>/snapshots/<commit>/<path>    (relative symlink to ../../blobs/<etag>)
+    <cache>/<repo_folder>/trees/<commit>.json          (huggingface_hub's tree cache, for offline completeness)
+    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine}/   (vcache's own state, nowhere else)
+
+Publishing is fsync + ``os.replace`` so a reader sees either nothing or the whole verified blob. This module
+never decides whether a file is good: callers publish only what passed its checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub.file_download import repo_folder_name
+
+from vcache.errors import CacheNotWritable, DiskFull, UnsafePath
+
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by huggingface_hub (written by vcache).\n"
+    "# For information about cache directory tags, see: https://bford.info/cachedir/\n"
+)
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; do it once per call site under the GIL.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode a new file would get from the umask (huggingface_hub chmods blobs the same way)."""
+    return 0o666 & ~_umask()
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a crash (best effort on odd filesystems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def translate_os_error(exc: OSError, what: str) -> OSError:
+    """Turn ENOSPC / EROFS / EACCES into vcache's clear errors; others pass through unchanged."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFull(f"{what}: no space left on the device ({exc.strerror}); free space and run again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return CacheNotWritable(
+            f"{what}: the cache is not writable ({exc.strerror}: {exc.filename}); "
+            "point --cache-dir / HF_HUB_CACHE at a writable directory"
+        )
+    return exc
+
+
+@dataclass(frozen=True)
+class CacheRepo:
+    """One repo's folder in an HF cache, and the operations vcache performs on it."""
+
+    cache_dir: Path
+    repo_id: str
+    repo_type: str = "model"
+
+    @property
+    def folder_name(self) -> str:
+        """``models--org--name`` (huggingface_hub's own naming)."""
+        return repo_folder_name(repo_id=self.repo_id, repo_type=self.repo_type)
+
+    @property
+    def root(self) -> Path:
+        """The repo folder."""
+        return self.cache_dir / self.folder_name
+
+    @property
+    def blobs(self) -> Path:
+        """``blobs/``."""
+        return self.root / "blobs"
+
+    @property
+    def state(self) -> Path:
+        """``.vcache/``: vcache's own state for this repo."""
+        return self.root / ".vcache"
+
+    @property
+    def partials(self) -> Path:
+        """Resumable partial downloads."""
+        return self.state / "partials"
+
+    @property
+    def ledger_dir(self) -> Path:
+        """Verification records, one per blob."""
+        return self.state / "ledger"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Files that failed verification, kept with their reports."""
+        return self.state / "quarantine"
+
+    def blob_path(self, etag: str) -> Path:
+        """``blobs/<etag>``."""
+        return self.blobs / etag
+
+    def lock_path(self, etag: str) -> Path:
+        """huggingface_hub's per-blob lock path, so the two tools never fetch one blob at once."""
+        return self.cache_dir / ".locks" / self.folder_name / f"{etag}.lock"
+
+    def snapshot_dir(self, commit: str) -> Path:
+        """``snapshots/<commit>``."""
+        return self.root / "snapshots" / commit
+
+    def snapshot_file(self, commit: str, path: str) -> Path:
+        """Where a repo file appears in a snapshot (``path`` must already be validated)."""
+        target = self.snapshot_dir(commit) / path
+        base = self.snapshot_dir(commit).resolve()
+        if not str(target.resolve().parent).startswith(str(base)):
+            raise UnsafePath(f"{path!r} would escape the snapshot folder", path=path)
+        return target
+
+    def ensure_layout(self) -> None:
+        """Create the folders a pull writes into, and ``CACHEDIR.TAG`` (huggingface_hub writes one too)."""
+        try:
+            for d in (self.blobs, self.partials, self.ledger_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            tag = self.cache_dir / "CACHEDIR.TAG"
+            if not tag.exists():
+                write_atomic(tag, CACHEDIR_TAG.encode())
+        except OSError as exc:
+            raise translate_os_error(exc, f"preparing {self.root}") from exc
+
+    def publish_blob(self, data_path: Path, etag: str) -> Path:
+        """Move a verified, complete file into ``blobs/<etag>`` atomically; returns the blob path.
+
+        The file is fsynced and given the umask's default mode first (huggingface_hub does the same chmod),
+        so a crash leaves either no blob or the whole one.
+        """
+        dest = self.blob_path(etag)
+        try:
+            fd = os.open(data_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(data_path, default_file_mode())
+            os.replace(data_path, dest)
+            fsync_dir(dest.parent)
+        except OSError as exc:
+            raise translate_os_error(exc, f"publishing {etag}") from exc
+        return dest
+
+    def link(self, commit: str, path: str, etag: str) -> Path:
+        """Point ``snapshots/<commit>/<path>`` at ``blobs/<etag>`` (relative symlink, atomic replace).
+
+        Where symlinks are unsupported (or ``HF_HUB_DISABLE_SYMLINKS`` is set), the blob is copied, as
+        huggingface_hub does.
+        """
+        target = self.snapshot_file(commit, path)
+        blob = self.blob_path(etag)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+            if _symlinks_disabled():
+                shutil.copyfile(blob, tmp)
+            else:
+                try:
+                    os.symlink(os.path.relpath(blob, target.parent), tmp)
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                    shutil.copyfile(blob, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise translate_os_error(exc, f"linking {path}") from exc
+        return target
+
+    def unlink(self, commit: str, path: str) -> bool:
+        """Remove a snapshot entry (link or copy); True if something was removed."""
+        target = self.snapshot_file(commit, path)
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def linked_etag(self, commit: str, path: str) -> str | None:
+        """The blob a snapshot entry points to, if it is a link into ``blobs/`` (None otherwise)."""
+        target = self.snapshot_file(commit, path)
+        try:
+            dest = os.readlink(target)
+        except OSError:
+            return None
+        name = os.path.basename(dest)
+        return name if os.path.dirname(os.path.normpath(os.path.join(target.parent, dest))) == str(
+            self.blobs
+        ) else None
+
+    def write_ref(self, revision: str, commit: str) -> None:
+        """Write ``refs/<revision>`` atomically (no trailing newline, like huggingface_hub)."""
+        if revision == commit:
+            return
+        ref = self.root / "refs" / revision
+        try:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            if ref.exists() and ref.read_text() == commit:
+                return
+            write_atomic(ref, commit.encode())
+        except OSError as exc:
+            raise translate_os_error(exc, f"writing ref {revision}") from exc
+
+    def read_ref(self, revision: str) -> str | None:
+        """The commit ``refs/<revision>`` holds, if any."""
+        try:
+            return (self.root / "refs" / revision).read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def write_tree(self, commit: str, entries: Mapping[str, tuple[int, str, str | None]]) -> None:
+        """Write ``trees/<commit>.json`` in huggingface_hub's own format (path -> size, blob id, sha256)."""
+        from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+
+        tree = {
+            path: TreeCacheEntry(size=size, blob_id=blob_id, lfs_sha256=sha, lfs_size=size if sha else None)
+            for path, (size, blob_id, sha) in entries.items()
+        }
+        write_tree_cache(str(self.root), commit, tree)
+
+    def read_tree(self, commit: str) -> dict[str, tuple[int, str, str | None]] | None:
+        """Read ``trees/<commit>.json`` (None when absent or unreadable)."""
+        from huggingface_hub._tree_cache import read_tree_cache
+
+        entries = read_tree_cache(str(self.root), commit)
+        if entries is None:
+            return None
+        return {p: (e.size, e.blob_id, e.lfs_sha256) for p, e in entries.items()}
+
+    def snapshots(self) -> list[str]:
+        """Commits that have a snapshot folder."""
+        try:
+            return sorted(p.name for p in (self.root / "snapshots").iterdir() if p.is_dir())
+        except OSError:
+            return []
+
+
+def _symlinks_disabled() -> bool:
+    return os.environ.get("HF_HUB_DISABLE_SYMLINKS", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a small file atomically: temp file in the same folder, fsync, ``os.replace``."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def iter_repo_folders(cache_dir: Path) -> Iterator[tuple[str, str, Path]]:
+    """Yield ``(repo_type, repo_id, folder)`` for each repo folder in a cache (any tool's)."""
+    try:
+        entries = sorted(cache_dir.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        prefix, sep, rest = entry.name.partition("--")
+        if not sep or not entry.is_dir() or prefix not in ("models", "datasets", "spaces"):
+            continue
+        yield prefix[:-1], rest.replace("--", "/"), entry

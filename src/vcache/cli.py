@@ -1,0 +1,351 @@
+"""The ``vcache`` command line: pull, verify, scan, quarantine, demo, cluster.
+
+Exit codes (documented in the README): 0 nothing failed, 1 a file failed verification, 2 usage error,
+3 transfer or Hub error. Progress goes to stderr; results (tables or ``--json``) go to stdout. The token
+is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from vcache._version import __version__
+from vcache.errors import HubError, TransferError, UsageError, VcacheError
+from vcache.report import FileReport, PullReport, Severity, Verdict
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
+
+
+def _die(exc: BaseException, code: int) -> NoReturn:
+    click.echo(f"vcache: error: {exc}", err=True)
+    sys.exit(code)
+
+
+def _exit_code(reports: Sequence[PullReport]) -> int:
+    if any(f.verdict is Verdict.FAIL and not _is_transport_error(f) for r in reports for f in r.files):
+        return EXIT_FAILED
+    if any(r.errors for r in reports):
+        return EXIT_TRANSFER
+    return EXIT_OK
+
+
+def _is_transport_error(f: FileReport) -> bool:
+    return any(x.code == "transfer.failed" for x in f.findings)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _first_note(f: FileReport, strict: bool) -> str:
+    order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
+    relevant = [x for x in f.findings if x.code not in ("transfer.refetched",) and x.severity is not Severity.INFO]
+    if relevant:
+        x = sorted(relevant, key=lambda x: order[x.severity])[0]
+        more = f" (+{len(relevant) - 1} more)" if len(relevant) > 1 else ""
+        return f"[{x.code}] {x.message}{more}"
+    refetched = [x for x in f.findings if x.code == "transfer.refetched"]
+    if refetched:
+        return f"verified after {len(refetched) + 1} attempts (damaged in transit before)"
+    return "cached, verified earlier" if f.cached else "verified"
+
+
+def print_table(report: PullReport, *, title: str | None = None) -> None:
+    """A short per-file summary: verdict, size, attempts, and the most important finding."""
+    if title:
+        click.echo(title)
+    for f in report.files:
+        verdict = f.verdict.value.upper()
+        click.echo(f"  {verdict:<4}  {f.path}  {_human(f.size)}  {_first_note(f, report.strict)}")
+        if f.quarantine_id:
+            click.echo(f"        quarantined as {f.quarantine_id} (see `vcache quarantine show {f.quarantine_id}`)")
+    for e in report.errors:
+        click.echo(f"  ERROR {e}")
+
+
+class _TqdmProgress:
+    """Progress sink for the CLI: one total bar (bytes and rate) and event lines above it."""
+
+    def __init__(self, quiet: bool) -> None:
+        from vcache.pull import Progress
+
+        self._quiet = quiet
+        self._bar: Any = None
+        self._lock = threading.Lock()
+        outer = self
+
+        class _P(Progress):
+            def planned(self, total_bytes: int, files: int) -> None:
+                outer._start(total_bytes, files)
+
+            def advance(self, nbytes: int) -> None:
+                outer._advance(nbytes)
+
+            def message(self, text: str) -> None:
+                outer._message(text)
+
+        self.sink = _P()
+
+    def _start(self, total: int, files: int) -> None:
+        if self._quiet or files == 0:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                         desc=f"{files} file(s)", dynamic_ncols=True, leave=True)
+
+    def _advance(self, n: int) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(n)
+
+    def _message(self, text: str) -> None:
+        if self._quiet:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vcache")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """vcache: verified, resumable Hugging Face Hub downloads into a standard HF cache."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("repo_id")
+@click.option("--revision", help="Branch, tag, commit or refs/pr/N (default: main).")
+@click.option("--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True)
+@click.option("--include", "include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", "exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
+@click.option("--local-dir", type=click.Path(path_type=Path), help="Also place the verified files here.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Files fetched in parallel (default 8).")
+@click.option("--token", help="Hub token (default: HF_TOKEN / the stored login).")
+@click.option("--strict", is_flag=True, help="Treat warnings as failures.")
+@click.option("--force", is_flag=True, help="Fetch again even if verified blobs are cached.")
+@click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pull(
+    repo_id: str, revision: str | None, repo_type: str, include: tuple[str, ...], exclude: tuple[str, ...],
+    cache_dir: Path | None, local_dir: Path | None, workers: int | None, token: str | None, strict: bool,
+    force: bool, as_json: bool, quiet: bool,
+) -> None:
+    """Download REPO_ID, verifying every file; exit 1 if any file fails verification."""
+    from vcache.pull import pull as do_pull
+
+    progress = _TqdmProgress(quiet or as_json)
+    try:
+        report = do_pull(
+            repo_id, revision=revision, repo_type=repo_type, cache_dir=cache_dir, local_dir=local_dir,
+            allow_patterns=list(include) or None, ignore_patterns=list(exclude) or None, token=token,
+            max_workers=workers, force_download=force, strict=strict, progress=progress.sink,
+        )
+    except UsageError as exc:
+        progress.close()
+        _die(exc, EXIT_USAGE)
+    except (HubError, TransferError, VcacheError, OSError) as exc:
+        progress.close()
+        _die(exc, EXIT_TRANSFER)
+    progress.close()
+    _finish([report], as_json, quiet, pull_summary=True)
+
+
+def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summary: bool = False) -> NoReturn:
+    code = _exit_code(reports)
+    if as_json:
+        doc: Any = reports[0].to_json() if len(reports) == 1 else {
+            "verdict": max((r.verdict for r in reports), key=lambda v: ["ok", "warn", "fail"].index(v.value),
+                           default=Verdict.OK).value,
+            "reports": [r.to_json() for r in reports],
+            "files": [f for r in reports for f in r.to_json()["files"]],
+        }
+        click.echo(json.dumps(doc, indent=2))
+        sys.exit(code)
+    for r in reports:
+        if not quiet or r.verdict is not Verdict.OK:
+            title = None
+            if r.repo_id:
+                title = f"{r.repo_id}@{(r.commit or '')[:12]}: {r.verdict.value}"
+            elif r.snapshot_path:
+                title = f"{r.snapshot_path}: {r.verdict.value}"
+            print_table(r, title=title)
+    if pull_summary and reports and reports[0].snapshot_path:
+        r = reports[0]
+        moved = sum(f.bytes_transferred for f in r.files)
+        click.echo(f"{len(r.files)} file(s), {_human(moved)} transferred in {r.elapsed:.1f}s; snapshot: {r.snapshot_path}")
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--revision", help="For repo-id targets: which revision (default: main).")
+@click.option("--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
+@click.option("--deep", is_flag=True, help="Re-hash and re-scan even files the ledger vouches for.")
+@click.option("--strict", is_flag=True, help="Treat warnings as failures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(targets: tuple[str, ...], revision: str | None, repo_type: str, cache_dir: Path | None,
+           deep: bool, strict: bool, as_json: bool) -> None:
+    """Verify repos in the cache, snapshot folders, or any files/folders (offline).
+
+    TARGET is a repo id in the cache (org/name), a snapshot folder, or any file or folder on disk.
+    With no TARGET, every repo in the cache is verified.
+    """
+    from vcache.api import verify as do_verify
+
+    try:
+        reports = do_verify(list(targets), revision=revision, repo_type=repo_type, cache_dir=cache_dir,
+                            deep=deep, strict=strict)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    _finish(reports, as_json, False)
+
+
+@main.command()
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
+@click.option("--deep", is_flag=True, help="Re-hash and re-scan every blob, ignoring the ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def scan(cache_dir: Path | None, deep: bool, as_json: bool) -> None:
+    """Check the whole HF cache (any tool's repos): one line per problem, exit 1 if anything failed."""
+    from vcache.config import default_cache_dir
+    from vcache.verify import scan_cache
+
+    root = cache_dir or default_cache_dir()
+    if not root.is_dir():
+        _die(UsageError(f"no cache at {root}"), EXIT_USAGE)
+    reports = scan_cache(root, deep=deep)
+    if as_json:
+        _finish(reports, True, False)
+    problems = 0
+    for r in reports:
+        for f in r.files:
+            notable = [x for x in f.findings if x.severity is not Severity.INFO]
+            if not notable:
+                continue
+            problems += 1
+            x = sorted(notable, key=lambda x: x.severity is not Severity.FAIL)[0]
+            where = f"{r.repo_id}@{(r.commit or '')[:12]}" if r.commit else str(r.repo_id)
+            click.echo(f"{x.severity.value.upper():<4}  {where}  {f.path}: [{x.code}] {x.message}")
+    files = sum(len(r.files) for r in reports)
+    click.echo(f"scanned {len({r.repo_id for r in reports})} repo(s), {files} file(s) in {root}: "
+               f"{problems} problem(s)")
+    sys.exit(_exit_code(reports))
+
+
+@main.group()
+def quarantine() -> None:
+    """List, show, restore or purge quarantined files."""
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    from vcache.config import default_cache_dir
+
+    return cache_dir or default_cache_dir()
+
+
+_cache_opt = click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root.")
+
+
+@quarantine.command("list")
+@_cache_opt
+@click.option("--json", "as_json", is_flag=True)
+def q_list(cache_dir: Path | None, as_json: bool) -> None:
+    """List quarantined files."""
+    from vcache.quarantine import list_entries
+
+    entries = list_entries(_cache(cache_dir))
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("quarantine is empty")
+    for e in entries:
+        codes = ",".join(sorted({f.code for f in e.findings if f.severity is Severity.FAIL})) or "-"
+        click.echo(f"{e.id}  {e.repo_id}  {e.path}  {_human(e.size)}  {codes}")
+
+
+@quarantine.command("show")
+@click.argument("qid")
+@_cache_opt
+def q_show(qid: str, cache_dir: Path | None) -> None:
+    """Show one entry's report."""
+    from vcache.quarantine import find_entry
+
+    try:
+        e = find_entry(_cache(cache_dir), qid)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    click.echo(json.dumps(e.to_json(), indent=2))
+    click.echo(f"bytes: {e.data}")
+
+
+@quarantine.command("restore")
+@click.argument("qid")
+@click.option("--to", "to", type=click.Path(path_type=Path), help="Copy the bytes here instead of back into the cache.")
+@_cache_opt
+def q_restore(qid: str, to: Path | None, cache_dir: Path | None) -> None:
+    """Put a quarantined file back into the cache (an explicit override), or copy it out with --to."""
+    from vcache.quarantine import restore
+
+    try:
+        dest = restore(_cache(cache_dir), qid, to=to)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    click.echo(f"restored to {dest}")
+
+
+@quarantine.command("purge")
+@click.argument("qid", required=False)
+@click.option("--all", "purge_all", is_flag=True, help="Delete every entry.")
+@_cache_opt
+def q_purge(qid: str | None, purge_all: bool, cache_dir: Path | None) -> None:
+    """Delete a quarantined file (ID) or all of them (--all). The only command that deletes."""
+    from vcache.quarantine import purge
+
+    if (qid is None) == (not purge_all):
+        _die(UsageError("give exactly one of ID or --all"), EXIT_USAGE)
+    try:
+        ids = purge(_cache(cache_dir), None if purge_all else qid)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    click.echo(f"purged {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}")
+
+
+@main.command()
+@click.option("--keep", type=click.Path(path_type=Path), help="Work in this folder and keep it (default: a temp dir).")
+def demo(keep: Path | None) -> None:
+    """Offline demo: a local Hub serves a generated model, one transfer is corrupted, vcache catches it."""
+    from vcache.demo import run_demo
+
+    sys.exit(run_demo(keep))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,310 @@
+"""The Hub API as vcache needs it: revision -> commit, the file listing with sizes and digests, errors.
+
+Everything the server says is untrusted input: paths are validated (:func:`validate_repo_path`) before any
+of them can name a file on disk, sizes and digests are type-checked, and errors are mapped from
+``X-Error-Code`` to vcache's own error tree. This module never writes to disk and never moves file bodies
+(that is ``transfer``); it only asks the API.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx2
+
+from vcache._version import __version__
+from vcache.errors import (
+    AuthError,
+    EntryNotFound,
+    GatedRepo,
+    HubError,
+    RateLimited,
+    RepoNotFound,
+    RetriesExhausted,
+    RevisionNotFound,
+    TransferError,
+    UnsafePath,
+)
+from vcache.hashing import Digest
+from vcache.retry import SYSTEM_CLOCK, Clock, RetryPolicy, parse_retry_after
+
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a repo at a commit, as the Hub lists it."""
+
+    path: str
+    size: int
+    blob_id: str
+    lfs_sha256: str | None = None
+
+    @property
+    def etag(self) -> str:
+        """The HF blob name: the LFS sha256, else the git blob id."""
+        return self.lfs_sha256 or self.blob_id
+
+    @property
+    def digest(self) -> Digest:
+        """What the bytes must hash to."""
+        if self.lfs_sha256:
+            return Digest("sha256", self.lfs_sha256)
+        return Digest("gitsha1", self.blob_id)
+
+    @property
+    def is_lfs(self) -> bool:
+        """True for LFS files (digest is a sha256)."""
+        return self.lfs_sha256 is not None
+
+
+def validate_repo_path(path: str) -> str:
+    """Return ``path`` if it is a safe repo-relative file path, else raise :class:`UnsafePath`.
+
+    Refused: empty paths, NUL or other control characters, backslashes, a leading ``/``, a Windows drive,
+    ``.`` or ``..`` segments, and empty segments. The server is not trusted to send only sane names.
+    """
+    reason = None
+    if not path:
+        reason = "it is empty"
+    elif any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        reason = "it contains a NUL or control character"
+    elif "\\" in path:
+        reason = "it contains a backslash"
+    elif path.startswith("/"):
+        reason = "it is absolute"
+    elif _WINDOWS_DRIVE.match(path):
+        reason = "it starts with a drive letter"
+    else:
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            reason = "it has an empty, '.' or '..' segment"
+    if reason:
+        raise UnsafePath(
+            f"refusing server-supplied path {path!r}: {reason}. Nothing was written; "
+            "the repo listing is malformed or hostile.",
+            path=path,
+        )
+    return path
+
+
+def repo_url_prefix(repo_type: str) -> str:
+    """The resolve-URL prefix: ``""`` for models, ``datasets/`` and ``spaces/`` otherwise."""
+    return "" if repo_type == "model" else f"{repo_type}s/"
+
+
+def resolve_url(endpoint: str, repo_id: str, commit: str, path: str, repo_type: str = "model") -> str:
+    """The download URL of ``path`` pinned to ``commit`` (never a branch, so the bytes cannot move)."""
+    return f"{endpoint}/{repo_url_prefix(repo_type)}{repo_id}/resolve/{commit}/{quote(path)}"
+
+
+def same_origin(a: str, b: str) -> bool:
+    """True when two URLs share scheme, host and port (the only place a token may go)."""
+    pa, pb = urlsplit(a), urlsplit(b)
+    default = {"http": 80, "https": 443}
+
+    def key(p: Any) -> tuple[str, str, int | None]:
+        return (p.scheme.lower(), (p.hostname or "").lower(), p.port or default.get(p.scheme.lower()))
+
+    return key(pa) == key(pb)
+
+
+def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -> HubError | None:
+    """Map an error response to vcache's error tree (None when it is retryable or not an error)."""
+    status = response.status_code
+    if status < 400:
+        return None
+    code = response.headers.get("x-error-code", "")
+    message = response.headers.get("x-error-message", "")
+    context = {"repo_id": repo_id, "status": status}
+    if code == "RepoNotFound":
+        return RepoNotFound(
+            f"repository {repo_id!r} not found (or private and your token cannot see it): "
+            "check the name and your HF_TOKEN",
+            **context,
+        )
+    if code == "RevisionNotFound":
+        return RevisionNotFound(f"{what}: revision not found in {repo_id!r}; check --revision", **context)
+    if code == "EntryNotFound":
+        return EntryNotFound(f"{what}: file not found in {repo_id!r}", **context)
+    if code == "GatedRepo":
+        return GatedRepo(
+            f"{repo_id!r} is gated: request access on the Hub, then pass a token that has it", **context
+        )
+    if status in (401, 403):
+        detail = f" ({message})" if message else ""
+        return AuthError(
+            f"{what}: the server refused the credentials (HTTP {status}){detail}; check HF_TOKEN / --token",
+            **context,
+        )
+    if status == 404:
+        return EntryNotFound(f"{what}: not found (HTTP 404) in {repo_id!r}", **context)
+    if status in (408, 429) or status >= 500:
+        return None
+    return HubError(f"{what}: the server answered HTTP {status} {message}".rstrip(), **context)
+
+
+class HubClient:
+    """Metadata calls against one endpoint, with bounded, budgeted retries."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        timeout: float = 30.0,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._token = token
+        self._policy = policy or RetryPolicy()
+        self._clock = clock
+        headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible"}
+        self._client = httpx2.Client(
+            headers=headers,
+            timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=True,
+        )
+
+    def close(self) -> None:
+        """Close the underlying connections."""
+        self._client.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _auth_headers(self, url: str) -> dict[str, str]:
+        if self._token and same_origin(url, self.endpoint):
+            return {"authorization": f"Bearer {self._token}"}
+        return {}
+
+    def _request(
+        self, method: str, url: str, *, repo_id: str, what: str, data: Mapping[str, Any] | None = None
+    ) -> httpx2.Response:
+        policy = self._policy
+        while True:
+            status: int | None = None
+            retry_after: float | None = None
+            error: BaseException | None = None
+            try:
+                response = self._client.request(method, url, headers=self._auth_headers(url), data=data)
+            except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+                error = exc
+            else:
+                mapped = error_from_response(response, repo_id=repo_id, what=what)
+                if mapped is not None:
+                    raise mapped
+                if response.status_code < 400:
+                    return response
+                status = response.status_code
+                retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+            try:
+                policy = policy.increment(error=error, status=status, retry_after=retry_after)
+            except RetriesExhausted as exc:
+                if status == 429:
+                    raise RateLimited(
+                        f"{what}: rate limited by {self.endpoint} (HTTP 429) after {len(policy.history)} "
+                        "retries; wait and run again, or start fewer processes at once",
+                        repo_id=repo_id,
+                        status=429,
+                    ) from exc
+                cause = f"HTTP {status}" if status else type(error).__name__
+                raise TransferError(
+                    f"{what}: {self.endpoint} kept failing ({cause}) after {len(policy.history)} attempts; "
+                    "check the network or HF_ENDPOINT and run again",
+                    repo_id=repo_id,
+                ) from exc
+            self._clock.sleep(policy.backoff())
+
+    def resolve_commit(self, repo_id: str, revision: str | None, repo_type: str = "model") -> str:
+        """The 40-hex commit a revision (branch, tag, ``refs/pr/N``, commit) points to."""
+        rev = revision or "main"
+        url = f"{self.endpoint}/api/{repo_type}s/{repo_id}/revision/{quote(rev, safe='')}"
+        data = self._request("GET", url, repo_id=repo_id, what=f"resolving {repo_id}@{rev}").json()
+        sha = data.get("sha") if isinstance(data, dict) else None
+        if not isinstance(sha, str) or not COMMIT_RE.fullmatch(sha):
+            raise HubError(
+                f"the server did not return a commit for {repo_id}@{rev} (got {sha!r}); "
+                "the endpoint does not speak the Hub API",
+                repo_id=repo_id,
+            )
+        return sha
+
+    def list_files(self, repo_id: str, commit: str, repo_type: str = "model") -> list[RemoteFile]:
+        """Every file of the repo at ``commit`` (recursive, all pages), paths validated."""
+        url: str | None = (
+            f"{self.endpoint}/api/{repo_type}s/{repo_id}/tree/{quote(commit, safe='')}?recursive=true&expand=false"
+        )
+        files: list[RemoteFile] = []
+        pages = 0
+        while url:
+            pages += 1
+            if pages > 100_000:
+                raise HubError(f"tree listing of {repo_id} did not end after 100000 pages", repo_id=repo_id)
+            response = self._request("GET", url, repo_id=repo_id, what=f"listing {repo_id}@{commit[:12]}")
+            files.extend(parse_entries(response.json(), repo_id=repo_id))
+            nxt = response.links.get("next", {}).get("url")
+            if nxt and not same_origin(nxt, self.endpoint):
+                raise HubError(f"tree pagination of {repo_id} pointed to another origin; refusing", repo_id=repo_id)
+            url = nxt
+        return files
+
+    def paths_info(
+        self, repo_id: str, commit: str, paths: Sequence[str], repo_type: str = "model"
+    ) -> list[RemoteFile]:
+        """Metadata for the given paths at ``commit`` (missing paths are absent from the result)."""
+        for p in paths:
+            validate_repo_path(p)
+        url = f"{self.endpoint}/api/{repo_type}s/{repo_id}/paths-info/{quote(commit, safe='')}"
+        response = self._request(
+            "POST",
+            url,
+            repo_id=repo_id,
+            what=f"looking up {', '.join(paths)} in {repo_id}",
+            data={"paths": list(paths), "expand": "false"},
+        )
+        return list(parse_entries(response.json(), repo_id=repo_id))
+
+
+def parse_entries(payload: Any, *, repo_id: str) -> Iterator[RemoteFile]:
+    """Turn tree / paths-info JSON into validated :class:`RemoteFile` values (directories skipped)."""
+    if not isinstance(payload, list):
+        raise HubError(f"unexpected tree listing for {repo_id}: not a JSON list", repo_id=repo_id)
+    for entry in payload:
+        if not isinstance(entry, dict) or entry.get("type") != "file":
+            continue
+        path = entry.get("path")
+        size = entry.get("size")
+        oid = entry.get("oid")
+        if not isinstance(path, str):
+            raise HubError(f"tree entry without a path in {repo_id}: {entry!r:.200}", repo_id=repo_id)
+        validate_repo_path(path)
+        if type(size) is not int or size < 0 or not isinstance(oid, str) or not COMMIT_RE.fullmatch(oid):
+            raise HubError(f"tree entry {path!r} in {repo_id} has an invalid size or oid", repo_id=repo_id)
+        lfs = entry.get("lfs")
+        sha256 = None
+        if isinstance(lfs, dict):
+            sha256 = lfs.get("oid") or lfs.get("sha256")
+            if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256) or lfs.get("size", size) != size:
+                raise HubError(f"tree entry {path!r} in {repo_id} has an invalid LFS record", repo_id=repo_id)
+        yield RemoteFile(path=path, size=size, blob_id=oid, lfs_sha256=sha256)
+
+
+def check_unique_paths(files: Iterable[RemoteFile]) -> None:
+    """Refuse listings that name one path twice (two different blobs for one snapshot path)."""
+    seen: set[str] = set()
+    for f in files:
+        if f.path in seen:
+            raise UnsafePath(f"the listing names {f.path!r} twice; refusing", path=f.path)
+        seen.add(f.path)

@@ -1,0 +1,500 @@
+"""The pull: resolve, plan, fetch, check, publish or quarantine, report.
+
+Data flows one way (DESIGN.md, "The pull"):
+
+1. resolve the revision to a commit (offline: ``refs/<rev>`` in the cache);
+2. plan: the files at that commit with size and digest, filtered, paths validated before anything is written;
+3. fetch each missing file (bounded parallelism) under its blob lock, into a resumable partial, hashed as
+   written (``transfer``);
+4. check the finished partial: size, digest, sniff, safetensors structure, tensor content (``checks``);
+5. publish (fsync + ``os.replace`` into ``blobs/``, ledger record, snapshot link) or, when the failure is in
+   transport, discard and fetch again a bounded number of times; otherwise quarantine with a report;
+6. repo checks (sharded index and config coherence);
+7. report; ``refs/`` and ``trees/`` are written only when every requested file is verified.
+
+Invariant: nothing reaches ``blobs/`` or ``snapshots/`` unless it passed its checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub.utils import filter_repo_objects
+
+from vcache.cache import CacheRepo, translate_os_error
+from vcache.checks import check_file
+from vcache.config import Settings, resolve_settings
+from vcache.errors import (
+    CacheNotWritable,
+    DiskFull,
+    EntryNotFound,
+    HubError,
+    IncompleteSnapshot,
+    LockTimeout,
+    RemoteChanged,
+    TransferError,
+    VcacheError,
+    VerificationFailed,
+)
+from vcache.hashing import Digest
+from vcache.hub import COMMIT_RE, HubClient, RemoteFile, check_unique_paths, resolve_url
+from vcache.ledger import Ledger
+from vcache.locks import blob_lock
+from vcache.quarantine import quarantine_file
+from vcache.report import FileReport, Finding, PullReport, Severity, Verdict, fail, info, verdict_of
+from vcache.transfer import FetchResult, FetchSpec, Transfer
+from vcache.verify import assess_file, attach_repo_findings, digest_mismatch, resolve_cached_commit, verify_snapshot
+
+log = logging.getLogger(__name__)
+
+#: How many times a file whose bytes failed in transport (size/digest) is fetched before quarantine.
+MAX_INTEGRITY_ATTEMPTS = 3
+
+
+class Progress:
+    """Receives progress events; the CLI subclasses it with tqdm. The default does nothing."""
+
+    def planned(self, total_bytes: int, files: int) -> None:
+        """Called once with what will be transferred (bytes not already in the cache)."""
+
+    def advance(self, nbytes: int) -> None:
+        """Body bytes arrived (may be called from several threads)."""
+
+    def file_done(self, report: FileReport) -> None:
+        """A file is settled (published, cached, or failed)."""
+
+    def message(self, text: str) -> None:
+        """A human-readable event worth showing (a refetch, a quarantine)."""
+
+
+@dataclass
+class PullOptions:
+    """Knobs below the public API (tests inject a fake clock or small timeouts through ``transfer``)."""
+
+    strict: bool = False
+    max_integrity_attempts: int = MAX_INTEGRITY_ATTEMPTS
+    transfer: dict[str, Any] = field(default_factory=dict)
+
+
+def pull(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    repo_type: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    allow_patterns: str | Sequence[str] | None = None,
+    ignore_patterns: str | Sequence[str] | None = None,
+    token: str | bool | None = None,
+    max_workers: int | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    endpoint: str | None = None,
+    strict: bool = False,
+    files: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    options: PullOptions | None = None,
+) -> PullReport:
+    """Download and verify a repo snapshot into the HF cache; return what happened to every file.
+
+    Every file is checked against the publisher's digest while it is written, then sniffed and (for
+    safetensors) structurally and content-checked; failures are fetched again when downloading again might
+    help, and quarantined otherwise. Offline (``HF_HUB_OFFLINE`` or ``local_files_only``) the cached
+    snapshot is verified from the ledger instead. ``files`` limits the pull to exact paths.
+    Raises :class:`~vcache.errors.HubError` subclasses for repo/revision/file errors and
+    :class:`~vcache.errors.TransferError` subclasses for disk problems; per-file verification failures are
+    in the report (``report.ok``), not raised.
+    """
+    opts = options or PullOptions()
+    opts.strict = opts.strict or strict
+    settings = resolve_settings(
+        endpoint=endpoint, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+        max_workers=max_workers, repo_type=repo_type,
+    )
+    repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
+    if settings.offline:
+        return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict)
+    return _Puller(settings, repo, opts, progress or Progress(), force_download).run(
+        revision, allow_patterns, ignore_patterns, files, local_dir
+    )
+
+
+def _pull_offline(
+    repo: CacheRepo,
+    revision: str | None,
+    allow: str | Sequence[str] | None,
+    ignore: str | Sequence[str] | None,
+    files: Sequence[str] | None,
+    strict: bool,
+) -> PullReport:
+    commit = resolve_cached_commit(repo, revision)
+    tree = repo.read_tree(commit)
+    only: list[str] | None = None
+    if files is not None:
+        only = list(files)
+    elif tree is not None and (allow or ignore):
+        only = list(filter_repo_objects(tree.keys(), allow_patterns=_pat(allow), ignore_patterns=_pat(ignore)))
+    writable = os.access(repo.root, os.W_OK)
+    report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
+    if only is not None:
+        missing = set(only) - {f.path for f in report.files}
+        if missing:
+            raise IncompleteSnapshot(
+                f"{repo.repo_id}@{revision or commit[:12]}: {', '.join(sorted(missing))} not in the cache; "
+                "pull with network access first",
+                snapshot_path=report.snapshot_path,
+            )
+    return report
+
+
+def _pat(p: str | Sequence[str] | None) -> list[str] | None:
+    if p is None:
+        return None
+    return [p] if isinstance(p, str) else list(p)
+
+
+class _Puller:
+    """One pull's state: settings, the cache repo, the shared transfer, the ledger."""
+
+    def __init__(self, settings: Settings, repo: CacheRepo, opts: PullOptions, progress: Progress, force: bool):
+        self.settings = settings
+        self.repo = repo
+        self.opts = opts
+        self.progress = progress
+        self.force = force
+        self.ledger = Ledger(repo.ledger_dir)
+        self._abort: BaseException | None = None
+        self._abort_lock = threading.Lock()
+
+    def run(
+        self,
+        revision: str | None,
+        allow: str | Sequence[str] | None,
+        ignore: str | Sequence[str] | None,
+        files: Sequence[str] | None,
+        local_dir: str | os.PathLike[str] | None,
+    ) -> PullReport:
+        t0 = time.monotonic()
+        s = self.settings
+        with HubClient(s.endpoint, s.token) as hub:
+            if revision and COMMIT_RE.fullmatch(revision):
+                commit = revision
+            else:
+                commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
+            if files is not None:
+                remote = hub.paths_info(self.repo.repo_id, commit, list(files), s.repo_type)
+                found = {f.path for f in remote}
+                for want in files:
+                    if want not in found:
+                        raise EntryNotFound(
+                            f"{want!r} does not exist in {self.repo.repo_id}@{revision or commit[:12]}",
+                            repo_id=self.repo.repo_id, path=want,
+                        )
+                listing: list[RemoteFile] | None = None
+            else:
+                listing = hub.list_files(self.repo.repo_id, commit, s.repo_type)
+                remote = list(filter_repo_objects(
+                    listing, allow_patterns=_pat(allow), ignore_patterns=_pat(ignore), key=lambda f: f.path
+                ))
+        check_unique_paths(remote)
+        self.repo.ensure_layout()
+        plan = [(f, self._cached_report(commit, f)) for f in remote]
+        to_fetch = [f for f, rep in plan if rep is None]
+        self.progress.planned(sum(f.size for f in to_fetch), len(to_fetch))
+        reports: dict[str, FileReport] = {f.path: rep for f, rep in plan if rep is not None}
+        for rep in reports.values():
+            self.progress.file_done(rep)
+        errors: list[str] = []
+        if to_fetch:
+            with Transfer(endpoint=s.endpoint, token=s.token, **self.opts.transfer) as transfer:
+                workers = min(s.max_workers, len(to_fetch))
+                # Largest first: the long pole starts early and small files fill the gaps.
+                ordered = sorted(to_fetch, key=lambda f: -f.size)
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vcache-pull") as pool:
+                    futures = {f.path: pool.submit(self._fetch_one, transfer, commit, f) for f in ordered}
+                    for path, fut in futures.items():
+                        try:
+                            rep = fut.result()
+                        except (DiskFull, CacheNotWritable):
+                            raise
+                        except VcacheError as exc:
+                            errors.append(f"{path}: {exc}")
+                            rep = FileReport(path, findings=(fail("transfer.failed", f"{path}: {exc}"),),
+                                             strict=self.opts.strict)
+                        reports[path] = rep
+                        self.progress.file_done(rep)
+        ordered_reports = [reports[f.path] for f in remote]
+        snapshot = self.repo.snapshot_dir(commit)
+        ordered_reports = attach_repo_findings(snapshot, ordered_reports, strict=self.opts.strict)
+        report = PullReport(
+            repo_id=self.repo.repo_id, repo_type=s.repo_type, revision=revision, commit=commit,
+            snapshot_path=str(snapshot), files=tuple(ordered_reports), elapsed=time.monotonic() - t0,
+            strict=self.opts.strict, errors=tuple(errors),
+        )
+        if report.ok:
+            if listing is not None:
+                self.repo.write_tree(commit, {f.path: (f.size, f.blob_id, f.lfs_sha256) for f in listing})
+            if revision and not COMMIT_RE.fullmatch(revision):
+                self.repo.write_ref(revision, commit)
+            elif revision is None:
+                self.repo.write_ref("main", commit)
+        if local_dir is not None and report.ok:
+            report = replace(report, snapshot_path=str(export_local_dir(self.repo, commit, remote, Path(local_dir))))
+        return report
+
+    # -- planning ---------------------------------------------------------------------------------------------
+    def _cached_report(self, commit: str, f: RemoteFile) -> FileReport | None:
+        """A report for a file already verified in the cache (linking it if needed), else None (fetch it)."""
+        if self.force:
+            return None
+        blob = self.repo.blob_path(f.etag)
+        if not blob.exists():
+            return None
+        rec = self.ledger.lookup(f.etag, blob)
+        if rec is None:
+            return None  # present but not verified by vcache: _fetch_one verifies it locally first
+        if self.repo.linked_etag(commit, f.path) != f.etag:
+            self.repo.link(commit, f.path, f.etag)
+        return FileReport(f.path, f.size, str(f.digest), rec.findings, cached=True,
+                          location=str(self.repo.snapshot_file(commit, f.path)), strict=self.opts.strict)
+
+    # -- one file ---------------------------------------------------------------------------------------------
+    def _fetch_one(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
+        repo = self.repo
+        with blob_lock(repo.lock_path(f.etag), what=f"{repo.repo_id}/{f.path}"):
+            blob = repo.blob_path(f.etag)
+            if blob.exists() and not self.force:
+                settled = self._adopt_existing_blob(commit, f, blob)
+                if settled is not None:
+                    return settled
+            return self._download(transfer, commit, f)
+
+    def _adopt_existing_blob(self, commit: str, f: RemoteFile, blob: Path) -> FileReport | None:
+        """A blob is already there (another process, or huggingface_hub): trust it only after checking it."""
+        rec = self.ledger.lookup(f.etag, blob)
+        if rec is not None:
+            findings: Sequence[Finding] = rec.findings
+        else:
+            findings, actual = assess_file(blob, f.path, f.digest, f.size)
+            if verdict_of(findings, strict=self.opts.strict) is Verdict.FAIL:
+                entry = quarantine_file(
+                    self.repo, blob, path=f.path, commit=commit, etag=f.etag, expected_digest=str(f.digest),
+                    actual_digest=str(actual) if actual else None, findings=findings, source="cache",
+                )
+                self.repo.unlink(commit, f.path)
+                self.progress.message(f"{f.path}: cached copy failed verification; quarantined as {entry.id}, fetching again")
+                return None
+            self.ledger.record(f.etag, blob, str(actual), findings)
+        self.repo.link(commit, f.path, f.etag)
+        return FileReport(f.path, f.size, str(f.digest), tuple(findings), cached=True,
+                          location=str(self.repo.snapshot_file(commit, f.path)), strict=self.opts.strict)
+
+    def _download(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
+        repo, s = self.repo, self.settings
+        spec = FetchSpec(
+            url=resolve_url(s.endpoint, repo.repo_id, commit, f.path, s.repo_type),
+            etag=f.etag, size=f.size, expected=f.digest, commit=commit, path=f.path,
+        )
+        attempts = 0
+        transferred = 0
+        history: list[Finding] = []
+        result: FetchResult | None = None
+        findings: list[Finding] = []
+        changed_once = False
+        n = 0
+        while n < self.opts.max_integrity_attempts:
+            n += 1
+            try:
+                result = transfer.fetch(spec, repo.partials, fresh=n > 1, on_progress=self.progress.advance)
+            except RemoteChanged:
+                if changed_once:
+                    raise
+                changed_once = True
+                n -= 1
+                continue
+            attempts += result.attempts
+            transferred += result.bytes_transferred
+            findings = self._check_fetched(f, result)
+            transport_failed = any(x.code in ("size_mismatch", "digest_mismatch") for x in findings)
+            if not transport_failed and verdict_of(findings, strict=self.opts.strict) is not Verdict.FAIL:
+                return self._publish(commit, f, result, findings, history, attempts, transferred)
+            if not transport_failed:
+                break  # the publisher's own bytes fail: downloading again cannot help
+            history.append(info(
+                "transfer.refetched",
+                f"{f.path}: attempt {n} arrived damaged ({_first_fail(findings)}); fetched again",
+                attempt=n, actual=str(result.actual),
+            ))
+            self.progress.message(f"{f.path}: attempt {n} failed verification ({_first_fail(findings)}); fetching again")
+            if n < self.opts.max_integrity_attempts:
+                transfer.discard(result.data_path)
+        assert result is not None
+        entry = quarantine_file(
+            repo, result.data_path, path=f.path, commit=commit, etag=f.etag, expected_digest=str(f.digest),
+            actual_digest=str(result.actual), findings=findings, source="download",
+        )
+        repo.unlink(commit, f.path)
+        self.progress.message(f"{f.path}: FAILED verification; quarantined as {entry.id}")
+        return FileReport(
+            f.path, f.size, str(f.digest), tuple(history) + tuple(findings), attempts=attempts,
+            bytes_transferred=transferred, actual_digest=str(result.actual), quarantine_id=entry.id,
+            strict=self.opts.strict,
+        )
+
+    def _check_fetched(self, f: RemoteFile, result: FetchResult) -> list[Finding]:
+        findings: list[Finding] = []
+        if result.size != f.size:
+            findings.append(fail(
+                "size_mismatch",
+                f"{f.path}: received {result.size} bytes, the publisher's file has {f.size}",
+                expected=f.size, actual=result.size,
+            ))
+        if result.actual != f.digest:
+            findings.append(digest_mismatch(f.path, f.digest, result.actual))
+        vouched = not findings
+        findings.extend(check_file(result.data_path, f.path, vouched=vouched).findings)
+        return findings
+
+    def _publish(
+        self, commit: str, f: RemoteFile, result: FetchResult, findings: Sequence[Finding],
+        history: Sequence[Finding], attempts: int, transferred: int,
+    ) -> FileReport:
+        repo = self.repo
+        blob = repo.publish_blob(result.data_path, f.etag)
+        try:
+            self.ledger.record(f.etag, blob, str(result.actual), findings)
+        except OSError as exc:
+            raise translate_os_error(exc, f"recording {f.path}") from exc
+        repo.link(commit, f.path, f.etag)
+        return FileReport(
+            f.path, f.size, str(f.digest), tuple(history) + tuple(findings), attempts=attempts,
+            bytes_transferred=transferred, location=str(repo.snapshot_file(commit, f.path)),
+            strict=self.opts.strict,
+        )
+
+
+def _first_fail(findings: Sequence[Finding]) -> str:
+    for x in findings:
+        if x.severity is Severity.FAIL:
+            return x.code
+    return "unknown"
+
+
+def export_local_dir(repo: CacheRepo, commit: str, files: Sequence[RemoteFile], local_dir: Path) -> Path:
+    """Copy a verified snapshot's files into ``local_dir`` with huggingface_hub's local-dir metadata.
+
+    The files are copied from verified blobs (never from the network), then the same
+    ``.cache/huggingface/download/<path>.metadata`` records huggingface_hub writes are created so its
+    ``local_dir`` mode recognises them as up to date.
+    """
+    import shutil
+
+    meta_root = local_dir / ".cache" / "huggingface"
+    for f in files:
+        dest = local_dir / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.vcache.tmp")
+        shutil.copyfile(repo.blob_path(f.etag), tmp)
+        os.replace(tmp, dest)
+        meta = meta_root / "download" / f"{f.path}.metadata"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(f"{commit}\n{f.etag}\n{time.time()}\n")
+    (meta_root / ".gitignore").write_text("*")
+    return local_dir
+
+
+def snapshot_download(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    repo_type: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    allow_patterns: str | Sequence[str] | None = None,
+    ignore_patterns: str | Sequence[str] | None = None,
+    token: str | bool | None = None,
+    max_workers: int = 8,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    endpoint: str | None = None,
+    strict: bool = False,
+    **_ignored: Any,
+) -> str:
+    """Drop-in for ``huggingface_hub.snapshot_download`` that verifies every file; returns the snapshot path.
+
+    Raises :class:`~vcache.errors.VerificationFailed` (a ``ValueError``) naming every failed file and its
+    findings, instead of returning a folder that holds bad or missing files. Extra keyword arguments
+    huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
+    """
+    report = pull(
+        repo_id, revision=revision, repo_type=repo_type, cache_dir=cache_dir, local_dir=local_dir,
+        allow_patterns=allow_patterns, ignore_patterns=ignore_patterns, token=token, max_workers=max_workers,
+        force_download=force_download, local_files_only=local_files_only, endpoint=endpoint, strict=strict,
+    )
+    raise_for_report(report)
+    assert report.snapshot_path is not None
+    return report.snapshot_path
+
+
+def hf_hub_download(
+    repo_id: str,
+    filename: str,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    repo_type: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    endpoint: str | None = None,
+    strict: bool = False,
+    **_ignored: Any,
+) -> str:
+    """Drop-in for ``huggingface_hub.hf_hub_download``: one verified file; returns its path in the snapshot."""
+    path = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
+    report = pull(
+        repo_id, revision=revision, repo_type=repo_type, cache_dir=cache_dir, local_dir=local_dir, token=token,
+        force_download=force_download, local_files_only=local_files_only, endpoint=endpoint, strict=strict,
+        files=[path],
+    )
+    raise_for_report(report)
+    assert report.snapshot_path is not None
+    return str(Path(report.snapshot_path) / path)
+
+
+def raise_for_report(report: PullReport) -> None:
+    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings."""
+    if report.errors and not report.failed:
+        raise TransferError("; ".join(report.errors), repo_id=report.repo_id)
+    failed = report.failed
+    if failed:
+        lines = []
+        findings: list[Finding] = []
+        for fr in failed:
+            bad = [x for x in fr.findings if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)]
+            findings.extend(bad)
+            where = f" (quarantined as {fr.quarantine_id})" if fr.quarantine_id else ""
+            lines.append(f"  {fr.path}{where}: " + "; ".join(f"[{x.code}] {x.message}" for x in bad[:3]))
+        raise VerificationFailed(
+            f"{report.repo_id}: {len(failed)} file(s) failed verification:\n" + "\n".join(lines), findings,
+            repo_id=report.repo_id,
+        )
+    for fr in report.files:
+        for x in fr.findings:
+            if x.severity is Severity.WARN:
+                log.warning("%s: [%s] %s", fr.path, x.code, x.message)
+
+
+__all__ = ["Progress", "PullOptions", "hf_hub_download", "pull", "raise_for_report", "snapshot_download"]
+
+_unused: tuple[Callable[..., Any], ...] = (Digest, HubError, LockTimeout)

@@ -1,0 +1,340 @@
+"""Verification of files already on disk: cache snapshots (trusting the ledger where it may), any folder,
+and the whole cache (``vcache scan``). Offline by construction: nothing here touches the network.
+
+What it decides is the same as a pull decides for fresh bytes (same checks, same verdict policy); the
+difference is only where the expected digest comes from (the blob name, the tree cache, or nowhere for
+folders that never came from a Hub) and whether a failing file may be moved (cache blobs are quarantined;
+a user's own folder is only reported on).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.checks import check_file
+from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
+from vcache.hashing import Digest, hash_file
+from vcache.hub import COMMIT_RE
+from vcache.ledger import Ledger
+from vcache.report import FileReport, Finding, PullReport, Severity, fail, info, verdict_of, warn
+
+log = logging.getLogger(__name__)
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def assess_file(path: Path, name: str, expected: Digest | None, size: int | None) -> tuple[list[Finding], Digest | None]:
+    """Hash (when a digest is expected) and check one complete file; returns findings and the actual digest.
+
+    A size or digest mismatch is a failure, and the content checks then run unvouched, so zero-fill damage
+    is reported for what it is (forensics on a file that failed its hash).
+    """
+    findings: list[Finding] = []
+    actual: Digest | None = None
+    st_size = os.stat(path).st_size
+    if size is not None and st_size != size:
+        findings.append(
+            fail("size_mismatch", f"{name}: {st_size} bytes on disk, the publisher's file has {size}; "
+                 "it is truncated or overwritten — fetch it again with `vcache pull`",
+                 expected=size, actual=st_size)
+        )
+    if expected is not None:
+        actual = hash_file(path, expected.algorithm)
+        if actual != expected:
+            findings.append(digest_mismatch(name, expected, actual))
+    vouched = expected is not None and not findings
+    findings.extend(check_file(path, name, vouched=vouched).findings)
+    return findings, actual
+
+
+def digest_mismatch(name: str, expected: Digest, actual: Digest) -> Finding:
+    """The finding for bytes that do not hash to the publisher's digest."""
+    return fail(
+        "digest_mismatch",
+        f"{name}: content hashes to {actual} but the publisher's digest is {expected}; "
+        "the bytes were damaged in transit or on disk — fetch it again with `vcache pull`",
+        expected=str(expected),
+        actual=str(actual),
+    )
+
+
+@dataclass(frozen=True)
+class _Expected:
+    path: str
+    size: int | None
+    etag: str | None
+
+
+def _expected_files(repo: CacheRepo, commit: str) -> list[_Expected]:
+    tree = repo.read_tree(commit)
+    if tree is not None:
+        return [_Expected(p, size, sha or blob) for p, (size, blob, sha) in sorted(tree.items())]
+    snap = repo.snapshot_dir(commit)
+    out = []
+    for dirpath, _dirs, names in os.walk(snap):
+        for n in names:
+            full = Path(dirpath) / n
+            rel = full.relative_to(snap).as_posix()
+            out.append(_Expected(rel, None, None))
+    return sorted(out, key=lambda e: e.path)
+
+
+def resolve_cached_commit(repo: CacheRepo, revision: str | None) -> str:
+    """The commit a revision names in the cache (offline), else :class:`OfflineError`."""
+    if revision and COMMIT_RE.fullmatch(revision):
+        if repo.snapshot_dir(revision).is_dir():
+            return revision
+        raise OfflineError(f"{repo.repo_id}@{revision[:12]} is not in the cache at {repo.cache_dir}; pull it first")
+    commit = repo.read_ref(revision or "main")
+    if commit is None:
+        snaps = repo.snapshots()
+        if revision is None and len(snaps) == 1:
+            return snaps[0]
+        raise OfflineError(
+            f"{repo.repo_id}@{revision or 'main'} is not in the cache at {repo.cache_dir} (no refs/{revision or 'main'}); "
+            "run `vcache pull` with network access first"
+        )
+    return commit
+
+
+def verify_snapshot(
+    repo: CacheRepo,
+    commit: str,
+    *,
+    deep: bool = False,
+    strict: bool = False,
+    quarantine: bool = True,
+    only: Iterable[str] | None = None,
+    revision: str | None = None,
+) -> PullReport:
+    """Verify a cached snapshot offline: trust unchanged ledger records unless ``deep``; quarantine failures.
+
+    Files the tree listing names but the snapshot lacks are failures (``snapshot.missing_file``). Blobs
+    without a valid record (written by another tool, changed since, or ``deep``) are re-hashed against their
+    blob name and re-checked, and the record is written when they pass.
+    """
+    import time
+
+    t0 = time.monotonic()
+    ledger = Ledger(repo.ledger_dir)
+    wanted = set(only) if only is not None else None
+    reports: list[FileReport] = []
+    for exp in _expected_files(repo, commit):
+        if wanted is not None and exp.path not in wanted:
+            continue
+        reports.append(_verify_cached_file(repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine))
+    reports = attach_repo_findings(repo.snapshot_dir(commit), reports, strict=strict)
+    return PullReport(
+        repo_id=repo.repo_id,
+        repo_type=repo.repo_type,
+        revision=revision,
+        commit=commit,
+        snapshot_path=str(repo.snapshot_dir(commit)),
+        files=tuple(reports),
+        elapsed=time.monotonic() - t0,
+        strict=strict,
+    )
+
+
+def _verify_cached_file(
+    repo: CacheRepo, ledger: Ledger, commit: str, exp: _Expected, *, deep: bool, strict: bool, quarantine: bool
+) -> FileReport:
+    from vcache.quarantine import quarantine_file
+
+    snap = repo.snapshot_file(commit, exp.path)
+    location = str(snap)
+    if not os.path.lexists(snap):
+        return FileReport(
+            exp.path, exp.size, findings=(fail("snapshot.missing_file",
+                f"{exp.path} is listed for commit {commit[:12]} but missing from the snapshot; "
+                "run `vcache pull` to fetch it"),), location=location, strict=strict, cached=True)
+    if not snap.exists():
+        return FileReport(
+            exp.path, exp.size, findings=(fail("snapshot.broken_link",
+                f"{exp.path}: snapshot link points to a missing blob ({os.readlink(snap)}); "
+                "run `vcache pull` to fetch it again"),), location=location, strict=strict, cached=True)
+    etag = repo.linked_etag(commit, exp.path) or exp.etag
+    blob = repo.blob_path(etag) if etag and repo.linked_etag(commit, exp.path) else snap
+    expected = _digest_for(etag)
+    if etag and not deep:
+        rec = ledger.lookup(etag, blob)
+        if rec is not None:
+            return FileReport(exp.path, rec.size, str(expected) if expected else rec.digest,
+                              findings=rec.findings, cached=True, location=location, strict=strict)
+    findings, actual = assess_file(blob, exp.path, expected, exp.size)
+    verdict = verdict_of(findings, strict=strict)
+    qid = None
+    if verdict.value == "fail" and quarantine and blob != snap and _writable(repo):
+        entry = quarantine_file(
+            repo, blob, path=exp.path, commit=commit, etag=etag,
+            expected_digest=str(expected) if expected else None,
+            actual_digest=str(actual) if actual else None, findings=findings, source="cache",
+        )
+        qid = entry.id
+        ledger.forget(etag or "")
+        _unlink_all(repo, etag or "")
+    elif etag and expected is not None and actual == expected and _writable(repo):
+        ledger.record(etag, blob, str(actual), findings)
+    return FileReport(exp.path, os.stat(entry.data).st_size if qid else exp.size,
+                      str(expected) if expected else None, tuple(findings),
+                      actual_digest=str(actual) if actual else None, cached=True,
+                      quarantine_id=qid, location=location, strict=strict)
+
+
+def _digest_for(etag: str | None) -> Digest | None:
+    if not etag:
+        return None
+    try:
+        return Digest.from_etag(etag)
+    except ValueError:
+        return None
+
+
+def _writable(repo: CacheRepo) -> bool:
+    return os.access(repo.root, os.W_OK) and os.access(repo.blobs, os.W_OK)
+
+
+def _unlink_all(repo: CacheRepo, etag: str) -> None:
+    """Remove every snapshot entry (any commit) that points at a blob being quarantined."""
+    for commit in repo.snapshots():
+        snap = repo.snapshot_dir(commit)
+        for dirpath, _dirs, names in os.walk(snap):
+            for n in names:
+                p = Path(dirpath) / n
+                if p.is_symlink() and os.path.basename(os.readlink(p)) == etag:
+                    p.unlink()
+
+
+def attach_repo_findings(folder: Path, reports: Sequence[FileReport], *, strict: bool) -> list[FileReport]:
+    """Run the sharded-index / config coherence checks over ``folder`` and attach them to the index's report."""
+    from dataclasses import replace
+
+    from vcache.checks.index import check_index
+
+    out = list(reports)
+    names = {r.path for r in reports}
+    config = _read_json(folder / "config.json")
+    for i, r in enumerate(out):
+        if r.path.endswith(INDEX_SUFFIX) and "/" not in r.path and r.verdict.value != "fail":
+            extra = check_index(folder, r.path, config=config)
+            if extra:
+                out[i] = replace(r, findings=r.findings + tuple(extra))
+    if config is not None and not any(n.endswith(INDEX_SUFFIX) for n in names) and "model.safetensors" in names:
+        from vcache.checks.index import check_config_coherence
+        from vcache.checks.safetensors import read_header
+
+        header, _ = read_header(folder / "model.safetensors")
+        if header is not None:
+            extra = check_config_coherence(config, [t.name for t in header.tensors])
+            for i, r in enumerate(out):
+                if r.path == "model.safetensors" and extra:
+                    out[i] = replace(r, findings=r.findings + tuple(extra))
+    return out
+
+
+def _read_json(path: Path) -> Mapping[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def verify_path(target: Path, *, strict: bool = False) -> PullReport:
+    """Verify any file or folder on disk (no publisher digest known): structure and content, reported only."""
+    import time
+
+    t0 = time.monotonic()
+    if not target.exists():
+        raise UsageError(f"{target} does not exist")
+    if target.is_file():
+        files = [(target, target.name)]
+        folder = target.parent
+    else:
+        folder = target
+        files = []
+        for dirpath, dirs, names in os.walk(target):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for n in sorted(names):
+                p = Path(dirpath) / n
+                files.append((p, p.relative_to(target).as_posix()))
+    reports = []
+    for p, name in sorted(files, key=lambda x: x[1]):
+        if not p.exists():
+            reports.append(FileReport(name, findings=(fail("snapshot.broken_link",
+                f"{name}: symlink points to a missing file"),), location=str(p), strict=strict))
+            continue
+        findings = list(check_file(p, name, vouched=False).findings)
+        reports.append(FileReport(name, os.stat(p).st_size, findings=tuple(findings), location=str(p), strict=strict))
+    if target.is_dir():
+        reports = attach_repo_findings(folder, reports, strict=strict)
+    return PullReport(repo_id=None, files=tuple(reports), snapshot_path=str(target), elapsed=time.monotonic() - t0,
+                      strict=strict)
+
+
+def scan_cache(cache_dir: Path, *, deep: bool = False, strict: bool = False) -> list[PullReport]:
+    """``vcache scan``: every repo in the cache, any tool's, plus hygiene findings per repo.
+
+    Snapshot files are verified as by :func:`verify_snapshot` (ledger trusted unless ``deep``) without
+    quarantining — scan only reports. Hygiene: leftover ``.incomplete`` files in ``blobs/`` and resumable
+    vcache partials.
+    """
+    reports = []
+    for rtype, repo_id, _folder in iter_repo_folders(cache_dir):
+        repo = CacheRepo(cache_dir, repo_id, rtype)
+        for commit in repo.snapshots():
+            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, quarantine=False))
+        hygiene = _hygiene(repo)
+        if hygiene:
+            reports.append(PullReport(repo_id=repo_id, repo_type=rtype, files=hygiene, strict=strict))
+    return reports
+
+
+def _hygiene(repo: CacheRepo) -> tuple[FileReport, ...]:
+    out: list[FileReport] = []
+    try:
+        blobs = sorted(repo.blobs.iterdir())
+    except OSError:
+        blobs = []
+    for b in blobs:
+        if b.name.endswith(".incomplete"):
+            size = os.stat(b).st_size
+            out.append(FileReport(f"blobs/{b.name}", size, findings=(warn(
+                "cache.incomplete_file",
+                f"{repo.folder_name}/blobs/{b.name}: leftover partial download ({size} bytes) from an "
+                "interrupted download; `vcache pull` fetches the file again, then it can be deleted"),),
+                location=str(b)))
+    try:
+        from vcache.partial import list_partials
+
+        partials = list_partials(repo.partials)
+    except (ImportError, OSError):
+        partials = []
+    for p in partials:
+        out.append(FileReport(f".vcache/partials/{p.path.name}", p.size, findings=(info(
+            "cache.partial", f"{repo.folder_name}: resumable partial for {p.etag[:12]} "
+            f"({p.completed} of {p.size} bytes); the next `vcache pull` resumes it"),),
+            location=str(p.path)))
+    return tuple(out)
+
+
+def has_fail(findings: Iterable[Finding]) -> bool:
+    """True when any finding is a failure."""
+    return any(f.severity is Severity.FAIL for f in findings)
+
+
+def require_complete(report: PullReport) -> None:
+    """Raise :class:`IncompleteSnapshot` when files of the snapshot are missing."""
+    missing = [f.path for f in report.files if any(x.code == "snapshot.missing_file" for x in f.findings)]
+    if missing:
+        raise IncompleteSnapshot(
+            f"the cached snapshot of {report.repo_id} is missing {len(missing)} file(s): {', '.join(missing[:5])}; "
+            "run `vcache pull` with network access", snapshot_path=report.snapshot_path)
