@@ -210,9 +210,11 @@ class CacheRepo:
         except OSError:
             return None
         name = os.path.basename(dest)
-        return name if os.path.dirname(os.path.normpath(os.path.join(target.parent, dest))) == str(
-            self.blobs
-        ) else None
+        return (
+            name
+            if os.path.dirname(os.path.normpath(os.path.join(target.parent, dest))) == str(self.blobs)
+            else None
+        )
 
     def write_ref(self, revision: str, commit: str) -> None:
         """Write ``refs/<revision>`` atomically (no trailing newline, like huggingface_hub)."""

@@ -54,7 +54,9 @@ def _human(n: int | None) -> str:
 
 def _first_note(f: FileReport, strict: bool) -> str:
     order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
-    relevant = [x for x in f.findings if x.code not in ("transfer.refetched",) and x.severity is not Severity.INFO]
+    relevant = [
+        x for x in f.findings if x.code not in ("transfer.refetched",) and x.severity is not Severity.INFO
+    ]
     if relevant:
         x = sorted(relevant, key=lambda x: order[x.severity])[0]
         more = f" (+{len(relevant) - 1} more)" if len(relevant) > 1 else ""
@@ -73,7 +75,9 @@ def print_table(report: PullReport, *, title: str | None = None) -> None:
         verdict = f.verdict.value.upper()
         click.echo(f"  {verdict:<4}  {f.path}  {_human(f.size)}  {_first_note(f, report.strict)}")
         if f.quarantine_id:
-            click.echo(f"        quarantined as {f.quarantine_id} (see `vcache quarantine show {f.quarantine_id}`)")
+            click.echo(
+                f"        quarantined as {f.quarantine_id} (see `vcache quarantine show {f.quarantine_id}`)"
+            )
     for e in report.errors:
         click.echo(f"  ERROR {e}")
 
@@ -106,8 +110,16 @@ class _TqdmProgress:
             return
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                         desc=f"{files} file(s)", dynamic_ncols=True, leave=True)
+        self._bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+            desc=f"{files} file(s)",
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     def _advance(self, n: int) -> None:
         if self._bar is not None:
@@ -139,7 +151,9 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("repo_id")
 @click.option("--revision", help="Branch, tag, commit or refs/pr/N (default: main).")
-@click.option("--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True)
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True
+)
 @click.option("--include", "include", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--exclude", "exclude", multiple=True, help="Skip files matching this glob (repeatable).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
@@ -151,9 +165,19 @@ def main(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pull(
-    repo_id: str, revision: str | None, repo_type: str, include: tuple[str, ...], exclude: tuple[str, ...],
-    cache_dir: Path | None, local_dir: Path | None, workers: int | None, token: str | None, strict: bool,
-    force: bool, as_json: bool, quiet: bool,
+    repo_id: str,
+    revision: str | None,
+    repo_type: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    cache_dir: Path | None,
+    local_dir: Path | None,
+    workers: int | None,
+    token: str | None,
+    strict: bool,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Download REPO_ID, verifying every file; exit 1 if any file fails verification."""
     from vcache.pull import pull as do_pull
@@ -161,9 +185,18 @@ def pull(
     progress = _TqdmProgress(quiet or as_json)
     try:
         report = do_pull(
-            repo_id, revision=revision, repo_type=repo_type, cache_dir=cache_dir, local_dir=local_dir,
-            allow_patterns=list(include) or None, ignore_patterns=list(exclude) or None, token=token,
-            max_workers=workers, force_download=force, strict=strict, progress=progress.sink,
+            repo_id,
+            revision=revision,
+            repo_type=repo_type,
+            cache_dir=cache_dir,
+            local_dir=local_dir,
+            allow_patterns=list(include) or None,
+            ignore_patterns=list(exclude) or None,
+            token=token,
+            max_workers=workers,
+            force_download=force,
+            strict=strict,
+            progress=progress.sink,
         )
     except UsageError as exc:
         progress.close()
@@ -178,12 +211,19 @@ def pull(
 def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summary: bool = False) -> NoReturn:
     code = _exit_code(reports)
     if as_json:
-        doc: Any = reports[0].to_json() if len(reports) == 1 else {
-            "verdict": max((r.verdict for r in reports), key=lambda v: ["ok", "warn", "fail"].index(v.value),
-                           default=Verdict.OK).value,
-            "reports": [r.to_json() for r in reports],
-            "files": [f for r in reports for f in r.to_json()["files"]],
-        }
+        doc: Any = (
+            reports[0].to_json()
+            if len(reports) == 1
+            else {
+                "verdict": max(
+                    (r.verdict for r in reports),
+                    key=lambda v: ["ok", "warn", "fail"].index(v.value),
+                    default=Verdict.OK,
+                ).value,
+                "reports": [r.to_json() for r in reports],
+                "files": [f for r in reports for f in r.to_json()["files"]],
+            }
+        )
         click.echo(json.dumps(doc, indent=2))
         sys.exit(code)
     for r in reports:
@@ -197,7 +237,9 @@ def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summa
     if pull_summary and reports and reports[0].snapshot_path:
         r = reports[0]
         moved = sum(f.bytes_transferred for f in r.files)
-        click.echo(f"{len(r.files)} file(s), {_human(moved)} transferred in {r.elapsed:.1f}s; snapshot: {r.snapshot_path}")
+        click.echo(
+            f"{len(r.files)} file(s), {_human(moved)} transferred in {r.elapsed:.1f}s; snapshot: {r.snapshot_path}"
+        )
     sys.exit(code)
 
 
@@ -209,8 +251,15 @@ def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summa
 @click.option("--deep", is_flag=True, help="Re-hash and re-scan even files the ledger vouches for.")
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(targets: tuple[str, ...], revision: str | None, repo_type: str, cache_dir: Path | None,
-           deep: bool, strict: bool, as_json: bool) -> None:
+def verify(
+    targets: tuple[str, ...],
+    revision: str | None,
+    repo_type: str,
+    cache_dir: Path | None,
+    deep: bool,
+    strict: bool,
+    as_json: bool,
+) -> None:
     """Verify repos in the cache, snapshot folders, or any files/folders (offline).
 
     TARGET is a repo id in the cache (org/name), a snapshot folder, or any file or folder on disk.
@@ -219,8 +268,14 @@ def verify(targets: tuple[str, ...], revision: str | None, repo_type: str, cache
     from vcache.api import verify as do_verify
 
     try:
-        reports = do_verify(list(targets), revision=revision, repo_type=repo_type, cache_dir=cache_dir,
-                            deep=deep, strict=strict)
+        reports = do_verify(
+            list(targets),
+            revision=revision,
+            repo_type=repo_type,
+            cache_dir=cache_dir,
+            deep=deep,
+            strict=strict,
+        )
     except UsageError as exc:
         _die(exc, EXIT_USAGE)
     except (VcacheError, OSError) as exc:
@@ -254,8 +309,10 @@ def scan(cache_dir: Path | None, deep: bool, as_json: bool) -> None:
             where = f"{r.repo_id}@{(r.commit or '')[:12]}" if r.commit else str(r.repo_id)
             click.echo(f"{x.severity.value.upper():<4}  {where}  {f.path}: [{x.code}] {x.message}")
     files = sum(len(r.files) for r in reports)
-    click.echo(f"scanned {len({r.repo_id for r in reports})} repo(s), {files} file(s) in {root}: "
-               f"{problems} problem(s)")
+    click.echo(
+        f"scanned {len({r.repo_id for r in reports})} repo(s), {files} file(s) in {root}: "
+        f"{problems} problem(s)"
+    )
     sys.exit(_exit_code(reports))
 
 
@@ -308,7 +365,9 @@ def q_show(qid: str, cache_dir: Path | None) -> None:
 
 @quarantine.command("restore")
 @click.argument("qid")
-@click.option("--to", "to", type=click.Path(path_type=Path), help="Copy the bytes here instead of back into the cache.")
+@click.option(
+    "--to", "to", type=click.Path(path_type=Path), help="Copy the bytes here instead of back into the cache."
+)
 @_cache_opt
 def q_restore(qid: str, to: Path | None, cache_dir: Path | None) -> None:
     """Put a quarantined file back into the cache (an explicit override), or copy it out with --to."""
@@ -339,7 +398,9 @@ def q_purge(qid: str | None, purge_all: bool, cache_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--keep", type=click.Path(path_type=Path), help="Work in this folder and keep it (default: a temp dir).")
+@click.option(
+    "--keep", type=click.Path(path_type=Path), help="Work in this folder and keep it (default: a temp dir)."
+)
 def demo(keep: Path | None) -> None:
     """Offline demo: a local Hub serves a generated model, one transfer is corrupted, vcache catches it."""
     from vcache.demo import run_demo

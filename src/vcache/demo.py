@@ -37,11 +37,15 @@ def run_demo(keep: Path | None = None) -> int:
         size = sum(p.stat().st_size for p in src.iterdir())
         with HubServer([repo]) as hub:  # type: ignore[list-item]
             click.echo("vcache demo: everything below runs locally, offline.\n")
-            click.echo(f"1. Generated a Llama-shaped checkpoint ({size / 2**20:.1f} MiB, 2 shards) and started a "
-                       f"local Hub at {hub.endpoint}")
+            click.echo(
+                f"1. Generated a Llama-shaped checkpoint ({size / 2**20:.1f} MiB, 2 shards) and started a "
+                f"local Hub at {hub.endpoint}"
+            )
             hub.fault(REPO_ID, shard.name, Fault.zero_fill(start, length))
-            click.echo(f"2. The Hub will zero rows 8-15 of {DAMAGED_TENSOR} in the first transfer of\n"
-                       f"   {shard.name}: same size, no error (what the official client accepts).")
+            click.echo(
+                f"2. The Hub will zero rows 8-15 of {DAMAGED_TENSOR} in the first transfer of\n"
+                f"   {shard.name}: same size, no error (what the official client accepts)."
+            )
             click.echo(f"3. vcache pull {REPO_ID}\n")
             progress = _TqdmProgress(quiet=False)
             report = pull(REPO_ID, endpoint=hub.endpoint, cache_dir=cache, progress=progress.sink)
@@ -51,12 +55,14 @@ def run_demo(keep: Path | None = None) -> int:
         caught = report.ok and gets >= 2
         click.echo("")
         if caught:
-            click.echo(f"4. Caught: {shard.name} failed its sha256 on the first transfer, was fetched again "
-                       f"({gets} body requests) and verified.")
+            click.echo(
+                f"4. Caught: {shard.name} failed its sha256 on the first transfer, was fetched again "
+                f"({gets} body requests) and verified."
+            )
             click.echo(f"\nVerified snapshot: {report.snapshot_path}")
             click.echo(
                 "Load it with:\n"
-                f"  HF_HUB_CACHE={cache} HF_HUB_OFFLINE=1 python -c \"import vcache, transformers; "
+                f'  HF_HUB_CACHE={cache} HF_HUB_OFFLINE=1 python -c "import vcache, transformers; '
                 f"m = vcache.from_pretrained(transformers.AutoModelForCausalLM, '{REPO_ID}')\"\n"
                 "  (needs `pip install 'vcache[transformers]'`)"
             )

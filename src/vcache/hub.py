@@ -256,7 +256,9 @@ class HubClient:
             files.extend(parse_entries(response.json(), repo_id=repo_id))
             nxt = response.links.get("next", {}).get("url")
             if nxt and not same_origin(nxt, self.endpoint):
-                raise HubError(f"tree pagination of {repo_id} pointed to another origin; refusing", repo_id=repo_id)
+                raise HubError(
+                    f"tree pagination of {repo_id} pointed to another origin; refusing", repo_id=repo_id
+                )
             url = nxt
         return files
 

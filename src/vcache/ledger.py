@@ -8,6 +8,7 @@ module never decides a verdict; it remembers one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -60,8 +61,12 @@ class LedgerRecord:
             "etag": self.etag,
             "digest": self.digest,
             "size": self.size,
-            "stat": {"dev": self.stat.dev, "ino": self.stat.ino, "size": self.stat.size,
-                     "mtime_ns": self.stat.mtime_ns},
+            "stat": {
+                "dev": self.stat.dev,
+                "ino": self.stat.ino,
+                "size": self.stat.size,
+                "mtime_ns": self.stat.mtime_ns,
+            },
             "findings": [f.to_json() for f in self.findings],
             "vcache_version": self.vcache_version,
             "checks_version": self.checks_version,
@@ -135,7 +140,5 @@ class Ledger:
 
     def forget(self, etag: str) -> None:
         """Drop the record (the blob was quarantined or replaced)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(etag).unlink()
-        except FileNotFoundError:
-            pass

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,22 +36,25 @@ from vcache.errors import (
     CacheNotWritable,
     DiskFull,
     EntryNotFound,
-    HubError,
     IncompleteSnapshot,
-    LockTimeout,
     RemoteChanged,
     TransferError,
     VcacheError,
     VerificationFailed,
 )
-from vcache.hashing import Digest
 from vcache.hub import COMMIT_RE, HubClient, RemoteFile, check_unique_paths, resolve_url
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock
 from vcache.quarantine import quarantine_file
 from vcache.report import FileReport, Finding, PullReport, Severity, Verdict, fail, info, verdict_of
 from vcache.transfer import FetchResult, FetchSpec, Transfer
-from vcache.verify import assess_file, attach_repo_findings, digest_mismatch, resolve_cached_commit, verify_snapshot
+from vcache.verify import (
+    assess_file,
+    attach_repo_findings,
+    digest_mismatch,
+    resolve_cached_commit,
+    verify_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,12 @@ def pull(
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     settings = resolve_settings(
-        endpoint=endpoint, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
-        max_workers=max_workers, repo_type=repo_type,
+        endpoint=endpoint,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        max_workers=max_workers,
+        repo_type=repo_type,
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
     if settings.offline:
@@ -141,7 +148,9 @@ def _pull_offline(
     if files is not None:
         only = list(files)
     elif tree is not None and (allow or ignore):
-        only = list(filter_repo_objects(tree.keys(), allow_patterns=_pat(allow), ignore_patterns=_pat(ignore)))
+        only = list(
+            filter_repo_objects(tree.keys(), allow_patterns=_pat(allow), ignore_patterns=_pat(ignore))
+        )
     writable = os.access(repo.root, os.W_OK)
     report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
     if only is not None:
@@ -164,7 +173,9 @@ def _pat(p: str | Sequence[str] | None) -> list[str] | None:
 class _Puller:
     """One pull's state: settings, the cache repo, the shared transfer, the ledger."""
 
-    def __init__(self, settings: Settings, repo: CacheRepo, opts: PullOptions, progress: Progress, force: bool):
+    def __init__(
+        self, settings: Settings, repo: CacheRepo, opts: PullOptions, progress: Progress, force: bool
+    ):
         self.settings = settings
         self.repo = repo
         self.opts = opts
@@ -196,14 +207,20 @@ class _Puller:
                     if want not in found:
                         raise EntryNotFound(
                             f"{want!r} does not exist in {self.repo.repo_id}@{revision or commit[:12]}",
-                            repo_id=self.repo.repo_id, path=want,
+                            repo_id=self.repo.repo_id,
+                            path=want,
                         )
                 listing: list[RemoteFile] | None = None
             else:
                 listing = hub.list_files(self.repo.repo_id, commit, s.repo_type)
-                remote = list(filter_repo_objects(
-                    listing, allow_patterns=_pat(allow), ignore_patterns=_pat(ignore), key=lambda f: f.path
-                ))
+                remote = list(
+                    filter_repo_objects(
+                        listing,
+                        allow_patterns=_pat(allow),
+                        ignore_patterns=_pat(ignore),
+                        key=lambda f: f.path,
+                    )
+                )
         check_unique_paths(remote)
         self.repo.ensure_layout()
         plan = [(f, self._cached_report(commit, f)) for f in remote]
@@ -227,17 +244,26 @@ class _Puller:
                             raise
                         except VcacheError as exc:
                             errors.append(f"{path}: {exc}")
-                            rep = FileReport(path, findings=(fail("transfer.failed", f"{path}: {exc}"),),
-                                             strict=self.opts.strict)
+                            rep = FileReport(
+                                path,
+                                findings=(fail("transfer.failed", f"{path}: {exc}"),),
+                                strict=self.opts.strict,
+                            )
                         reports[path] = rep
                         self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
         ordered_reports = attach_repo_findings(snapshot, ordered_reports, strict=self.opts.strict)
         report = PullReport(
-            repo_id=self.repo.repo_id, repo_type=s.repo_type, revision=revision, commit=commit,
-            snapshot_path=str(snapshot), files=tuple(ordered_reports), elapsed=time.monotonic() - t0,
-            strict=self.opts.strict, errors=tuple(errors),
+            repo_id=self.repo.repo_id,
+            repo_type=s.repo_type,
+            revision=revision,
+            commit=commit,
+            snapshot_path=str(snapshot),
+            files=tuple(ordered_reports),
+            elapsed=time.monotonic() - t0,
+            strict=self.opts.strict,
+            errors=tuple(errors),
         )
         if report.ok:
             if listing is not None:
@@ -247,7 +273,9 @@ class _Puller:
             elif revision is None:
                 self.repo.write_ref("main", commit)
         if local_dir is not None and report.ok:
-            report = replace(report, snapshot_path=str(export_local_dir(self.repo, commit, remote, Path(local_dir))))
+            report = replace(
+                report, snapshot_path=str(export_local_dir(self.repo, commit, remote, Path(local_dir)))
+            )
         return report
 
     # -- planning ---------------------------------------------------------------------------------------------
@@ -263,8 +291,15 @@ class _Puller:
             return None  # present but not verified by vcache: _fetch_one verifies it locally first
         if self.repo.linked_etag(commit, f.path) != f.etag:
             self.repo.link(commit, f.path, f.etag)
-        return FileReport(f.path, f.size, str(f.digest), rec.findings, cached=True,
-                          location=str(self.repo.snapshot_file(commit, f.path)), strict=self.opts.strict)
+        return FileReport(
+            f.path,
+            f.size,
+            str(f.digest),
+            rec.findings,
+            cached=True,
+            location=str(self.repo.snapshot_file(commit, f.path)),
+            strict=self.opts.strict,
+        )
 
     # -- one file ---------------------------------------------------------------------------------------------
     def _fetch_one(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
@@ -286,22 +321,42 @@ class _Puller:
             findings, actual = assess_file(blob, f.path, f.digest, f.size)
             if verdict_of(findings, strict=self.opts.strict) is Verdict.FAIL:
                 entry = quarantine_file(
-                    self.repo, blob, path=f.path, commit=commit, etag=f.etag, expected_digest=str(f.digest),
-                    actual_digest=str(actual) if actual else None, findings=findings, source="cache",
+                    self.repo,
+                    blob,
+                    path=f.path,
+                    commit=commit,
+                    etag=f.etag,
+                    expected_digest=str(f.digest),
+                    actual_digest=str(actual) if actual else None,
+                    findings=findings,
+                    source="cache",
                 )
                 self.repo.unlink(commit, f.path)
-                self.progress.message(f"{f.path}: cached copy failed verification; quarantined as {entry.id}, fetching again")
+                self.progress.message(
+                    f"{f.path}: cached copy failed verification; quarantined as {entry.id}, fetching again"
+                )
                 return None
             self.ledger.record(f.etag, blob, str(actual), findings)
         self.repo.link(commit, f.path, f.etag)
-        return FileReport(f.path, f.size, str(f.digest), tuple(findings), cached=True,
-                          location=str(self.repo.snapshot_file(commit, f.path)), strict=self.opts.strict)
+        return FileReport(
+            f.path,
+            f.size,
+            str(f.digest),
+            tuple(findings),
+            cached=True,
+            location=str(self.repo.snapshot_file(commit, f.path)),
+            strict=self.opts.strict,
+        )
 
     def _download(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
         repo, s = self.repo, self.settings
         spec = FetchSpec(
             url=resolve_url(s.endpoint, repo.repo_id, commit, f.path, s.repo_type),
-            etag=f.etag, size=f.size, expected=f.digest, commit=commit, path=f.path,
+            etag=f.etag,
+            size=f.size,
+            expected=f.digest,
+            commit=commit,
+            path=f.path,
         )
         attempts = 0
         transferred = 0
@@ -328,35 +383,56 @@ class _Puller:
                 return self._publish(commit, f, result, findings, history, attempts, transferred)
             if not transport_failed:
                 break  # the publisher's own bytes fail: downloading again cannot help
-            history.append(info(
-                "transfer.refetched",
-                f"{f.path}: attempt {n} arrived damaged ({_first_fail(findings)}); fetched again",
-                attempt=n, actual=str(result.actual),
-            ))
-            self.progress.message(f"{f.path}: attempt {n} failed verification ({_first_fail(findings)}); fetching again")
+            history.append(
+                info(
+                    "transfer.refetched",
+                    f"{f.path}: attempt {n} arrived damaged ({_first_fail(findings)}); fetched again",
+                    attempt=n,
+                    actual=str(result.actual),
+                )
+            )
+            self.progress.message(
+                f"{f.path}: attempt {n} failed verification ({_first_fail(findings)}); fetching again"
+            )
             if n < self.opts.max_integrity_attempts:
                 transfer.discard(result.data_path)
         assert result is not None
         entry = quarantine_file(
-            repo, result.data_path, path=f.path, commit=commit, etag=f.etag, expected_digest=str(f.digest),
-            actual_digest=str(result.actual), findings=findings, source="download",
+            repo,
+            result.data_path,
+            path=f.path,
+            commit=commit,
+            etag=f.etag,
+            expected_digest=str(f.digest),
+            actual_digest=str(result.actual),
+            findings=findings,
+            source="download",
         )
         repo.unlink(commit, f.path)
         self.progress.message(f"{f.path}: FAILED verification; quarantined as {entry.id}")
         return FileReport(
-            f.path, f.size, str(f.digest), tuple(history) + tuple(findings), attempts=attempts,
-            bytes_transferred=transferred, actual_digest=str(result.actual), quarantine_id=entry.id,
+            f.path,
+            f.size,
+            str(f.digest),
+            tuple(history) + tuple(findings),
+            attempts=attempts,
+            bytes_transferred=transferred,
+            actual_digest=str(result.actual),
+            quarantine_id=entry.id,
             strict=self.opts.strict,
         )
 
     def _check_fetched(self, f: RemoteFile, result: FetchResult) -> list[Finding]:
         findings: list[Finding] = []
         if result.size != f.size:
-            findings.append(fail(
-                "size_mismatch",
-                f"{f.path}: received {result.size} bytes, the publisher's file has {f.size}",
-                expected=f.size, actual=result.size,
-            ))
+            findings.append(
+                fail(
+                    "size_mismatch",
+                    f"{f.path}: received {result.size} bytes, the publisher's file has {f.size}",
+                    expected=f.size,
+                    actual=result.size,
+                )
+            )
         if result.actual != f.digest:
             findings.append(digest_mismatch(f.path, f.digest, result.actual))
         vouched = not findings
@@ -364,8 +440,14 @@ class _Puller:
         return findings
 
     def _publish(
-        self, commit: str, f: RemoteFile, result: FetchResult, findings: Sequence[Finding],
-        history: Sequence[Finding], attempts: int, transferred: int,
+        self,
+        commit: str,
+        f: RemoteFile,
+        result: FetchResult,
+        findings: Sequence[Finding],
+        history: Sequence[Finding],
+        attempts: int,
+        transferred: int,
     ) -> FileReport:
         repo = self.repo
         blob = repo.publish_blob(result.data_path, f.etag)
@@ -375,8 +457,13 @@ class _Puller:
             raise translate_os_error(exc, f"recording {f.path}") from exc
         repo.link(commit, f.path, f.etag)
         return FileReport(
-            f.path, f.size, str(f.digest), tuple(history) + tuple(findings), attempts=attempts,
-            bytes_transferred=transferred, location=str(repo.snapshot_file(commit, f.path)),
+            f.path,
+            f.size,
+            str(f.digest),
+            tuple(history) + tuple(findings),
+            attempts=attempts,
+            bytes_transferred=transferred,
+            location=str(repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
         )
 
@@ -435,9 +522,19 @@ def snapshot_download(
     huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
     """
     report = pull(
-        repo_id, revision=revision, repo_type=repo_type, cache_dir=cache_dir, local_dir=local_dir,
-        allow_patterns=allow_patterns, ignore_patterns=ignore_patterns, token=token, max_workers=max_workers,
-        force_download=force_download, local_files_only=local_files_only, endpoint=endpoint, strict=strict,
+        repo_id,
+        revision=revision,
+        repo_type=repo_type,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        allow_patterns=allow_patterns,
+        ignore_patterns=ignore_patterns,
+        token=token,
+        max_workers=max_workers,
+        force_download=force_download,
+        local_files_only=local_files_only,
+        endpoint=endpoint,
+        strict=strict,
     )
     raise_for_report(report)
     assert report.snapshot_path is not None
@@ -463,8 +560,16 @@ def hf_hub_download(
     """Drop-in for ``huggingface_hub.hf_hub_download``: one verified file; returns its path in the snapshot."""
     path = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
     report = pull(
-        repo_id, revision=revision, repo_type=repo_type, cache_dir=cache_dir, local_dir=local_dir, token=token,
-        force_download=force_download, local_files_only=local_files_only, endpoint=endpoint, strict=strict,
+        repo_id,
+        revision=revision,
+        repo_type=repo_type,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        token=token,
+        force_download=force_download,
+        local_files_only=local_files_only,
+        endpoint=endpoint,
+        strict=strict,
         files=[path],
     )
     raise_for_report(report)
@@ -481,12 +586,17 @@ def raise_for_report(report: PullReport) -> None:
         lines = []
         findings: list[Finding] = []
         for fr in failed:
-            bad = [x for x in fr.findings if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)]
+            bad = [
+                x
+                for x in fr.findings
+                if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)
+            ]
             findings.extend(bad)
             where = f" (quarantined as {fr.quarantine_id})" if fr.quarantine_id else ""
             lines.append(f"  {fr.path}{where}: " + "; ".join(f"[{x.code}] {x.message}" for x in bad[:3]))
         raise VerificationFailed(
-            f"{report.repo_id}: {len(failed)} file(s) failed verification:\n" + "\n".join(lines), findings,
+            f"{report.repo_id}: {len(failed)} file(s) failed verification:\n" + "\n".join(lines),
+            findings,
             repo_id=report.repo_id,
         )
     for fr in report.files:
@@ -496,5 +606,3 @@ def raise_for_report(report: PullReport) -> None:
 
 
 __all__ = ["Progress", "PullOptions", "hf_hub_download", "pull", "raise_for_report", "snapshot_download"]
-
-_unused: tuple[Callable[..., Any], ...] = (Digest, HubError, LockTimeout)

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
-def assess_file(path: Path, name: str, expected: Digest | None, size: int | None) -> tuple[list[Finding], Digest | None]:
+def assess_file(
+    path: Path, name: str, expected: Digest | None, size: int | None
+) -> tuple[list[Finding], Digest | None]:
     """Hash (when a digest is expected) and check one complete file; returns findings and the actual digest.
 
     A size or digest mismatch is a failure, and the content checks then run unvouched, so zero-fill damage
@@ -40,9 +42,13 @@ def assess_file(path: Path, name: str, expected: Digest | None, size: int | None
     st_size = os.stat(path).st_size
     if size is not None and st_size != size:
         findings.append(
-            fail("size_mismatch", f"{name}: {st_size} bytes on disk, the publisher's file has {size}; "
-                 "it is truncated or overwritten — fetch it again with `vcache pull`",
-                 expected=size, actual=st_size)
+            fail(
+                "size_mismatch",
+                f"{name}: {st_size} bytes on disk, the publisher's file has {size}; "
+                "it is truncated or overwritten — fetch it again with `vcache pull`",
+                expected=size,
+                actual=st_size,
+            )
         )
     if expected is not None:
         actual = hash_file(path, expected.algorithm)
@@ -90,7 +96,9 @@ def resolve_cached_commit(repo: CacheRepo, revision: str | None) -> str:
     if revision and COMMIT_RE.fullmatch(revision):
         if repo.snapshot_dir(revision).is_dir():
             return revision
-        raise OfflineError(f"{repo.repo_id}@{revision[:12]} is not in the cache at {repo.cache_dir}; pull it first")
+        raise OfflineError(
+            f"{repo.repo_id}@{revision[:12]} is not in the cache at {repo.cache_dir}; pull it first"
+        )
     commit = repo.read_ref(revision or "main")
     if commit is None:
         snaps = repo.snapshots()
@@ -128,7 +136,9 @@ def verify_snapshot(
     for exp in _expected_files(repo, commit):
         if wanted is not None and exp.path not in wanted:
             continue
-        reports.append(_verify_cached_file(repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine))
+        reports.append(
+            _verify_cached_file(repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine)
+        )
     reports = attach_repo_findings(repo.snapshot_dir(commit), reports, strict=strict)
     return PullReport(
         repo_id=repo.repo_id,
@@ -143,7 +153,14 @@ def verify_snapshot(
 
 
 def _verify_cached_file(
-    repo: CacheRepo, ledger: Ledger, commit: str, exp: _Expected, *, deep: bool, strict: bool, quarantine: bool
+    repo: CacheRepo,
+    ledger: Ledger,
+    commit: str,
+    exp: _Expected,
+    *,
+    deep: bool,
+    strict: bool,
+    quarantine: bool,
 ) -> FileReport:
     from vcache.quarantine import quarantine_file
 
@@ -151,40 +168,80 @@ def _verify_cached_file(
     location = str(snap)
     if not os.path.lexists(snap):
         return FileReport(
-            exp.path, exp.size, findings=(fail("snapshot.missing_file",
-                f"{exp.path} is listed for commit {commit[:12]} but missing from the snapshot; "
-                "run `vcache pull` to fetch it"),), location=location, strict=strict, cached=True)
+            exp.path,
+            exp.size,
+            findings=(
+                fail(
+                    "snapshot.missing_file",
+                    f"{exp.path} is listed for commit {commit[:12]} but missing from the snapshot; "
+                    "run `vcache pull` to fetch it",
+                ),
+            ),
+            location=location,
+            strict=strict,
+            cached=True,
+        )
     if not snap.exists():
         return FileReport(
-            exp.path, exp.size, findings=(fail("snapshot.broken_link",
-                f"{exp.path}: snapshot link points to a missing blob ({os.readlink(snap)}); "
-                "run `vcache pull` to fetch it again"),), location=location, strict=strict, cached=True)
+            exp.path,
+            exp.size,
+            findings=(
+                fail(
+                    "snapshot.broken_link",
+                    f"{exp.path}: snapshot link points to a missing blob ({os.readlink(snap)}); "
+                    "run `vcache pull` to fetch it again",
+                ),
+            ),
+            location=location,
+            strict=strict,
+            cached=True,
+        )
     etag = repo.linked_etag(commit, exp.path) or exp.etag
     blob = repo.blob_path(etag) if etag and repo.linked_etag(commit, exp.path) else snap
     expected = _digest_for(etag)
     if etag and not deep:
         rec = ledger.lookup(etag, blob)
         if rec is not None:
-            return FileReport(exp.path, rec.size, str(expected) if expected else rec.digest,
-                              findings=rec.findings, cached=True, location=location, strict=strict)
+            return FileReport(
+                exp.path,
+                rec.size,
+                str(expected) if expected else rec.digest,
+                findings=rec.findings,
+                cached=True,
+                location=location,
+                strict=strict,
+            )
     findings, actual = assess_file(blob, exp.path, expected, exp.size)
     verdict = verdict_of(findings, strict=strict)
     qid = None
     if verdict.value == "fail" and quarantine and blob != snap and _writable(repo):
         entry = quarantine_file(
-            repo, blob, path=exp.path, commit=commit, etag=etag,
+            repo,
+            blob,
+            path=exp.path,
+            commit=commit,
+            etag=etag,
             expected_digest=str(expected) if expected else None,
-            actual_digest=str(actual) if actual else None, findings=findings, source="cache",
+            actual_digest=str(actual) if actual else None,
+            findings=findings,
+            source="cache",
         )
         qid = entry.id
         ledger.forget(etag or "")
         _unlink_all(repo, etag or "")
     elif etag and expected is not None and actual == expected and _writable(repo):
         ledger.record(etag, blob, str(actual), findings)
-    return FileReport(exp.path, os.stat(entry.data).st_size if qid else exp.size,
-                      str(expected) if expected else None, tuple(findings),
-                      actual_digest=str(actual) if actual else None, cached=True,
-                      quarantine_id=qid, location=location, strict=strict)
+    return FileReport(
+        exp.path,
+        os.stat(entry.data).st_size if qid else exp.size,
+        str(expected) if expected else None,
+        tuple(findings),
+        actual_digest=str(actual) if actual else None,
+        cached=True,
+        quarantine_id=qid,
+        location=location,
+        strict=strict,
+    )
 
 
 def _digest_for(etag: str | None) -> Digest | None:
@@ -225,7 +282,11 @@ def attach_repo_findings(folder: Path, reports: Sequence[FileReport], *, strict:
             extra = check_index(folder, r.path, config=config)
             if extra:
                 out[i] = replace(r, findings=r.findings + tuple(extra))
-    if config is not None and not any(n.endswith(INDEX_SUFFIX) for n in names) and "model.safetensors" in names:
+    if (
+        config is not None
+        and not any(n.endswith(INDEX_SUFFIX) for n in names)
+        and "model.safetensors" in names
+    ):
         from vcache.checks.index import check_config_coherence
         from vcache.checks.safetensors import read_header
 
@@ -269,15 +330,28 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
     reports = []
     for p, name in sorted(files, key=lambda x: x[1]):
         if not p.exists():
-            reports.append(FileReport(name, findings=(fail("snapshot.broken_link",
-                f"{name}: symlink points to a missing file"),), location=str(p), strict=strict))
+            reports.append(
+                FileReport(
+                    name,
+                    findings=(fail("snapshot.broken_link", f"{name}: symlink points to a missing file"),),
+                    location=str(p),
+                    strict=strict,
+                )
+            )
             continue
         findings = list(check_file(p, name, vouched=False).findings)
-        reports.append(FileReport(name, os.stat(p).st_size, findings=tuple(findings), location=str(p), strict=strict))
+        reports.append(
+            FileReport(name, os.stat(p).st_size, findings=tuple(findings), location=str(p), strict=strict)
+        )
     if target.is_dir():
         reports = attach_repo_findings(folder, reports, strict=strict)
-    return PullReport(repo_id=None, files=tuple(reports), snapshot_path=str(target), elapsed=time.monotonic() - t0,
-                      strict=strict)
+    return PullReport(
+        repo_id=None,
+        files=tuple(reports),
+        snapshot_path=str(target),
+        elapsed=time.monotonic() - t0,
+        strict=strict,
+    )
 
 
 def scan_cache(cache_dir: Path, *, deep: bool = False, strict: bool = False) -> list[PullReport]:
@@ -307,11 +381,20 @@ def _hygiene(repo: CacheRepo) -> tuple[FileReport, ...]:
     for b in blobs:
         if b.name.endswith(".incomplete"):
             size = os.stat(b).st_size
-            out.append(FileReport(f"blobs/{b.name}", size, findings=(warn(
-                "cache.incomplete_file",
-                f"{repo.folder_name}/blobs/{b.name}: leftover partial download ({size} bytes) from an "
-                "interrupted download; `vcache pull` fetches the file again, then it can be deleted"),),
-                location=str(b)))
+            out.append(
+                FileReport(
+                    f"blobs/{b.name}",
+                    size,
+                    findings=(
+                        warn(
+                            "cache.incomplete_file",
+                            f"{repo.folder_name}/blobs/{b.name}: leftover partial download ({size} bytes) from an "
+                            "interrupted download; `vcache pull` fetches the file again, then it can be deleted",
+                        ),
+                    ),
+                    location=str(b),
+                )
+            )
     try:
         from vcache.partial import list_partials
 
@@ -319,10 +402,20 @@ def _hygiene(repo: CacheRepo) -> tuple[FileReport, ...]:
     except (ImportError, OSError):
         partials = []
     for p in partials:
-        out.append(FileReport(f".vcache/partials/{p.path.name}", p.size, findings=(info(
-            "cache.partial", f"{repo.folder_name}: resumable partial for {p.etag[:12]} "
-            f"({p.completed} of {p.size} bytes); the next `vcache pull` resumes it"),),
-            location=str(p.path)))
+        out.append(
+            FileReport(
+                f".vcache/partials/{p.path.name}",
+                p.size,
+                findings=(
+                    info(
+                        "cache.partial",
+                        f"{repo.folder_name}: resumable partial for {p.etag[:12]} "
+                        f"({p.completed} of {p.size} bytes); the next `vcache pull` resumes it",
+                    ),
+                ),
+                location=str(p.path),
+            )
+        )
     return tuple(out)
 
 
@@ -337,4 +430,6 @@ def require_complete(report: PullReport) -> None:
     if missing:
         raise IncompleteSnapshot(
             f"the cached snapshot of {report.repo_id} is missing {len(missing)} file(s): {', '.join(missing[:5])}; "
-            "run `vcache pull` with network access", snapshot_path=report.snapshot_path)
+            "run `vcache pull` with network access",
+            snapshot_path=report.snapshot_path,
+        )

@@ -7,7 +7,6 @@ never move, delete or fix a file, and they never raise on bad input: every probl
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING

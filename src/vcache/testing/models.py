@@ -124,7 +124,9 @@ def write_llama_checkpoint(
                 total += weights[n].nbytes
         params = sum(int(np.prod(w.shape)) for w in weights.values())
         index = {"metadata": {"total_parameters": params, "total_size": total}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps(index, indent=2, sort_keys=True) + "\n"
+        )
     for name, data in (extra_files or {}).items():
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,247 @@
+"""Benchmark: `vcache pull` (every check on) against `huggingface_hub.snapshot_download`, side by side.
+
+Generates the repos, serves them from a local Hub (``vcache.testing.hub``) in this process, and runs each
+client as a separate process, alternately, on a cold cache (the source files stay in the page cache for
+both). Reports medians, the ratio, and peak RSS (``wait4`` rusage of the client process):
+
+  (a) 4 x 256 MiB safetensors shards + small files, unthrottled
+  (b) the same with a 50 MB/s per-connection cap (a CDN-like limit)
+  (c) one 1 GiB shard with the cap, plus ``aria2c -x 8 -s 8`` as a peer when it is installed
+  (d) SIGKILL at about half of (c), then pull again: total body bytes / file size (from the server log)
+
+    python benchmarks/bench_pull.py [--runs 3] [--work /tmp/vcache-bench] [--only a,b,c,d]
+
+vcache runs with all its checks: digest, sniff, strict safetensors structure and the tensor content scan.
+Timings are not asserted anywhere; the ratios are what the README reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MiB = 1 << 20
+CAP = 50_000_000  # bytes/s per connection
+
+
+def make_shard(path: Path, nbytes: int, seed: int) -> None:
+    """A safetensors file of ``nbytes`` of random F32 weights in 64 MiB tensors (real data for the scan)."""
+    from safetensors.numpy import save_file
+
+    if path.exists() and path.stat().st_size >= nbytes:
+        return
+    rng = np.random.default_rng(seed)
+    per = 64 * MiB
+    tensors = {
+        f"model.layers.{i}.mlp.up_proj.weight": rng.standard_normal(per // 4, dtype=np.float32).reshape(
+            -1, 1024
+        )
+        for i in range(nbytes // per)
+    }
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def build_repos(work: Path) -> dict[str, Path]:
+    four = work / "src" / "bench" / "four-shards"
+    four.mkdir(parents=True, exist_ok=True)
+    for k in range(4):
+        make_shard(four / f"model-{k + 1:05d}-of-00004.safetensors", 256 * MiB, seed=k)
+    (four / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 1024}))
+    (four / "tokenizer.json").write_text(
+        json.dumps({"version": "1.0", "vocab": {str(i): i for i in range(5000)}})
+    )
+    (four / "README.md").write_text("# bench\n")
+    one = work / "src" / "bench" / "one-gib"
+    one.mkdir(parents=True, exist_ok=True)
+    make_shard(one / "model.safetensors", 1024 * MiB, seed=9)
+    (one / "config.json").write_text("{}")
+    return {"four": four, "one": one}
+
+
+def run_client(
+    argv: list[str], env: dict[str, str], kill_after: float | None = None
+) -> tuple[float, int, int]:
+    """Run a client; returns (seconds, peak RSS KiB, exit status)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    if status != 0 and kill_after is None:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        print(f"  client failed ({status}): {' '.join(argv[:3])}\n{err[-2000:]}", file=sys.stderr)
+    return elapsed, usage.ru_maxrss, status
+
+
+def clients(repo_id: str, cache: Path, endpoint: str) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "vcache": [py, "-m", "vcache", "pull", repo_id, "--cache-dir", str(cache), "--quiet"],
+        "huggingface_hub": [
+            py,
+            "-c",
+            f"from huggingface_hub import snapshot_download; snapshot_download({repo_id!r}, cache_dir={str(cache)!r})",
+        ],
+    }
+
+
+def base_env(endpoint: str, home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
+    env.pop("HF_HUB_OFFLINE", None)
+    return env
+
+
+def scenario(
+    name: str, hub, repo_id: str, size: int, work: Path, runs: int, throttle: float | None, aria: bool
+) -> dict[str, list[tuple[float, int]]]:
+    hub.throttle_bps = throttle
+    env = base_env(hub.endpoint, work / "home")
+    results: dict[str, list[tuple[float, int]]] = {}
+    for r in range(runs):
+        order = ["vcache", "huggingface_hub"] if r % 2 == 0 else ["huggingface_hub", "vcache"]
+        if aria and shutil.which("aria2c"):
+            order.append("aria2c")
+        for client in order:
+            cache = work / "cache" / client
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(parents=True)
+            if client == "aria2c":
+                url = f"{hub.endpoint}/{repo_id}/resolve/main/model.safetensors"
+                argv = [
+                    "aria2c",
+                    "-x",
+                    "8",
+                    "-s",
+                    "8",
+                    "-k",
+                    "16M",
+                    "--file-allocation=none",
+                    "-q",
+                    "-d",
+                    str(cache),
+                    "-o",
+                    "model.safetensors",
+                    url,
+                ]
+            else:
+                argv = clients(repo_id, cache, hub.endpoint)[client]
+            secs, rss, status = run_client(argv, env)
+            if status == 0:
+                results.setdefault(client, []).append((secs, rss))
+            print(
+                f"  {name} run {r + 1} {client:<16} {secs:7.2f} s  {size / secs / 1e6:8.1f} MB/s  "
+                f"peak RSS {rss / 1024:6.0f} MiB",
+                flush=True,
+            )
+    return results
+
+
+def summarize(name: str, size: int, res: dict[str, list[tuple[float, int]]]) -> list[str]:
+    lines = []
+    base = statistics.median(s for s, _ in res.get("huggingface_hub", [(float("nan"), 0)]))
+    for client, vals in res.items():
+        med = statistics.median(s for s, _ in vals)
+        rss = max(r for _, r in vals) / 1024
+        ratio = base / med if med else float("nan")
+        lines.append(
+            f"| {name} | {client} | {size / med / 1e6:.0f} MB/s | {med:.2f} s | {ratio:.2f}x | {rss:.0f} MiB |"
+        )
+    return lines
+
+
+def kill_resume(hub, repo_id: str, size: int, work: Path) -> str:
+    hub.throttle_bps = CAP
+    env = base_env(hub.endpoint, work / "home")
+    cache = work / "cache" / "kill"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    argv = clients(repo_id, cache, hub.endpoint)["vcache"]
+    hub.clear_log()
+    # Run once to learn the duration, then kill at about half of it.
+    probe, _, _ = run_client(argv, env)
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    hub.clear_log()
+    run_client(argv, env, kill_after=probe / 2)
+    first = sum(r.body_bytes for r in hub.body_requests(repo_id, "model.safetensors"))
+    secs, _, status = run_client(argv, env)
+    total = sum(r.body_bytes for r in hub.body_requests(repo_id, "model.safetensors"))
+    return (
+        f"SIGKILL at {probe / 2:.1f} s of {probe:.1f} s: {first / MiB:.0f} MiB before the kill, "
+        f"{(total - first) / MiB:.0f} MiB after; total {total / size:.3f} x the file size "
+        f"(restart took {secs:.1f} s, exit {status})"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vcache-bench"))
+    ap.add_argument("--only", default="a,b,c,d")
+    args = ap.parse_args()
+    from vcache.testing.hub import HubServer
+    from vcache.testing.models import repo_from_folder
+
+    only = set(args.only.split(","))
+    folders = build_repos(args.work)
+    four_size = sum(p.stat().st_size for p in folders["four"].iterdir())
+    one_size = (folders["one"] / "model.safetensors").stat().st_size
+    repos = [
+        repo_from_folder("bench/four-shards", folders["four"]),
+        repo_from_folder("bench/one-gib", folders["one"]),
+    ]
+    table = [
+        "| scenario | client | throughput | median time | speed vs official | peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    with HubServer(repos) as hub:  # type: ignore[arg-type]
+        if "a" in only:
+            print("(a) 4 x 256 MiB, unthrottled")
+            table += summarize(
+                "(a) 4x256 MiB",
+                four_size,
+                scenario("a", hub, "bench/four-shards", four_size, args.work, args.runs, None, False),
+            )
+        if "b" in only:
+            print("(b) 4 x 256 MiB, 50 MB/s per connection")
+            table += summarize(
+                "(b) 4x256 MiB @50MB/s/conn",
+                four_size,
+                scenario("b", hub, "bench/four-shards", four_size, args.work, args.runs, CAP, False),
+            )
+        if "c" in only:
+            print("(c) 1 GiB, 50 MB/s per connection")
+            table += summarize(
+                "(c) 1 GiB @50MB/s/conn",
+                one_size,
+                scenario("c", hub, "bench/one-gib", one_size, args.work, args.runs, CAP, True),
+            )
+        kill_line = kill_resume(hub, "bench/one-gib", one_size, args.work) if "d" in only else ""
+    print()
+    print("\n".join(table))
+    if kill_line:
+        print()
+        print("(d) " + kill_line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The cache layout is huggingface_hub's own: it reads what vcache writes, unchanged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.hashing import git_blob_sha1
+from vcache.ledger import Ledger, StatToken
+from vcache.report import warn
+
+
+def _publish(repo: CacheRepo, commit: str, path: str, data: bytes) -> str:
+    etag = git_blob_sha1(data)
+    repo.ensure_layout()
+    tmp = repo.partials / "x.part"
+    tmp.write_bytes(data)
+    repo.publish_blob(tmp, etag)
+    repo.link(commit, path, etag)
+    return etag
+
+
+def test_layout_matches_huggingface_hub(cache_dir: Path) -> None:
+    from huggingface_hub import scan_cache_dir, snapshot_download, try_to_load_from_cache
+
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "c" * 40
+    e1 = _publish(repo, commit, "config.json", b'{"a": 1}')
+    e2 = _publish(repo, commit, "sub/dir/notes.txt", b"hi")
+    repo.write_ref("main", commit)
+    repo.write_tree(commit, {"config.json": (8, e1, None), "sub/dir/notes.txt": (2, e2, None)})
+
+    link = repo.snapshot_dir(commit) / "sub/dir/notes.txt"
+    assert link.is_symlink() and os.readlink(link) == f"../../../../blobs/{e2}"
+    assert (repo.root / "refs" / "main").read_text() == commit  # no trailing newline
+    assert (cache_dir / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    assert repo.read_tree(commit) == {"config.json": (8, e1, None), "sub/dir/notes.txt": (2, e2, None)}
+
+    info = scan_cache_dir(cache_dir)
+    assert info.warnings == []
+    (r,) = info.repos
+    assert r.repo_id == "acme/tiny" and r.nb_files == 2 and {x.commit_hash for x in r.revisions} == {commit}
+    assert try_to_load_from_cache("acme/tiny", "config.json", cache_dir=cache_dir) == str(
+        repo.snapshot_dir(commit) / "config.json"
+    )
+    got = snapshot_download("acme/tiny", cache_dir=cache_dir, local_files_only=True)
+    assert got == str(repo.snapshot_dir(commit))
+
+
+def test_vcache_state_inside_repo_is_tolerated(cache_dir: Path) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "d" * 40
+    etag = _publish(repo, commit, "a.txt", b"abc")
+    Ledger(repo.ledger_dir).record(etag, repo.blob_path(etag), "gitsha1:" + etag, [])
+    repo.write_ref("main", commit)
+    assert (repo.root / ".vcache" / "ledger" / f"{etag}.json").exists()
+    assert not (cache_dir / ".vcache").exists()
+    assert scan_cache_dir(cache_dir).warnings == []
+
+
+def test_link_is_atomic_replace_and_unlink(cache_dir: Path) -> None:
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "e" * 40
+    _publish(repo, commit, "a.txt", b"one")
+    e2 = _publish(repo, commit, "a.txt", b"two")
+    assert (repo.snapshot_dir(commit) / "a.txt").read_bytes() == b"two"
+    assert repo.linked_etag(commit, "a.txt") == e2
+    assert repo.unlink(commit, "a.txt") and not repo.unlink(commit, "a.txt")
+    leftovers = [p for p in repo.snapshot_dir(commit).iterdir()]
+    assert leftovers == []
+
+
+def test_symlinks_disabled_copies(cache_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HF_HUB_DISABLE_SYMLINKS", "1")
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    _publish(repo, "f" * 40, "a.txt", b"data")
+    p = repo.snapshot_dir("f" * 40) / "a.txt"
+    assert not p.is_symlink() and p.read_bytes() == b"data"
+
+
+def test_ledger_trusts_only_unchanged_blobs(cache_dir: Path) -> None:
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    etag = _publish(repo, "a" * 40, "w.bin", b"x" * 100)
+    ledger = Ledger(repo.ledger_dir)
+    blob = repo.blob_path(etag)
+    rec = ledger.record(etag, blob, "gitsha1:" + etag, [warn("tensor.zero_rows", "m", tensor="t")])
+    assert ledger.lookup(etag, blob) == rec and rec.findings[0].tensor == "t"
+    st = os.stat(blob)
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert ledger.lookup(etag, blob) is None  # touched: verify again
+    ledger.record(etag, blob, "gitsha1:" + etag, [])
+    assert ledger.lookup(etag, blob) is not None
+    (repo.ledger_dir / f"{etag}.json").write_text("{not json")
+    assert ledger.lookup(etag, blob) is None
+    assert StatToken.of(blob).size == 100
+
+
+def test_iter_repo_folders(cache_dir: Path) -> None:
+    for name in ("models--a--b", "datasets--c--d", "spaces--e", ".locks", "junk", "models--x"):
+        (cache_dir / name).mkdir(parents=True)
+    got = {(t, r) for t, r, _ in iter_repo_folders(cache_dir)}
+    assert got == {("model", "a/b"), ("dataset", "c/d"), ("space", "e"), ("model", "x")}

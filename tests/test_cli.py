@@ -1,0 +1,83 @@
+"""The command line: exit codes, one-line errors, JSON output, and the README's demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from vcache.cli import main
+from vcache.testing.hub import Fault, HubServer
+from vcache.testing.models import repo_from_folder
+
+REPO = "acme/tiny-llama"
+SHARD1 = "model-00001-of-00002.safetensors"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_pull_exit_0_table_and_json(hub: Any, cache_dir: Path) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint}
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env=env)
+    assert res.exit_code == 0, res.output
+    assert "snapshot:" in res.output and SHARD1 in res.output
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--json", env=env)
+    assert res.exit_code == 0
+    doc = json.loads(res.output)
+    assert doc["verdict"] == "ok" and doc["repo_id"] == REPO and len(doc["commit"]) == 40
+    for f in doc["files"]:
+        assert {"path", "verdict", "findings", "size", "digest", "attempts", "bytes_transferred"} <= set(f)
+        assert f["cached"] is True and f["bytes_transferred"] == 0
+
+
+def test_pull_failure_exit_1_names_file_and_digests(hub: Any, cache_dir: Path) -> None:
+    hub.fault(REPO, SHARD1, Fault.flip_byte(100, times=None))
+    env = {"HF_ENDPOINT": hub.endpoint, "VCACHE_RETRY_BACKOFF": "0"}
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env=env)
+    assert res.exit_code == 1, res.output
+    line = next(ln for ln in res.output.splitlines() if SHARD1 in ln and "FAIL" in ln)
+    assert "digest_mismatch" in line and line.count("sha256:") == 2
+    assert "quarantined as" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("acme/does-not-exist",), "not found"),
+        ((REPO, "--revision", "nope"), "revision not found"),
+    ],
+)
+def test_hub_errors_exit_3_one_line(hub: Any, cache_dir: Path, args: tuple[str, ...], needle: str) -> None:
+    res = run("pull", *args, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 3
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vcache: error:") and needle in lines[0]
+
+
+def test_usage_errors_exit_2(cache_dir: Path) -> None:
+    assert run("pull", REPO, "--workers", "0").exit_code == 2
+    assert run("pull").exit_code == 2
+    assert run("quarantine", "purge", "--cache-dir", str(cache_dir)).exit_code == 2
+
+
+def test_token_never_printed(llama_folder: Path, cache_dir: Path) -> None:
+    token = "hf_TOPSECRET987"
+    repo = repo_from_folder(REPO, llama_folder, private=True)
+    with HubServer([repo], tokens={token}) as hub:  # type: ignore[list-item]
+        env = {"HF_ENDPOINT": hub.endpoint}
+        res = run("-vv", "pull", REPO, "--cache-dir", str(cache_dir), "--token", token, "--json", env=env)
+        assert res.exit_code == 0, res.output
+        assert token not in res.output
+        res = run("pull", REPO, "--cache-dir", str(cache_dir / "other"), "--token", "hf_wrong", env=env)
+        assert res.exit_code == 3 and "hf_wrong" not in res.output
+
+
+def test_demo_runs_offline() -> None:
+    res = run("demo")
+    assert res.exit_code == 0, res.output
+    assert "Caught:" in res.output and "Verified snapshot:" in res.output

@@ -1,0 +1,126 @@
+"""Hub client pieces that need no server: path safety, listing parsing, origins, error mapping."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from vcache.errors import (
+    AuthError,
+    EntryNotFound,
+    GatedRepo,
+    HubError,
+    RepoNotFound,
+    RevisionNotFound,
+    UnsafePath,
+)
+from vcache.hub import error_from_response, parse_entries, resolve_url, same_origin, validate_repo_path
+
+SHA1 = "a" * 40
+SHA256 = "b" * 64
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../evil",
+        "a/../../etc/passwd",
+        "/etc/passwd",
+        "a\\b",
+        "a\0b",
+        "",
+        "a//b",
+        "./a",
+        "C:evil",
+        "a/.",
+        "x\n",
+    ],
+)
+def test_unsafe_paths_are_refused(path: str) -> None:
+    with pytest.raises(UnsafePath) as err:
+        validate_repo_path(path)
+    assert "refusing" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "path", ["config.json", "sub/dir/notes.txt", "a..b/c", ".gitattributes", "name with space"]
+)
+def test_safe_paths_pass(path: str) -> None:
+    assert validate_repo_path(path) == path
+
+
+def test_parse_entries_lfs_regular_and_directories() -> None:
+    payload = [
+        {"type": "directory", "oid": SHA1, "size": 0, "path": "sub"},
+        {"type": "file", "oid": SHA1, "size": 3, "path": "sub/a.txt"},
+        {
+            "type": "file",
+            "oid": SHA1,
+            "size": 10,
+            "path": "m.safetensors",
+            "lfs": {"oid": SHA256, "size": 10, "pointerSize": 130},
+        },
+    ]
+    files = list(parse_entries(payload, repo_id="x/y"))
+    assert [f.path for f in files] == ["sub/a.txt", "m.safetensors"]
+    assert files[0].etag == SHA1 and files[0].digest.algorithm == "gitsha1"
+    assert files[1].etag == SHA256 and files[1].digest.algorithm == "sha256" and files[1].is_lfs
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "file", "oid": SHA1, "size": -1, "path": "a"},
+        {"type": "file", "oid": SHA1, "size": True, "path": "a"},
+        {"type": "file", "oid": "zz", "size": 1, "path": "a"},
+        {"type": "file", "oid": SHA1, "size": 1, "path": "a", "lfs": {"oid": "short", "size": 1}},
+        {"type": "file", "oid": SHA1, "size": 1, "path": "a", "lfs": {"oid": SHA256, "size": 2}},
+    ],
+)
+def test_parse_entries_rejects_malformed(entry: dict[str, object]) -> None:
+    with pytest.raises(HubError):
+        list(parse_entries([entry], repo_id="x/y"))
+
+
+def test_parse_entries_rejects_hostile_path() -> None:
+    with pytest.raises(UnsafePath):
+        list(parse_entries([{"type": "file", "oid": SHA1, "size": 1, "path": "../../x"}], repo_id="x/y"))
+
+
+def test_same_origin_rules() -> None:
+    assert same_origin("http://127.0.0.1:8000/a", "http://127.0.0.1:8000/b?x")
+    assert same_origin("https://hf.co/a", "https://HF.co:443/b")
+    assert not same_origin("http://127.0.0.1:8000/a", "http://127.0.0.1:8001/a")
+    assert not same_origin("https://h/a", "http://h/a")
+    assert not same_origin("http://localhost:1/a", "http://127.0.0.1:1/a")
+
+
+def test_resolve_url_quotes_and_prefixes() -> None:
+    assert (
+        resolve_url("http://h", "o/n", SHA1, "sub dir/a b.txt")
+        == f"http://h/o/n/resolve/{SHA1}/sub%20dir/a%20b.txt"
+    )
+    assert resolve_url("http://h", "o/n", SHA1, "a", "dataset").startswith("http://h/datasets/o/n/resolve/")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc"),
+    [
+        (404, "RepoNotFound", RepoNotFound),
+        (401, "RepoNotFound", RepoNotFound),
+        (404, "RevisionNotFound", RevisionNotFound),
+        (404, "EntryNotFound", EntryNotFound),
+        (403, "GatedRepo", GatedRepo),
+        (401, "", AuthError),
+        (404, "", EntryNotFound),
+    ],
+)
+def test_error_mapping(status: int, code: str, exc: type[Exception]) -> None:
+    resp = httpx2.Response(status, headers={"x-error-code": code} if code else {})
+    err = error_from_response(resp, repo_id="o/n", what="x")
+    assert isinstance(err, exc) and isinstance(err, OSError)
+
+
+@pytest.mark.parametrize("status", [200, 206, 408, 429, 500, 503])
+def test_retryable_and_success_are_not_errors(status: int) -> None:
+    assert error_from_response(httpx2.Response(status), repo_id="o/n", what="x") is None

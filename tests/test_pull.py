@@ -1,0 +1,276 @@
+"""End-to-end pulls against the local Hub: the cache vcache writes, what it refuses, and what it fetches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vcache
+from vcache.cache import CacheRepo
+from vcache.errors import EntryNotFound, RepoNotFound, RevisionNotFound, VerificationFailed
+from vcache.pull import PullOptions, pull
+from vcache.report import Verdict
+from vcache.testing.hub import Fault, HubServer, Repo
+from vcache.testing.models import repo_from_folder
+
+REPO = "acme/tiny-llama"
+SHARD1 = "model-00001-of-00002.safetensors"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _blob_names(cache_dir: Path, repo_id: str = REPO) -> set[str]:
+    blobs = CacheRepo(cache_dir, repo_id).blobs
+    return {p.name for p in blobs.iterdir()} if blobs.is_dir() else set()
+
+
+def fast_options(**transfer: Any) -> PullOptions:
+    """Transfer knobs for tests: short timeouts and a clock that never really sleeps."""
+    from vcache.retry import RetryPolicy
+
+    class InstantClock:
+        def __init__(self) -> None:
+            self.t = 0.0
+            self.sleeps: list[float] = []
+
+        def monotonic(self) -> float:
+            import time
+
+            return time.monotonic() + self.t
+
+        def sleep(self, seconds: float) -> None:
+            self.sleeps.append(seconds)
+            self.t += seconds
+
+    opts = {
+        "clock": InstantClock(),
+        "stall_timeout": 1.0,
+        "read_timeout": 2.0,
+        "policy": RetryPolicy(backoff_factor=0.01),
+    }
+    opts.update(transfer)
+    return PullOptions(transfer=opts)
+
+
+@pytest.mark.parametrize("lfs_style", ["redirect", "direct"])
+def test_pull_writes_a_verified_hf_cache(llama_folder: Path, cache_dir: Path, lfs_style: str) -> None:
+    from huggingface_hub import scan_cache_dir, snapshot_download
+
+    repo = repo_from_folder(REPO, llama_folder)
+    with HubServer([repo], lfs_style=lfs_style) as hub:  # type: ignore[list-item]
+        report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert report.verdict is Verdict.OK, report.to_json()
+    assert report.commit == repo.resolve("main")  # type: ignore[attr-defined]
+    snap = Path(report.snapshot_path or "")
+    expected = _files(llama_folder)
+    assert {f.path for f in report.files} == set(expected)
+    for path, data in expected.items():
+        assert (snap / path).read_bytes() == data
+        assert (snap / path).is_symlink() and not os.path.isabs(os.readlink(snap / path))
+    sha = hashlib.sha256(expected[SHARD1]).hexdigest()
+    assert sha in _blob_names(cache_dir)
+    by_path = {f.path: f for f in report.files}
+    assert by_path[SHARD1].digest == f"sha256:{sha}" and by_path[SHARD1].bytes_transferred == len(
+        expected[SHARD1]
+    )
+    assert by_path["config.json"].digest.startswith("gitsha1:")
+
+    # Interop: huggingface_hub reads the cache unchanged.
+    assert snapshot_download(REPO, cache_dir=cache_dir, local_files_only=True) == str(snap)
+    info = scan_cache_dir(cache_dir)
+    assert info.warnings == [] and [r.repo_id for r in info.repos] == [REPO]
+    assert (CacheRepo(cache_dir, REPO).root / "trees" / f"{report.commit}.json").exists()
+
+
+def test_transformers_reads_the_cache_offline(llama_folder: Path, cache_dir: Path) -> None:
+    pytest.importorskip("transformers")
+    with HubServer([repo_from_folder(REPO, llama_folder)]) as hub:  # type: ignore[list-item]
+        assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache_dir)}
+    code = (
+        f"from transformers import AutoConfig; c = AutoConfig.from_pretrained({REPO!r}); print(c.hidden_size)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "128"
+
+
+def test_second_pull_transfers_no_bodies(hub: Any, cache_dir: Path) -> None:
+    first = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert first.ok and first.bytes_transferred > 0
+    hub.clear_log()
+    second = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert second.ok and second.bytes_transferred == 0
+    assert all(f.cached for f in second.files)
+    assert hub.body_requests() == []
+
+
+def test_same_size_corruption_in_transit_is_fetched_again(
+    hub: Any, cache_dir: Path, llama_folder: Path
+) -> None:
+    hub.fault(REPO, SHARD1, Fault.flip_byte(5000))
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    assert report.ok
+    shard = next(f for f in report.files if f.path == SHARD1)
+    assert any(x.code == "transfer.refetched" for x in shard.findings)
+    assert (Path(report.snapshot_path or "") / SHARD1).read_bytes() == (llama_folder / SHARD1).read_bytes()
+    assert len(hub.body_requests(REPO, SHARD1)) == 2
+
+
+def test_every_attempt_corrupt_fails_and_nothing_is_published(
+    hub: Any, cache_dir: Path, llama_folder: Path
+) -> None:
+    hub.fault(REPO, SHARD1, Fault.flip_byte(5000, times=None))
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    assert not report.ok
+    (bad,) = report.failed
+    assert bad.path == SHARD1 and bad.quarantine_id
+    codes = {x.code for x in bad.findings}
+    assert "digest_mismatch" in codes
+    good = hashlib.sha256((llama_folder / SHARD1).read_bytes()).hexdigest()
+    mismatch = next(x for x in bad.findings if x.code == "digest_mismatch")
+    assert (
+        good in mismatch.message and bad.actual_digest and bad.actual_digest.split(":")[1] in mismatch.message
+    )
+    assert good not in _blob_names(cache_dir)
+    snap = Path(report.snapshot_path or "")
+    assert not os.path.lexists(snap / SHARD1)
+    assert (snap / "config.json").exists()  # other files still complete
+    repo = CacheRepo(cache_dir, REPO)
+    assert not (repo.root / "refs" / "main").exists()  # the snapshot is not whole
+    qdir = repo.quarantine_dir / bad.quarantine_id
+    assert json.loads((qdir / "report.json").read_text())["path"] == SHARD1
+    with pytest.raises(VerificationFailed) as err:
+        vcache.snapshot_download(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert SHARD1 in str(err.value)
+
+
+def test_connection_cut_resumes_with_range(hub: Any, cache_dir: Path, llama_folder: Path) -> None:
+    hub.fault(REPO, SHARD1, Fault.drop_after(300_000))
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    assert report.ok
+    reqs = hub.body_requests(REPO, SHARD1)
+    assert len(reqs) >= 2 and any(r.range for r in reqs[1:])
+    total = sum(r.body_bytes for r in reqs)
+    assert total < (llama_folder / SHARD1).stat().st_size + 300_000  # resumed, not restarted
+
+
+def test_range_ignored_restarts_cleanly(hub: Any, cache_dir: Path, llama_folder: Path) -> None:
+    hub.fault(REPO, SHARD1, Fault.drop_after(200_000), Fault.ignore_range())
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    assert report.ok
+    assert (Path(report.snapshot_path or "") / SHARD1).read_bytes() == (llama_folder / SHARD1).read_bytes()
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, None), (429, 7)])
+def test_503_and_429_are_retried(hub: Any, cache_dir: Path, status: int, retry_after: int | None) -> None:
+    opts = fast_options()
+    hub.fault(REPO, SHARD1, Fault.status(status, times=2, retry_after=retry_after))
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=opts)
+    assert report.ok
+    statuses = [r.status for r in hub.log if r.file_path == SHARD1 and r.method == "GET"]
+    assert statuses.count(status) == 2 and statuses[-1] in (200, 206)
+    if retry_after:
+        assert any(s >= retry_after for s in opts.transfer["clock"].sleeps)
+
+
+def test_missing_repo_revision_file(hub: Any, cache_dir: Path) -> None:
+    with pytest.raises(RepoNotFound):
+        pull("acme/nope", endpoint=hub.endpoint, cache_dir=cache_dir)
+    with pytest.raises(RevisionNotFound):
+        pull(REPO, revision="no-such-branch", endpoint=hub.endpoint, cache_dir=cache_dir)
+    with pytest.raises(EntryNotFound):
+        vcache.hf_hub_download(REPO, "missing.txt", endpoint=hub.endpoint, cache_dir=cache_dir)
+
+
+def test_hf_hub_download_one_file(hub: Any, cache_dir: Path, llama_folder: Path) -> None:
+    path = vcache.hf_hub_download(REPO, "sub/dir/notes.txt", endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert Path(path).read_bytes() == (llama_folder / "sub/dir/notes.txt").read_bytes()
+    assert [r.file_path for r in hub.body_requests()] == ["sub/dir/notes.txt"]
+
+
+def test_revisions_branch_tag_commit_pr(tmp_path: Path, cache_dir: Path) -> None:
+    repo = Repo("acme/revs")
+    c1 = repo.commit({"a.txt": b"one", "w.safetensors": b"x" * 10}, branch="main")
+    c2 = repo.commit({"a.txt": b"two"}, branch="main")
+    repo.tag("v1", c1)
+    repo.branch("dev", c1)
+    repo.pr(1, c2)
+    with HubServer([repo]) as hub:
+        for rev, commit, text in [
+            ("v1", c1, b"one"),
+            ("dev", c1, b"one"),
+            (c1, c1, b"one"),
+            ("refs/pr/1", c2, b"two"),
+            (None, c2, b"two"),
+        ]:
+            report = pull(
+                "acme/revs", revision=rev, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns="*.txt"
+            )
+            assert report.commit == commit
+            assert (Path(report.snapshot_path or "") / "a.txt").read_bytes() == text
+    refs = CacheRepo(cache_dir, "acme/revs").root / "refs"
+    assert (refs / "refs" / "pr" / "1").read_text() == c2
+    assert (refs / "v1").read_text() == c1
+
+
+def test_include_exclude_patterns(hub: Any, cache_dir: Path) -> None:
+    report = pull(
+        REPO,
+        endpoint=hub.endpoint,
+        cache_dir=cache_dir,
+        allow_patterns=["*.json"],
+        ignore_patterns=["generation_config.json"],
+    )
+    assert {f.path for f in report.files} == {"config.json", "model.safetensors.index.json"}
+
+
+def test_token_goes_only_to_the_endpoint_origin(llama_folder: Path, cache_dir: Path, capsys: Any) -> None:
+    token = "hf_SECRETTOKEN123"
+    repo = repo_from_folder(REPO, llama_folder, private=True)
+    with HubServer([repo], tokens={token}) as hub:  # type: ignore[list-item]
+        report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, token=token)
+        assert report.ok
+        log = hub.log
+    cdn = [r for r in log if r.origin == "cdn"]
+    assert cdn and all(r.authorization is None for r in cdn)
+    assert all(r.authorization == f"Bearer {token}" for r in log if r.origin == "hub")
+    assert token not in json.dumps(report.to_json())
+    blob_dir = CacheRepo(cache_dir, REPO).root
+    for p in blob_dir.rglob("*.json"):
+        assert token not in p.read_text(errors="replace")
+
+
+def test_private_repo_without_token_is_repo_not_found(llama_folder: Path, cache_dir: Path) -> None:
+    repo = repo_from_folder(REPO, llama_folder, private=True)
+    with HubServer([repo], tokens={"hf_good"}) as hub, pytest.raises(RepoNotFound):  # type: ignore[list-item]
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, token=False)
+
+
+def test_offline_pull_uses_cache_without_network(
+    hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    hub.clear_log()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    second = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert second.ok and second.snapshot_path == first.snapshot_path
+    assert hub.log == []
+
+
+def test_local_dir_export(hub: Any, cache_dir: Path, tmp_path: Path, llama_folder: Path) -> None:
+    out = tmp_path / "local"
+    path = vcache.snapshot_download(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, local_dir=out)
+    assert path == str(out)
+    for rel, data in _files(llama_folder).items():
+        assert (out / rel).read_bytes() == data
+        assert (out / ".cache" / "huggingface" / "download" / f"{rel}.metadata").exists()

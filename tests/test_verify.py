@@ -1,0 +1,208 @@
+"""Verification after the fact: verify --deep, quarantine restore/purge, scan of a huggingface_hub cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import vcache
+from vcache.cache import CacheRepo
+from vcache.cli import main
+from vcache.pull import pull
+from vcache.report import Verdict
+from vcache.testing.hub import Fault, HubServer
+from vcache.testing.models import LlamaShape, repo_from_folder, tensor_location, write_llama_checkpoint
+
+REPO = "acme/tiny-llama"
+SHARD1 = "model-00001-of-00002.safetensors"
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _damage_keep_stat(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite bytes in place and put the mtime back: only a re-hash can notice."""
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_verify_deep_quarantine_refetch_restore_purge(hub: Any, cache_dir: Path, llama_folder: Path) -> None:
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert report.ok
+    snap = Path(report.snapshot_path or "")
+    blob = (snap / SHARD1).resolve()
+    start, _end, _dt, _shape = tensor_location(blob, "model.layers.0.self_attn.o_proj.weight")
+    _damage_keep_stat(blob, start, b"\x7f\xc0\x00\x00" * 16)  # NaNs, same size, same mtime
+
+    shallow = vcache.verify([REPO], cache_dir=cache_dir)
+    assert shallow[0].verdict is Verdict.OK  # the ledger vouches for an unchanged stat token
+
+    res = run("verify", REPO, "--cache-dir", str(cache_dir), "--deep", "--json")
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.output)
+    bad = next(f for f in doc["files"] if f["path"] == SHARD1)
+    assert bad["verdict"] == "fail" and {x["code"] for x in bad["findings"]} >= {"digest_mismatch"}
+    assert bad["quarantine_id"]
+    assert not os.path.lexists(snap / SHARD1) and not blob.exists()
+
+    res = run("quarantine", "list", "--cache-dir", str(cache_dir))
+    assert bad["quarantine_id"] in res.output and SHARD1 in res.output
+    res = run("quarantine", "show", bad["quarantine_id"], "--cache-dir", str(cache_dir))
+    shown = json.loads(res.output.split("\nbytes:")[0])
+    assert shown["path"] == SHARD1 and shown["expected_digest"] != shown["actual_digest"]
+
+    hub.clear_log()
+    again = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert again.ok and [r.file_path for r in hub.body_requests()] == [SHARD1]
+    assert (snap / SHARD1).read_bytes() == (llama_folder / SHARD1).read_bytes()
+
+    # restore refuses while a good blob is in place; --to copies the bytes out; purge deletes.
+    res = run("quarantine", "restore", bad["quarantine_id"], "--cache-dir", str(cache_dir))
+    assert res.exit_code == 2 and "already has a blob" in res.output
+    out = cache_dir.parent / "evidence.safetensors"
+    res = run("quarantine", "restore", bad["quarantine_id"], "--to", str(out), "--cache-dir", str(cache_dir))
+    assert res.exit_code == 0 and out.stat().st_size == blob.stat().st_size
+    res = run("quarantine", "purge", bad["quarantine_id"], "--cache-dir", str(cache_dir))
+    assert res.exit_code == 0 and "purged 1" in res.output
+    assert "quarantine is empty" in run("quarantine", "list", "--cache-dir", str(cache_dir)).output
+
+
+def test_restore_puts_the_file_back(hub: Any, cache_dir: Path) -> None:
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    snap = Path(report.snapshot_path or "")
+    blob = (snap / SHARD1).resolve()
+    _damage_keep_stat(blob, 100, b"\xff")
+    (rep,) = vcache.verify([str(snap)], cache_dir=cache_dir, deep=True)
+    qid = next(f.quarantine_id for f in rep.files if f.path == SHARD1)
+    assert qid and not blob.exists()
+    res = run("quarantine", "restore", qid, "--cache-dir", str(cache_dir))
+    assert res.exit_code == 0, res.output
+    assert (snap / SHARD1).exists() and blob.exists()
+    assert "quarantine is empty" in run("quarantine", "list", "--cache-dir", str(cache_dir)).output
+
+
+def test_zero_fill_fails_unvouched_and_warns_vouched(tmp_path: Path, cache_dir: Path) -> None:
+    shape = LlamaShape(
+        hidden=128, intermediate=256, layers=1, heads=4, kv_heads=2, vocab=4096
+    )  # 2 MiB embeddings
+    clean = write_llama_checkpoint(tmp_path / "clean", shape, shards=2)
+    shard = next(p for p in clean.glob("model-*.safetensors"))
+    start, end, _dt, _shape = tensor_location(shard, "model.embed_tokens.weight")
+    zero_len = 1 << 20
+
+    # In transit, every attempt: no publisher digest vouches for the zeros -> fail, quarantined.
+    with HubServer([repo_from_folder("acme/z", clean)]) as hub:  # type: ignore[list-item]
+        hub.fault("acme/z", shard.name, Fault.zero_fill(start, zero_len, times=None))
+        report = pull("acme/z", endpoint=hub.endpoint, cache_dir=cache_dir)
+    bad = next(f for f in report.files if f.path == shard.name)
+    assert bad.verdict is Verdict.FAIL and bad.quarantine_id
+    zero = [x for x in bad.findings if x.code == "tensor.zero_fill"]
+    assert zero and zero[0].severity.value == "fail"
+
+    # Shipped by the publisher (the digest matches): a warning, the file is kept.
+    shipped = tmp_path / "shipped"
+    weights = {}
+    from safetensors.numpy import load_file
+
+    for p in clean.glob("model-*.safetensors"):
+        weights.update(load_file(str(p)))
+    emb = weights["model.embed_tokens.weight"].copy()
+    emb.reshape(-1).view(np.uint8)[:zero_len] = 0
+    weights["model.embed_tokens.weight"] = emb
+    write_llama_checkpoint(shipped, shape, shards=2, tensors=weights)
+    with HubServer([repo_from_folder("acme/z2", shipped)]) as hub:  # type: ignore[list-item]
+        report = pull("acme/z2", endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert report.ok
+    f = next(f for f in report.files if any(x.code == "tensor.zero_fill" for x in f.findings))
+    assert f.verdict is Verdict.WARN
+    assert end > start
+
+
+def test_publisher_nan_is_quarantined_without_refetch(tmp_path: Path, cache_dir: Path) -> None:
+    from safetensors.numpy import load_file
+
+    folder = write_llama_checkpoint(tmp_path / "m", LlamaShape(), shards=1)
+    weights = load_file(str(folder / "model.safetensors"))
+    w = weights["model.layers.0.mlp.up_proj.weight"].copy()
+    w[3, 5] = np.nan
+    weights["model.layers.0.mlp.up_proj.weight"] = w
+    write_llama_checkpoint(folder, LlamaShape(), shards=1, tensors=weights)
+    with HubServer([repo_from_folder("acme/nan", folder)]) as hub:  # type: ignore[list-item]
+        report = pull("acme/nan", endpoint=hub.endpoint, cache_dir=cache_dir)
+        assert len(hub.body_requests("acme/nan", "model.safetensors")) == 1  # no point fetching again
+    bad = next(f for f in report.files if f.path == "model.safetensors")
+    assert bad.verdict is Verdict.FAIL and bad.quarantine_id
+    nan = next(x for x in bad.findings if x.code == "tensor.nan")
+    assert nan.tensor == "model.layers.0.mlp.up_proj.weight"
+
+
+def test_scan_finds_damage_in_a_huggingface_hub_cache(hub: Any, cache_dir: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    snap = Path(snapshot_download(REPO, cache_dir=cache_dir, endpoint=hub.endpoint))
+    repo = CacheRepo(cache_dir, REPO)
+    # a truncated shard
+    shard1 = (snap / SHARD1).resolve()
+    data = shard1.read_bytes()
+    shard1.write_bytes(data[: len(data) // 2])
+    # a pointer file saved as a shard
+    shard2 = (snap / "model-00002-of-00002.safetensors").resolve()
+    shard2.write_bytes(
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 123\n"
+    )
+    # a leftover .incomplete
+    (repo.blobs / ("f" * 64 + ".abcd1234.incomplete")).write_bytes(b"\0" * 1000)
+    # a broken symlink
+    (snap / "config.json").resolve().unlink()
+
+    res = run("scan", "--cache-dir", str(cache_dir))
+    assert res.exit_code == 1, res.output
+    lines = res.output.splitlines()
+
+    def line_for(needle: str) -> str:
+        hits = [ln for ln in lines if needle in ln]
+        assert len(hits) == 1, (needle, res.output)
+        return hits[0]
+
+    assert "incomplete_buffer" in line_for(SHARD1) or "size_mismatch" in line_for(SHARD1)
+    assert "lfs_pointer" in line_for("model-00002-of-00002")
+    assert "incomplete" in line_for(".incomplete")
+    assert "broken" in line_for("config.json")
+
+
+def test_verify_any_folder_json_shape(llama_folder: Path) -> None:
+    res = run("verify", str(llama_folder), "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["verdict"] in ("ok", "warn")
+    for f in doc["files"]:
+        assert set(f) >= {"path", "verdict", "findings"}
+        for x in f["findings"]:
+            assert set(x) >= {"code", "severity", "message"}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_zero_rows_warn_and_strict_fails(tmp_path: Path, strict: bool) -> None:
+    from safetensors.numpy import load_file
+
+    folder = write_llama_checkpoint(tmp_path / "m", LlamaShape(), shards=1)
+    weights = load_file(str(folder / "model.safetensors"))
+    w = weights["model.layers.1.self_attn.o_proj.weight"].copy()
+    w[[3, 7, 8]] = 0
+    weights["model.layers.1.self_attn.o_proj.weight"] = w
+    write_llama_checkpoint(folder, LlamaShape(), shards=1, tensors=weights)
+    args = ["verify", str(folder / "model.safetensors")] + (["--strict"] if strict else [])
+    res = run(*args)
+    assert res.exit_code == (1 if strict else 0), res.output
+    assert "o_proj" in res.output and "zero_rows" in res.output
