@@ -6,7 +6,7 @@ transformers integration is loaded on first use of :func:`from_pretrained` / :fu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as _Any
 
 from vcache._version import __version__
 from vcache.api import verify
@@ -37,14 +37,14 @@ from vcache.pull import Progress, hf_hub_download, pull, snapshot_download
 from vcache.report import FileReport, Finding, PullReport, Severity, Verdict
 
 
-def from_pretrained(cls: Any, repo_id: str, **kwargs: Any) -> Any:
+def from_pretrained(cls: _Any, repo_id: str, **kwargs: _Any) -> _Any:
     """Pull and verify ``repo_id``, then ``cls.from_pretrained`` the verified snapshot (see integrations)."""
     from vcache.integrations.transformers import from_pretrained as impl
 
     return impl(cls, repo_id, **kwargs)
 
 
-def load_model(repo_id: str, **kwargs: Any) -> Any:
+def load_model(repo_id: str, **kwargs: _Any) -> _Any:
     """Short form of :func:`from_pretrained` with ``AutoModelForCausalLM``."""
     from vcache.integrations.transformers import load_model as impl
 

@@ -1,0 +1,139 @@
+"""Benchmark: vcache.checks.tensors.scan_tensors throughput against hashlib.sha256 on the same bytes.
+
+Writes one F32 and one BF16 safetensors file of random normal weights (``--size-mib`` each, in 64 MiB
+[4096, N] tensors), then for each file, with the page cache warm and after one warm-up pass, times
+``scan_tensors`` and a chunked sha256 over the same file, and prints GB/s (1 GB = 1e9 bytes).
+
+Two data variants: ``clean`` (no exact zeros, the fast path) and ``sparse-zeros`` (one exact zero in
+about every 50,000 elements, like trained BF16 weights, so every block also takes the zero row/column
+and zero-run path).
+
+    python benchmarks/bench_scan.py                 # 1 GiB per file in a temp dir
+    python benchmarks/bench_scan.py --size-mib 256 --dir /tmp/bench --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import resource
+import statistics
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from vcache.checks.safetensors import SafetensorsHeader, TensorEntry
+from vcache.checks.tensors import scan_tensors
+
+MiB = 1 << 20
+TENSOR_BYTES = 64 * MiB
+COLS = 4096
+
+
+def write_file(
+    path: Path, dtype: str, size: int, *, zero_every: int | None, seed: int = 0
+) -> SafetensorsHeader:
+    """Random normal weights of ``dtype`` (F32 or BF16), ``size`` bytes of tensor data in all."""
+    itemsize = 4 if dtype == "F32" else 2
+    row_bytes = COLS * itemsize
+    entries: list[TensorEntry] = []
+    offset = 0
+    k = 0
+    while offset < size:
+        rows = max(1, min(TENSOR_BYTES, size - offset) // row_bytes)
+        entries.append(
+            TensorEntry(
+                f"model.layers.{k}.mlp.down_proj.weight",
+                dtype,
+                (rows, COLS),
+                offset,
+                offset + rows * row_bytes,
+            )
+        )
+        offset += rows * row_bytes
+        k += 1
+    header = {
+        t.name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.begin, t.end]} for t in entries
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for t in entries:
+            values = rng.standard_normal(t.nbytes // itemsize, dtype=np.float32)
+            values *= 0.02
+            if zero_every:
+                values[rng.integers(0, zero_every) :: zero_every] = 0.0
+            f.write(
+                values.tobytes()
+                if dtype == "F32"
+                else (values.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+            )
+    return SafetensorsHeader(len(text), tuple(entries), None, path.stat().st_size)
+
+
+def sha256_file(path: Path, chunk: int = 16 * MiB) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def rate(fn: Callable[[], object], nbytes: int, repeat: int) -> tuple[float, float]:
+    """(best, median) GB/s over ``repeat`` timed runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return nbytes / min(times) / 1e9, nbytes / statistics.median(times) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024, help="tensor data per file (default 1024)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write the files (default: a temp dir)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (default 3)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        print(
+            f"{'dtype':<5} {'data':<12} {'size':>9} {'scan best':>10} {'scan median':>12} {'sha256 best':>12} {'scan/sha':>9}"
+        )
+        for dtype in ("F32", "BF16"):
+            for variant, zero_every in (("clean", None), ("sparse-zeros", 50_000)):
+                path = Path(tmp) / f"{dtype}-{variant}.safetensors"
+                header = write_file(path, dtype, args.size_mib * MiB, zero_every=zero_every)
+                findings = scan_tensors(path, header, vouched=True)
+                assert not [f for f in findings if f.severity != "info"], [f.message for f in findings]
+                size = path.stat().st_size
+                best, median = rate(
+                    functools.partial(scan_tensors, path, header, vouched=True), size, args.repeat
+                )
+                sha_best, _ = rate(functools.partial(sha256_file, path), size, args.repeat)
+                print(
+                    f"{dtype:<5} {variant:<12} {size / MiB:>5.0f} MiB {best:>6.2f} GB/s {median:>7.2f} GB/s "
+                    f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
+                )
+                path.unlink()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process, including generating the files: {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
