@@ -213,7 +213,7 @@ def main() -> None:
         "| scenario | client | throughput | median time | speed vs official | peak RSS |",
         "|---|---|---|---|---|---|",
     ]
-    with HubServer(repos) as hub:  # type: ignore[arg-type]
+    with HubServer(repos) as hub:
         if "a" in only:
             print("(a) 4 x 256 MiB, unthrottled")
             table += summarize(

@@ -59,5 +59,5 @@ def hub(llama_folder: Path) -> Iterator[object]:
     from vcache.testing.models import repo_from_folder
 
     repo = repo_from_folder("acme/tiny-llama", llama_folder)
-    with HubServer([repo]) as server:  # type: ignore[list-item]
+    with HubServer([repo]) as server:
         yield server

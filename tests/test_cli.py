@@ -68,7 +68,7 @@ def test_usage_errors_exit_2(cache_dir: Path) -> None:
 def test_token_never_printed(llama_folder: Path, cache_dir: Path) -> None:
     token = "hf_TOPSECRET987"
     repo = repo_from_folder(REPO, llama_folder, private=True)
-    with HubServer([repo], tokens={token}) as hub:  # type: ignore[list-item]
+    with HubServer([repo], tokens={token}) as hub:
         env = {"HF_ENDPOINT": hub.endpoint}
         res = run("-vv", "pull", REPO, "--cache-dir", str(cache_dir), "--token", token, "--json", env=env)
         assert res.exit_code == 0, res.output

@@ -66,7 +66,7 @@ def test_pull_writes_a_verified_hf_cache(llama_folder: Path, cache_dir: Path, lf
     from huggingface_hub import scan_cache_dir, snapshot_download
 
     repo = repo_from_folder(REPO, llama_folder)
-    with HubServer([repo], lfs_style=lfs_style) as hub:  # type: ignore[list-item]
+    with HubServer([repo], lfs_style=lfs_style) as hub:
         report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
     assert report.verdict is Verdict.OK, report.to_json()
     assert report.commit == repo.resolve("main")  # type: ignore[attr-defined]
@@ -93,7 +93,7 @@ def test_pull_writes_a_verified_hf_cache(llama_folder: Path, cache_dir: Path, lf
 
 def test_transformers_reads_the_cache_offline(llama_folder: Path, cache_dir: Path) -> None:
     pytest.importorskip("transformers")
-    with HubServer([repo_from_folder(REPO, llama_folder)]) as hub:  # type: ignore[list-item]
+    with HubServer([repo_from_folder(REPO, llama_folder)]) as hub:
         assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir).ok
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache_dir)}
     code = (
@@ -237,7 +237,7 @@ def test_include_exclude_patterns(hub: Any, cache_dir: Path) -> None:
 def test_token_goes_only_to_the_endpoint_origin(llama_folder: Path, cache_dir: Path, capsys: Any) -> None:
     token = "hf_SECRETTOKEN123"
     repo = repo_from_folder(REPO, llama_folder, private=True)
-    with HubServer([repo], tokens={token}) as hub:  # type: ignore[list-item]
+    with HubServer([repo], tokens={token}) as hub:
         report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, token=token)
         assert report.ok
         log = hub.log
@@ -252,7 +252,7 @@ def test_token_goes_only_to_the_endpoint_origin(llama_folder: Path, cache_dir: P
 
 def test_private_repo_without_token_is_repo_not_found(llama_folder: Path, cache_dir: Path) -> None:
     repo = repo_from_folder(REPO, llama_folder, private=True)
-    with HubServer([repo], tokens={"hf_good"}) as hub, pytest.raises(RepoNotFound):  # type: ignore[list-item]
+    with HubServer([repo], tokens={"hf_good"}) as hub, pytest.raises(RepoNotFound):
         pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, token=False)
 
 

@@ -102,7 +102,7 @@ def test_zero_fill_fails_unvouched_and_warns_vouched(tmp_path: Path, cache_dir: 
     zero_len = 1 << 20
 
     # In transit, every attempt: no publisher digest vouches for the zeros -> fail, quarantined.
-    with HubServer([repo_from_folder("acme/z", clean)]) as hub:  # type: ignore[list-item]
+    with HubServer([repo_from_folder("acme/z", clean)]) as hub:
         hub.fault("acme/z", shard.name, Fault.zero_fill(start, zero_len, times=None))
         report = pull("acme/z", endpoint=hub.endpoint, cache_dir=cache_dir)
     bad = next(f for f in report.files if f.path == shard.name)
@@ -121,7 +121,7 @@ def test_zero_fill_fails_unvouched_and_warns_vouched(tmp_path: Path, cache_dir: 
     emb.reshape(-1).view(np.uint8)[:zero_len] = 0
     weights["model.embed_tokens.weight"] = emb
     write_llama_checkpoint(shipped, shape, shards=2, tensors=weights)
-    with HubServer([repo_from_folder("acme/z2", shipped)]) as hub:  # type: ignore[list-item]
+    with HubServer([repo_from_folder("acme/z2", shipped)]) as hub:
         report = pull("acme/z2", endpoint=hub.endpoint, cache_dir=cache_dir)
     assert report.ok
     f = next(f for f in report.files if any(x.code == "tensor.zero_fill" for x in f.findings))
@@ -138,7 +138,7 @@ def test_publisher_nan_is_quarantined_without_refetch(tmp_path: Path, cache_dir:
     w[3, 5] = np.nan
     weights["model.layers.0.mlp.up_proj.weight"] = w
     write_llama_checkpoint(folder, LlamaShape(), shards=1, tensors=weights)
-    with HubServer([repo_from_folder("acme/nan", folder)]) as hub:  # type: ignore[list-item]
+    with HubServer([repo_from_folder("acme/nan", folder)]) as hub:
         report = pull("acme/nan", endpoint=hub.endpoint, cache_dir=cache_dir)
         assert len(hub.body_requests("acme/nan", "model.safetensors")) == 1  # no point fetching again
     bad = next(f for f in report.files if f.path == "model.safetensors")

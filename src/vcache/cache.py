@@ -131,9 +131,9 @@ class CacheRepo:
 
     def snapshot_file(self, commit: str, path: str) -> Path:
         """Where a repo file appears in a snapshot (``path`` must already be validated)."""
-        target = self.snapshot_dir(commit) / path
-        base = self.snapshot_dir(commit).resolve()
-        if not str(target.resolve().parent).startswith(str(base)):
+        base = os.path.normpath(self.snapshot_dir(commit))
+        target = Path(os.path.normpath(os.path.join(base, path)))
+        if not str(target).startswith(base + os.sep):
             raise UnsafePath(f"{path!r} would escape the snapshot folder", path=path)
         return target
 

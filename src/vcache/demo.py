@@ -35,7 +35,7 @@ def run_demo(keep: Path | None = None) -> int:
         repo = repo_from_folder(REPO_ID, src)
         cache = work / "hub-cache"
         size = sum(p.stat().st_size for p in src.iterdir())
-        with HubServer([repo]) as hub:  # type: ignore[list-item]
+        with HubServer([repo]) as hub:
             click.echo("vcache demo: everything below runs locally, offline.\n")
             click.echo(
                 f"1. Generated a Llama-shaped checkpoint ({size / 2**20:.1f} MiB, 2 shards) and started a "

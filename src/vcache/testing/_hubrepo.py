@@ -29,6 +29,8 @@ __all__ = [
     "RepoFile",
     "RepoType",
     "git_blob_id",
+    "git_tree_ids",
+    "is_lfs_path",
     "lfs_pointer",
     "repos_from_directory",
 ]
@@ -142,7 +144,9 @@ class RepoFile:
             with _digest_lock:
                 _digest_cache[key] = digest
         if is_lfs:
-            return cls(path, st.st_size, git_blob_id(lfs_pointer(digest, st.st_size)), digest, True, source=source)
+            return cls(
+                path, st.st_size, git_blob_id(lfs_pointer(digest, st.st_size)), digest, True, source=source
+            )
         return cls(path, st.st_size, digest, None, False, source=source)
 
 
@@ -337,7 +341,7 @@ class Repo:
         """
         with self._lock:
             for candidate in (rev, f"refs/heads/{rev}", f"refs/tags/{rev}"):
-                if candidate in self._refs and (candidate != rev or rev.startswith("refs/")):
+                if candidate in self._refs:
                     return self._refs[candidate]
             if _HEX40.fullmatch(rev) and rev in self._commits:
                 return rev
@@ -379,6 +383,31 @@ class Repo:
             return self._by_sha256.get(sha256)
 
 
+def git_tree_ids(files: Mapping[str, RepoFile]) -> dict[str, str]:
+    """The git tree object id of every directory (``""`` is the root) of a file listing."""
+    children: dict[str, dict[str, tuple[str, str]]] = {"": {}}
+    for path, f in files.items():
+        parts = path.split("/")
+        for i in range(len(parts) - 1):
+            parent, name = "/".join(parts[:i]), parts[i]
+            children.setdefault(parent, {})[name] = ("40000", "")
+            children.setdefault("/".join(parts[: i + 1]), {})
+        children["/".join(parts[:-1])][parts[-1]] = ("100644", f.blob_id)
+    ids: dict[str, str] = {}
+    for directory in sorted(children, key=lambda d: d.count("/") + bool(d), reverse=True):
+        entries = children[directory]
+        # git orders a tree's entries by name, with directory names compared as if they ended in "/".
+        order = sorted(entries, key=lambda n: n + "/" if entries[n][0] == "40000" else n)
+        body = b""
+        for name in order:
+            mode, oid = entries[name]
+            if mode == "40000":
+                oid = ids["/".join(filter(None, (directory, name)))]
+            body += f"{mode} {name}".encode() + b"\0" + bytes.fromhex(oid)
+        ids[directory] = hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).hexdigest()
+    return ids
+
+
 def repos_from_directory(root: Path) -> list[Repo]:
     """One repo per folder under ``root``, each with one commit on ``main`` of every file in it.
 
@@ -391,24 +420,21 @@ def repos_from_directory(root: Path) -> list[Repo]:
     for top in sorted(_visible_dirs(root)):
         if top.name in ("datasets", "spaces") and not _has_files(top):
             repo_type: RepoType = "dataset" if top.name == "datasets" else "space"
-            repos.extend(_repos_under(top, repo_type))
+            for first in sorted(_visible_dirs(top)):
+                repos.extend(_repos_at(first, repo_type))
         else:
-            repos.extend(_repos_under(root, "model", only=top))
+            repos.extend(_repos_at(top, "model"))
     return repos
 
 
-def _repos_under(base: Path, repo_type: RepoType, only: Path | None = None) -> list[Repo]:
-    out = []
-    for first in [only] if only else sorted(_visible_dirs(base)):
-        assert first is not None
-        if _has_files(first):
-            out.append(_repo_from_folder(first.name, first, repo_type))
-        else:
-            out.extend(
-                _repo_from_folder(f"{first.name}/{second.name}", second, repo_type)
-                for second in sorted(_visible_dirs(first))
-            )
-    return out
+def _repos_at(folder: Path, repo_type: RepoType) -> list[Repo]:
+    # A folder holding files is a one-segment repo; otherwise it is an org and its folders are repos.
+    if _has_files(folder):
+        return [_repo_from_folder(folder.name, folder, repo_type)]
+    return [
+        _repo_from_folder(f"{folder.name}/{sub.name}", sub, repo_type)
+        for sub in sorted(_visible_dirs(folder))
+    ]
 
 
 def _repo_from_folder(repo_id: str, folder: Path, repo_type: RepoType) -> Repo:

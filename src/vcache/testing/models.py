@@ -13,8 +13,12 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vcache.testing.hub import Repo
 
 
 @dataclass(frozen=True)
@@ -173,11 +177,11 @@ def zero_rows_in_file(path: Path, name: str, rows: Iterable[int]) -> None:
             f.write(b"\0" * row_bytes)
 
 
-def repo_from_folder(repo_id: str, folder: Path, **repo_kwargs: object) -> object:
+def repo_from_folder(repo_id: str, folder: Path, **repo_kwargs: Any) -> Repo:
     """A :class:`vcache.testing.hub.Repo` with one commit on ``main`` holding every file under ``folder``."""
     from vcache.testing.hub import Repo
 
-    repo = Repo(repo_id, **repo_kwargs)  # type: ignore[arg-type]
+    repo = Repo(repo_id, **repo_kwargs)
     files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     repo.commit(files, branch="main", message="initial upload")
     return repo
