@@ -23,9 +23,10 @@ def run(*args: str, env: dict[str, str] | None = None) -> Any:
 
 def test_pull_exit_0_table_and_json(hub: Any, cache_dir: Path) -> None:
     env = {"HF_ENDPOINT": hub.endpoint}
-    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env=env)
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), env=env)
     assert res.exit_code == 0, res.output
     assert "snapshot:" in res.output and SHARD1 in res.output
+    assert "OK" in next(ln for ln in res.stdout.splitlines() if SHARD1 in ln)
     res = run("pull", REPO, "--cache-dir", str(cache_dir), "--json", env=env)
     assert res.exit_code == 0
     doc = json.loads(res.output)

@@ -132,8 +132,10 @@ def test_every_attempt_corrupt_fails_and_nothing_is_published(
     hub.fault(REPO, SHARD1, Fault.flip_byte(5000, times=None))
     report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
     assert not report.ok
-    (bad,) = report.failed
+    bad, index = report.failed  # the index fails too: a shard it lists is missing
     assert bad.path == SHARD1 and bad.quarantine_id
+    assert index.path == "model.safetensors.index.json"
+    assert any(x.code == "index.missing_shard" and SHARD1 in x.message for x in index.findings)
     codes = {x.code for x in bad.findings}
     assert "digest_mismatch" in codes
     good = hashlib.sha256((llama_folder / SHARD1).read_bytes()).hexdigest()

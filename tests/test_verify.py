@@ -171,13 +171,13 @@ def test_scan_finds_damage_in_a_huggingface_hub_cache(hub: Any, cache_dir: Path)
     lines = res.output.splitlines()
 
     def line_for(needle: str) -> str:
-        hits = [ln for ln in lines if needle in ln]
+        hits = [ln for ln in lines if f"  {needle}" in ln and ln.split(needle, 1)[1].startswith(":")]
         assert len(hits) == 1, (needle, res.output)
         return hits[0]
 
     assert "incomplete_buffer" in line_for(SHARD1) or "size_mismatch" in line_for(SHARD1)
-    assert "lfs_pointer" in line_for("model-00002-of-00002")
-    assert "incomplete" in line_for(".incomplete")
+    assert "lfs_pointer" in line_for("model-00002-of-00002.safetensors")
+    assert "incomplete" in line_for("blobs/" + "f" * 64 + ".abcd1234.incomplete")
     assert "broken" in line_for("config.json")
 
 

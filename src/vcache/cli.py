@@ -124,6 +124,8 @@ class _TqdmProgress:
     def _advance(self, n: int) -> None:
         if self._bar is not None:
             with self._lock:
+                if self._bar.n + n > self._bar.total:  # a damaged file is being fetched again
+                    self._bar.total = self._bar.n + n
                 self._bar.update(n)
 
     def _message(self, text: str) -> None:

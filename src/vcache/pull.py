@@ -31,6 +31,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from vcache.cache import CacheRepo, translate_os_error
 from vcache.checks import check_file
+from vcache.cluster import start_jitter, transfer_settings
 from vcache.config import Settings, resolve_settings
 from vcache.errors import (
     CacheNotWritable,
@@ -44,7 +45,7 @@ from vcache.errors import (
 )
 from vcache.hub import COMMIT_RE, HubClient, RemoteFile, check_unique_paths, resolve_url
 from vcache.ledger import Ledger
-from vcache.locks import blob_lock
+from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import quarantine_file
 from vcache.report import FileReport, Finding, PullReport, Severity, Verdict, fail, info, verdict_of
 from vcache.transfer import FetchResult, FetchSpec, Transfer
@@ -195,6 +196,7 @@ class _Puller:
     ) -> PullReport:
         t0 = time.monotonic()
         s = self.settings
+        start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         with HubClient(s.endpoint, s.token) as hub:
             if revision and COMMIT_RE.fullmatch(revision):
                 commit = revision
@@ -222,16 +224,28 @@ class _Puller:
                     )
                 )
         check_unique_paths(remote)
-        self.repo.ensure_layout()
         plan = [(f, self._cached_report(commit, f)) for f in remote]
         to_fetch = [f for f, rep in plan if rep is None]
+        if to_fetch:
+            # Only now: a read-only cache that already holds everything is answered without a single write.
+            if not is_writable_dir(self.repo.cache_dir):
+                raise CacheNotWritable(
+                    f"the cache at {self.repo.cache_dir} is read-only and lacks "
+                    f"{', '.join(f.path for f in to_fetch[:5])}{' ...' if len(to_fetch) > 5 else ''} of "
+                    f"{self.repo.repo_id}; pull it once where the cache is writable, or point HF_HUB_CACHE "
+                    "at a writable cache",
+                    repo_id=self.repo.repo_id,
+                    missing=[f.path for f in to_fetch],
+                )
+            self.repo.ensure_layout()
         self.progress.planned(sum(f.size for f in to_fetch), len(to_fetch))
         reports: dict[str, FileReport] = {f.path: rep for f, rep in plan if rep is not None}
         for rep in reports.values():
             self.progress.file_done(rep)
         errors: list[str] = []
         if to_fetch:
-            with Transfer(endpoint=s.endpoint, token=s.token, **self.opts.transfer) as transfer:
+            knobs = {**transfer_settings(), **self.opts.transfer}  # partial staleness = the lease length
+            with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
                 workers = min(s.max_workers, len(to_fetch))
                 # Largest first: the long pole starts early and small files fill the gaps.
                 ordered = sorted(to_fetch, key=lambda f: -f.size)
@@ -266,11 +280,15 @@ class _Puller:
             errors=tuple(errors),
         )
         if report.ok:
-            if listing is not None:
-                self.repo.write_tree(commit, {f.path: (f.size, f.blob_id, f.lfs_sha256) for f in listing})
-            if revision and not COMMIT_RE.fullmatch(revision):
+            # Written only when they change, so that a verified read-only cache is never written to.
+            tree = (
+                {f.path: (f.size, f.blob_id, f.lfs_sha256) for f in listing} if listing is not None else None
+            )
+            if tree is not None and self.repo.read_tree(commit) != tree:
+                self.repo.write_tree(commit, tree)
+            if revision and not COMMIT_RE.fullmatch(revision) and self.repo.read_ref(revision) != commit:
                 self.repo.write_ref(revision, commit)
-            elif revision is None:
+            elif revision is None and self.repo.read_ref("main") != commit:
                 self.repo.write_ref("main", commit)
         if local_dir is not None and report.ok:
             report = replace(
@@ -304,8 +322,20 @@ class _Puller:
     # -- one file ---------------------------------------------------------------------------------------------
     def _fetch_one(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
         repo = self.repo
-        with blob_lock(repo.lock_path(f.etag), what=f"{repo.repo_id}/{f.path}"):
+        what = f"{repo.repo_id}/{f.path}"
+        with blob_lock(repo.lock_path(f.etag), what=what) as held:
             blob = repo.blob_path(f.etag)
+            if held and not self.force:
+                # A fresh partial under our lock: its writer died moments ago (wait until it is stale, then
+                # resume it) or takes no lock (wait for its blob instead of fetching it twice).
+                wait_for_other_writer(
+                    repo.partials,
+                    f.etag,
+                    blob,
+                    stale_after=lease_seconds(),
+                    timeout=lock_timeout(),
+                    what=what,
+                )
             if blob.exists() and not self.force:
                 settled = self._adopt_existing_blob(commit, f, blob)
                 if settled is not None:
@@ -383,19 +413,20 @@ class _Puller:
                 return self._publish(commit, f, result, findings, history, attempts, transferred)
             if not transport_failed:
                 break  # the publisher's own bytes fail: downloading again cannot help
+            if n >= self.opts.max_integrity_attempts:
+                break
             history.append(
                 info(
                     "transfer.refetched",
-                    f"{f.path}: attempt {n} arrived damaged ({_first_fail(findings)}); fetched again",
+                    f"{f.path}: attempt {n} arrived damaged ({_damage_summary(findings)}); fetched again",
                     attempt=n,
                     actual=str(result.actual),
                 )
             )
             self.progress.message(
-                f"{f.path}: attempt {n} failed verification ({_first_fail(findings)}); fetching again"
+                f"{f.path}: attempt {n} failed verification ({_damage_summary(findings)}); fetching again"
             )
-            if n < self.opts.max_integrity_attempts:
-                transfer.discard(result.data_path)
+            transfer.discard(result.data_path)
         assert result is not None
         entry = quarantine_file(
             repo,
@@ -468,11 +499,15 @@ class _Puller:
         )
 
 
-def _first_fail(findings: Sequence[Finding]) -> str:
-    for x in findings:
-        if x.severity is Severity.FAIL:
-            return x.code
-    return "unknown"
+def _damage_summary(findings: Sequence[Finding]) -> str:
+    """``digest_mismatch; tensor.zero_rows in <tensor>``: the transport failure and what the bytes showed."""
+    codes = [x.code for x in findings if x.code in ("size_mismatch", "digest_mismatch")]
+    forensic = next((x for x in findings if x.tensor and x.severity is not Severity.INFO), None)
+    if forensic is None:
+        forensic = next((x for x in findings if x.code.startswith(("sniff.", "safetensors."))), None)
+    if forensic is not None:
+        codes.append(f"{forensic.code} in {forensic.tensor}" if forensic.tensor else forensic.code)
+    return "; ".join(codes) or "unknown"
 
 
 def export_local_dir(repo: CacheRepo, commit: str, files: Sequence[RemoteFile], local_dir: Path) -> Path:

@@ -55,8 +55,8 @@ def assess_file(
         if actual != expected:
             findings.append(digest_mismatch(name, expected, actual))
     vouched = expected is not None and not findings
-    findings.extend(check_file(path, name, vouched=vouched).findings)
-    return findings, actual
+    # What the bytes are (a pointer, a truncated header) says more than "the hash differs": list it first.
+    return [*check_file(path, name, vouched=vouched).findings, *findings], actual
 
 
 def digest_mismatch(name: str, expected: Digest, actual: Digest) -> Finding:
