@@ -74,6 +74,10 @@ def print_table(report: PullReport, *, title: str | None = None) -> None:
     for f in report.files:
         verdict = f.verdict.value.upper()
         click.echo(f"  {verdict:<4}  {f.path}  {_human(f.size)}  {_first_note(f, report.strict)}")
+        if f.verdict is Verdict.FAIL:
+            fails = [x for x in f.findings if x.severity is Severity.FAIL]
+            for x in fails[1:]:
+                click.echo(f"        [{x.code}] {x.message}")
         if f.quarantine_id:
             click.echo(
                 f"        quarantined as {f.quarantine_id} (see `vcache quarantine show {f.quarantine_id}`)"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from vcache.cache import CacheRepo, translate_os_error
 from vcache.checks import check_file
+from vcache.checks.safetensors import SafetensorsHeader
 from vcache.cluster import start_jitter, transfer_settings
 from vcache.config import Settings, resolve_settings
 from vcache.errors import (
@@ -183,8 +183,7 @@ class _Puller:
         self.progress = progress
         self.force = force
         self.ledger = Ledger(repo.ledger_dir)
-        self._abort: BaseException | None = None
-        self._abort_lock = threading.Lock()
+        self.headers: dict[str, SafetensorsHeader | None] = {}
 
     def run(
         self,
@@ -267,7 +266,9 @@ class _Puller:
                         self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
-        ordered_reports = attach_repo_findings(snapshot, ordered_reports, strict=self.opts.strict)
+        ordered_reports = attach_repo_findings(
+            snapshot, ordered_reports, strict=self.opts.strict, headers=self.headers
+        )
         report = PullReport(
             repo_id=self.repo.repo_id,
             repo_type=s.repo_type,
@@ -428,6 +429,7 @@ class _Puller:
             )
             transfer.discard(result.data_path)
         assert result is not None
+        self.headers.pop(f.path, None)  # the index check must see this shard as missing
         entry = quarantine_file(
             repo,
             result.data_path,
@@ -466,9 +468,9 @@ class _Puller:
             )
         if result.actual != f.digest:
             findings.append(digest_mismatch(f.path, f.digest, result.actual))
-        vouched = not findings
-        findings.extend(check_file(result.data_path, f.path, vouched=vouched).findings)
-        return findings
+        check = check_file(result.data_path, f.path, vouched=not findings)
+        self.headers[f.path] = check.header
+        return [*check.findings, *findings]
 
     def _publish(
         self,

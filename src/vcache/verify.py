@@ -18,6 +18,7 @@ from typing import Any
 
 from vcache.cache import CacheRepo, iter_repo_folders
 from vcache.checks import check_file
+from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
 from vcache.hashing import Digest, hash_file
 from vcache.hub import COMMIT_RE
@@ -268,8 +269,17 @@ def _unlink_all(repo: CacheRepo, etag: str) -> None:
                     p.unlink()
 
 
-def attach_repo_findings(folder: Path, reports: Sequence[FileReport], *, strict: bool) -> list[FileReport]:
-    """Run the sharded-index / config coherence checks over ``folder`` and attach them to the index's report."""
+def attach_repo_findings(
+    folder: Path,
+    reports: Sequence[FileReport],
+    *,
+    strict: bool,
+    headers: Mapping[str, SafetensorsHeader | None] | None = None,
+) -> list[FileReport]:
+    """Run the sharded-index / config coherence checks over ``folder`` and attach them to the index's report.
+
+    ``headers`` are shard headers already parsed by this run (keyed by repo path), so none is parsed twice.
+    """
     from dataclasses import replace
 
     from vcache.checks.index import check_index
@@ -279,7 +289,7 @@ def attach_repo_findings(folder: Path, reports: Sequence[FileReport], *, strict:
     config = _read_json(folder / "config.json")
     for i, r in enumerate(out):
         if r.path.endswith(INDEX_SUFFIX) and "/" not in r.path and r.verdict.value != "fail":
-            extra = check_index(folder, r.path, config=config)
+            extra = check_index(folder, r.path, config=config, headers=headers)
             if extra:
                 out[i] = replace(r, findings=r.findings + tuple(extra))
     if (
