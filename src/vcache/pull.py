@@ -53,6 +53,7 @@ from vcache.verify import (
     assess_file,
     attach_repo_findings,
     digest_mismatch,
+    require_complete,
     resolve_cached_commit,
     verify_snapshot,
 )
@@ -162,6 +163,7 @@ def _pull_offline(
                 "pull with network access first",
                 snapshot_path=report.snapshot_path,
             )
+        require_complete(report)  # listed for the commit but absent: missing, not damaged
     return report
 
 

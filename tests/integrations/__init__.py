@@ -1,0 +1,1 @@
+"""Tests for vcache.integrations (transformers, PEFT)."""
