@@ -276,3 +276,17 @@ def test_local_dir_export(hub: Any, cache_dir: Path, tmp_path: Path, llama_folde
     for rel, data in _files(llama_folder).items():
         assert (out / rel).read_bytes() == data
         assert (out / ".cache" / "huggingface" / "download" / f"{rel}.metadata").exists()
+
+
+def test_unreachable_hub_falls_back_to_the_verified_cache(hub: Any, cache_dir: Path) -> None:
+    import socket
+
+    first = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert first.ok
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    second = pull(REPO, endpoint=dead, cache_dir=cache_dir)
+    assert second.ok and second.snapshot_path == first.snapshot_path
+    with pytest.raises(vcache.TransferError):
+        pull("acme/other", endpoint=dead, cache_dir=cache_dir, options=fast_options())

@@ -6,6 +6,7 @@ transformers integration is loaded on first use of :func:`from_pretrained` / :fu
 
 from __future__ import annotations
 
+import logging as _logging
 from typing import Any as _Any
 
 from vcache._version import __version__
@@ -35,6 +36,10 @@ from vcache.errors import (
 from vcache.hashing import Digest
 from vcache.pull import Progress, hf_hub_download, pull, snapshot_download
 from vcache.report import FileReport, Finding, PullReport, Severity, Verdict
+
+
+# A library never configures logging; the application decides where vcache's records go.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 
 def from_pretrained(cls: _Any, repo_id: str, **kwargs: _Any) -> _Any:

@@ -151,6 +151,10 @@ def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -
     return HubError(f"{what}: the server answered HTTP {status} {message}".rstrip(), **context)
 
 
+class HubUnreachable(TransferError):
+    """The endpoint refused or dropped the connection on a fail-fast call (the caller may use the cache)."""
+
+
 class HubClient:
     """Metadata calls against one endpoint, with bounded, budgeted retries."""
 
@@ -190,7 +194,14 @@ class HubClient:
         return {}
 
     def _request(
-        self, method: str, url: str, *, repo_id: str, what: str, data: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        repo_id: str,
+        what: str,
+        data: Mapping[str, Any] | None = None,
+        fail_fast: bool = False,
     ) -> httpx2.Response:
         policy = self._policy
         while True:
@@ -200,6 +211,8 @@ class HubClient:
             try:
                 response = self._client.request(method, url, headers=self._auth_headers(url), data=data)
             except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+                if fail_fast and isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+                    raise HubUnreachable(f"{what}: cannot connect to {self.endpoint} ({exc})") from exc
                 error = exc
             else:
                 mapped = error_from_response(response, repo_id=repo_id, what=what)
@@ -227,11 +240,19 @@ class HubClient:
                 ) from exc
             self._clock.sleep(policy.backoff())
 
-    def resolve_commit(self, repo_id: str, revision: str | None, repo_type: str = "model") -> str:
-        """The 40-hex commit a revision (branch, tag, ``refs/pr/N``, commit) points to."""
+    def resolve_commit(
+        self, repo_id: str, revision: str | None, repo_type: str = "model", *, fail_fast: bool = False
+    ) -> str:
+        """The 40-hex commit a revision (branch, tag, ``refs/pr/N``, commit) points to.
+
+        ``fail_fast`` raises :class:`HubUnreachable` at once when the endpoint refuses the connection, so
+        a caller holding a cached copy can answer from it instead of waiting out the retries.
+        """
         rev = revision or "main"
         url = f"{self.endpoint}/api/{repo_type}s/{repo_id}/revision/{quote(rev, safe='')}"
-        data = self._request("GET", url, repo_id=repo_id, what=f"resolving {repo_id}@{rev}").json()
+        data = self._request(
+            "GET", url, repo_id=repo_id, what=f"resolving {repo_id}@{rev}", fail_fast=fail_fast
+        ).json()
         sha = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not COMMIT_RE.fullmatch(sha):
             raise HubError(

@@ -43,7 +43,7 @@ from vcache.errors import (
     VcacheError,
     VerificationFailed,
 )
-from vcache.hub import COMMIT_RE, HubClient, RemoteFile, check_unique_paths, resolve_url
+from vcache.hub import COMMIT_RE, HubClient, HubUnreachable, RemoteFile, check_unique_paths, resolve_url
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import quarantine_file
@@ -198,11 +198,19 @@ class _Puller:
         t0 = time.monotonic()
         s = self.settings
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
-        with HubClient(s.endpoint, s.token) as hub:
+        # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
+        shared = {k: v for k, v in self.opts.transfer.items() if k in ("policy", "clock")}
+        with HubClient(s.endpoint, s.token, **shared) as hub:
             if revision and COMMIT_RE.fullmatch(revision):
                 commit = revision
             else:
-                commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
+                try:
+                    commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type, fail_fast=True)
+                except HubUnreachable as exc:
+                    fallback = self._cached_fallback(revision, allow, ignore, files, exc)
+                    if fallback is not None:
+                        return fallback
+                    commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
             if files is not None:
                 remote = hub.paths_info(self.repo.repo_id, commit, list(files), s.repo_type)
                 found = {f.path for f in remote}
@@ -298,6 +306,22 @@ class _Puller:
                 report, snapshot_path=str(export_local_dir(self.repo, commit, remote, Path(local_dir)))
             )
         return report
+
+    def _cached_fallback(
+        self,
+        revision: str | None,
+        allow: str | Sequence[str] | None,
+        ignore: str | Sequence[str] | None,
+        files: Sequence[str] | None,
+        exc: HubUnreachable,
+    ) -> PullReport | None:
+        """The Hub cannot be reached: answer from the cache when it holds the revision (as huggingface_hub does)."""
+        if self.repo.read_ref(revision or "main") is None:
+            return None
+        message = f"{self.settings.endpoint} could not be reached ({exc}); using the cached snapshot"
+        log.warning("%s", message)
+        self.progress.message(message)
+        return _pull_offline(self.repo, revision, allow, ignore, files, self.opts.strict)
 
     # -- planning ---------------------------------------------------------------------------------------------
     def _cached_report(self, commit: str, f: RemoteFile) -> FileReport | None:
