@@ -414,5 +414,9 @@ def demo(keep: Path | None) -> None:
     sys.exit(run_demo(keep))
 
 
+from vcache.cluster_cli import cluster  # noqa: E402  (the group lives with the cluster code)
+
+main.add_command(cluster)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,7 +19,8 @@ REPO_TYPES = ("model", "dataset", "space")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-def _env_true(*names: str) -> bool:
+def env_true(*names: str) -> bool:
+    """True when any of the variables is set to 1/ON/YES/TRUE (case-insensitive)."""
     return any(os.environ.get(n, "").strip().upper() in _TRUE for n in names)
 
 
@@ -53,7 +54,7 @@ def default_cache_dir() -> Path:
 
 def is_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to 1/ON/YES/TRUE."""
-    return _env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return env_true("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -75,7 +76,7 @@ def resolve_token(token: str | bool | None) -> str | None:
         return None
     if isinstance(token, str):
         return token or None
-    if _env_true("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+    if env_true("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         return None
     from huggingface_hub import get_token
 

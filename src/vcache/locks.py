@@ -1,27 +1,99 @@
-"""Per-blob locks at huggingface_hub's own lock path — hints that save duplicate work, never correctness.
+"""Per-blob locks — hints that save duplicate work, never correctness.
 
-Two tools (or two vcache processes) taking the same ``<cache>/.locks/<repo_folder>/<etag>.lock`` do not fetch
-the same blob at once. Waits are bounded and end in :class:`~vcache.errors.LockTimeout`. Where the lock
-cannot even be created (a read-only cache), the caller proceeds without it: correctness rests on per-writer
-partials, digest checks and atomic publish, never on this module.
+What this module owns: the one entry point :func:`blob_lock`, and the choice of *how* a blob is locked:
+
+``flock``
+    ``filelock.FileLock(<cache>/.locks/<repo_folder>/<etag>.lock, mode=0o664)``: huggingface_hub's own path and
+    mode, so vcache and huggingface_hub never fetch one blob at once on a local disk. The kernel drops a flock
+    when its holder dies, so it is never stale.
+``lease``
+    ``filelock.SoftFileLease`` at the sibling path ``<etag>.lease``, refreshed by a heartbeat thread. Used where
+    ``flock`` cannot be trusted (NFS, Lustre, GPFS, BeeGFS, CIFS, FUSE, ...: field notes E1), detected from the
+    filesystem type of the lock directory in ``/proc/self/mountinfo``. A holder that died is taken over: at once
+    when it ran on this host (its PID is gone), otherwise once its marker has not been refreshed for
+    :func:`lease_seconds`. The lease lives *beside* huggingface_hub's ``.lock`` rather than in it because
+    huggingface_hub never deletes its ``.lock`` files and opens them ``O_RDWR|O_TRUNC`` to ``flock`` them: an
+    empty leftover ``.lock`` would read as a live legacy marker (never taken over), and huggingface_hub would
+    truncate a live lease's owner record. In lease mode vcache therefore does not exclude huggingface_hub
+    processes; both write private temporary files and rename atomically, so that costs bandwidth only.
+``none``
+    No lock at all (``VCACHE_LOCK_MODE=none``): every process downloads; the result is still correct.
+
+``VCACHE_LOCK_MODE=auto|flock|lease|none`` overrides the detection. Waits are bounded
+(``VCACHE_LOCK_TIMEOUT``) and end in :class:`~vcache.errors.LockTimeout` naming the holder when it is known.
+Where the lock directory is not writable (a read-only cache), no lock is attempted at all — not even a failing
+``open`` — and the caller proceeds unlocked.
+
+What it must never do: make correctness depend on a lock (DESIGN.md invariant 2: per-writer partials, digest
+checks and atomic publish carry it), wait without a bound, or write anywhere but ``<cache>/.locks/``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
+import re
+import stat
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from vcache.config import env_float
-from vcache.errors import LockTimeout
+from vcache.errors import LockTimeout, UsageError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 600.0
+DEFAULT_LEASE_SECONDS = 30.0
+#: How often a waiter says it is still waiting (huggingface_hub logs every 10 s; a cluster log needs less).
+_WAIT_LOG_INTERVAL = 30.0
+
+#: Filesystem types on which ``flock`` may succeed without excluding anyone on another node (field notes E1),
+#: or where it is emulated per client. Matched exactly, or as a ``fuse.*`` subtype.
+UNTRUSTED_FLOCK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "panfs",
+        "wekafs",
+        "glusterfs",
+        "orangefs",
+        "pvfs2",
+        "virtiofs",
+        "fuse",
+        "fuseblk",
+    }
+)
+
+
+class LockMode(enum.StrEnum):
+    """How blob locks are taken."""
+
+    FLOCK = "flock"
+    LEASE = "lease"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """The lock mode for a directory and why it was chosen (shown by ``vcache cluster doctor``)."""
+
+    mode: LockMode
+    fs_type: str
+    reason: str
 
 
 def lock_timeout() -> float:
@@ -29,24 +101,224 @@ def lock_timeout() -> float:
     return env_float("VCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
 
 
+def lease_seconds() -> float:
+    """Lease duration in seconds (``VCACHE_LEASE_SECONDS``, default 30; at least 1).
+
+    Every process sharing a cache must use the same value: filelock refuses to contend with a lease of another
+    duration, and vcache then adopts the duration the current holder recorded (with a warning). It is also how
+    long a dead writer's partial must sit untouched before another process adopts it, so that whoever takes a
+    lease over resumes the partial rather than starting again (see ``partial``).
+    """
+    return max(1.0, env_float("VCACHE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+
+
+# -- filesystem detection ----------------------------------------------------------------------------------------
+
+
+def _unescape_mount_field(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in paths as \ooo (octal).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def filesystem_type(path: Path, *, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The filesystem type (``ext4``, ``nfs4``, ``lustre``, ``fuse.sshfs``, ...) holding ``path``, or ``unknown``.
+
+    ``path`` need not exist yet: its nearest existing ancestor decides (symlinks resolved). ``unknown`` where
+    ``/proc/self/mountinfo`` is unavailable (not Linux).
+    """
+    target = os.path.realpath(_existing_ancestor(path))
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return "unknown"
+    return mount_fs_type(target, text)
+
+
+def mount_fs_type(target: str, mountinfo: str) -> str:
+    """The type of the mount that holds the absolute, resolved path ``target``, per ``mountinfo``'s text."""
+    best, best_type = "", "unknown"
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mount_point = _unescape_mount_field(fields[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        # Later lines win ties: a mount stacked over the same point hides the earlier one.
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, right.split()[0]
+    return best_type
+
+
+def flock_trusted(fs_type: str) -> bool:
+    """Whether ``flock`` on this filesystem type excludes every process that shares it."""
+    base = fs_type.split(".", 1)[0]
+    return fs_type not in UNTRUSTED_FLOCK_FILESYSTEMS and base not in UNTRUSTED_FLOCK_FILESYSTEMS
+
+
+def lock_policy(directory: Path) -> LockPolicy:
+    """The lock mode for blobs whose locks live in ``directory``: ``VCACHE_LOCK_MODE``, else by filesystem type."""
+    fs_type = filesystem_type(directory)
+    raw = os.environ.get("VCACHE_LOCK_MODE", "").strip().lower() or "auto"
+    if raw != "auto":
+        try:
+            return LockPolicy(LockMode(raw), fs_type, "set by VCACHE_LOCK_MODE")
+        except ValueError:
+            raise UsageError(
+                f"VCACHE_LOCK_MODE={raw!r} is not one of auto, flock, lease, none; "
+                "fix the variable (see `vcache cluster doctor`)"
+            ) from None
+    if flock_trusted(fs_type):
+        return LockPolicy(LockMode.FLOCK, fs_type, f"{fs_type}: flock is reliable here")
+    return LockPolicy(
+        LockMode.LEASE, fs_type, f"{fs_type}: flock may not exclude other nodes, so leases are used"
+    )
+
+
+def lease_path(lock_path: Path) -> Path:
+    """Where the lease for huggingface_hub's ``<etag>.lock`` lives: the sibling ``<etag>.lease``."""
+    return lock_path.with_name(lock_path.stem + ".lease")
+
+
+def is_writable_dir(path: Path) -> bool:
+    """True when ``path`` (or its nearest existing parent) accepts new files for this user."""
+    return os.access(_existing_ancestor(path), os.W_OK | os.X_OK)
+
+
+def ensure_lock_dir(directory: Path) -> None:
+    """Create ``directory`` (under ``.locks``) with its parent's group bits, so other users can lock there too.
+
+    A shared cache's ``.locks`` is ``2775``; a user whose umask is ``022`` would otherwise create
+    ``.locks/<repo_folder>`` as ``0755`` and lock everyone else out of it (field notes E3).
+    """
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        parent_mode = stat.S_IMODE(directory.parent.stat().st_mode)
+        if parent_mode & stat.S_IWGRP:
+            mode = stat.S_IMODE(directory.stat().st_mode)
+            os.chmod(directory, mode | (parent_mode & (stat.S_IRWXG | stat.S_ISGID)))
+
+
+# -- the lock ----------------------------------------------------------------------------------------------------
+
+
+def _make_lock(path: Path, mode: LockMode, duration: float) -> filelock.BaseFileLock:
+    if mode is LockMode.LEASE:
+
+        def lost(compromise: filelock.LeaseCompromise) -> None:
+            # Another process took the lease (our heartbeat stalled past the lease). Both may now download;
+            # each writes its own partial and publishes atomically, so this is duplicate work, not damage.
+            log.warning(
+                "lease %s was taken over (%s); continuing, another process may fetch the same blob",
+                compromise.lock_file,
+                compromise.reason,
+            )
+
+        return filelock.SoftFileLease(
+            str(lease_path(path)),
+            lease_duration=duration,
+            on_compromise=lost,
+            poll_interval=min(0.5, duration / 10),
+        )
+    return filelock.FileLock(str(path), mode=0o664)
+
+
+def describe_holder(path: Path, mode: LockMode) -> str:
+    """Who holds the lock at ``path`` as far as can be told (lease markers record pid and host)."""
+    if mode is LockMode.LEASE:
+        marker = lease_path(path)
+        owner = filelock.SoftFileLease(str(marker)).owner
+        if owner is None:
+            return f"a process that left no readable owner record in {marker}"
+        try:
+            age = time.time() - marker.stat().st_mtime
+        except OSError:
+            return f"pid {owner.pid} on {owner.hostname} (the lease was just released)"
+        return f"pid {owner.pid} on {owner.hostname}, lease renewed {age:.0f}s ago"
+    return f"another process on this host (see `fuser -v {path}`)"
+
+
+def _acquire(lock: filelock.BaseFileLock, path: Path, mode: LockMode, wait: float, what: str) -> None:
+    """Acquire with a bounded wait, logging every ``_WAIT_LOG_INTERVAL`` seconds; LockTimeout at the end."""
+    t0 = time.monotonic()
+    while True:
+        left = wait - (time.monotonic() - t0)
+        try:
+            lock.acquire(timeout=max(0.0, min(left, _WAIT_LOG_INTERVAL)))
+            return
+        except filelock.Timeout:
+            waited = time.monotonic() - t0
+            if waited >= wait:
+                break
+            log.info("still waiting for %s (%.0fs): held by %s", what, waited, describe_holder(path, mode))
+    holder = describe_holder(path, mode)
+    if mode is LockMode.LEASE:
+        advice = (
+            "its holder is alive and renewing the lease, so it is still downloading: wait for it, or raise "
+            "VCACHE_LOCK_TIMEOUT. A dead holder's lease is taken over after VCACHE_LEASE_SECONDS without you "
+            "doing anything"
+        )
+    else:
+        advice = (
+            "the kernel releases a flock when its holder exits, so a live process still holds it: wait for "
+            "it, raise VCACHE_LOCK_TIMEOUT, or stop that process. On a shared filesystem set "
+            "VCACHE_LOCK_MODE=lease"
+        )
+    raise LockTimeout(
+        f"waited {time.monotonic() - t0:.0f}s for the {mode.value} lock on {what} ({path}); it is held by "
+        f"{holder}; {advice}",
+        path=str(path),
+        holder=holder,
+    )
+
+
 @contextlib.contextmanager
 def blob_lock(path: Path, *, timeout: float | None = None, what: str = "") -> Iterator[bool]:
-    """Hold the per-blob lock for the duration of the block; yields whether a lock is actually held.
+    """Hold the per-blob lock at huggingface_hub's ``path`` for the block; yields whether a lock is held.
 
-    Raises :class:`LockTimeout` after ``timeout`` seconds. A lock that cannot be created (read-only or
-    permission-denied cache) yields ``False`` and the caller goes on unlocked.
+    The mode (flock, lease or none) comes from :func:`lock_policy` for ``path``'s directory. Raises
+    :class:`~vcache.errors.LockTimeout` after ``timeout`` seconds (default ``VCACHE_LOCK_TIMEOUT``). Yields
+    ``False`` without touching the disk when locking is off or the cache is not writable, and ``False`` when
+    the lock cannot be created; the caller then goes on unlocked, which can only cost duplicate work.
     """
     wait = lock_timeout() if timeout is None else timeout
+    what = what or path.name
+    policy = lock_policy(path.parent)
+    if policy.mode is LockMode.NONE or not is_writable_dir(path.parent):
+        yield False
+        return
+    duration = lease_seconds()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(path), mode=0o664, timeout=wait)
-        lock.acquire()
-    except filelock.Timeout as exc:
-        raise LockTimeout(
-            f"waited {wait:.0f}s for the lock on {what or path.name} ({path}); another process is "
-            "downloading it. If no process is, the lock is stale: remove it, or raise VCACHE_LOCK_TIMEOUT",
-            path=str(path),
-        ) from exc
+        ensure_lock_dir(path.parent)
+        lock = _make_lock(path, policy.mode, duration)
+        try:
+            _acquire(lock, path, policy.mode, wait, what)
+        except filelock.LeaseSettingsMismatch:
+            # The holder runs with another VCACHE_LEASE_SECONDS; contend on its terms rather than fail.
+            owner = filelock.SoftFileLease(str(lease_path(path))).owner
+            if owner is None or owner.lease_duration is None:
+                raise
+            log.warning(
+                "%s: the lease holder uses VCACHE_LEASE_SECONDS=%s, this process %s; set the same value on "
+                "every node (vcache.env)",
+                what,
+                owner.lease_duration,
+                duration,
+            )
+            lock = _make_lock(path, policy.mode, owner.lease_duration)
+            _acquire(lock, path, policy.mode, wait, what)
+    except LockTimeout:
+        raise
     except OSError as exc:
         log.debug("lock %s unavailable (%s); continuing without it", path, exc)
         yield False
@@ -58,9 +330,62 @@ def blob_lock(path: Path, *, timeout: float | None = None, what: str = "") -> It
             lock.release()
 
 
-def is_writable_dir(path: Path) -> bool:
-    """True when ``path`` (or its nearest existing parent) accepts new files for this user."""
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return os.access(p, os.W_OK | os.X_OK)
+def wait_for_other_writer(
+    partial_dir: Path, etag: str, blob: Path, *, stale_after: float, timeout: float, what: str = ""
+) -> bool:
+    """Holding a blob's lock, wait while another process's partial of that blob is still being written.
+
+    Under the lock no cooperating writer is active, so a partial touched less than ``stale_after`` seconds
+    ago belongs to a writer that died moments ago (wait until it is stale, then the caller adopts and resumes
+    it instead of starting again) or to one that takes no lock (``VCACHE_LOCK_MODE=none``, a lying ``flock``:
+    wait for its blob rather than download it twice). Returns True when ``blob`` appeared. Gives up after
+    ``timeout`` seconds, and the caller downloads anyway: this wait only saves work.
+    """
+    from vcache.partial import list_partials
+
+    t0 = time.monotonic()
+    announced = False
+    while True:
+        if blob.exists():
+            return True
+        now = time.time()
+        live = [p for p in list_partials(partial_dir) if p.etag == etag and now - p.updated_at < stale_after]
+        if not live:
+            return False
+        waited = time.monotonic() - t0
+        if waited >= timeout:
+            log.info("%s: gave up after %.0fs waiting for %s", what or etag, waited, live[0].path)
+            return False
+        if not announced:
+            # A user who re-runs a pull right after stopping one sees why it pauses.
+            log.info(
+                "%s: %s was written %.0fs ago; waiting until it is %.0fs old (VCACHE_LEASE_SECONDS) to resume "
+                "it, or for its writer to finish",
+                what or etag,
+                live[0].path,
+                now - live[0].updated_at,
+                stale_after,
+            )
+            announced = True
+        time.sleep(min(0.25, stale_after / 8))
+
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_LOCK_TIMEOUT",
+    "UNTRUSTED_FLOCK_FILESYSTEMS",
+    "LockMode",
+    "LockPolicy",
+    "blob_lock",
+    "describe_holder",
+    "ensure_lock_dir",
+    "filesystem_type",
+    "flock_trusted",
+    "is_writable_dir",
+    "lease_path",
+    "lease_seconds",
+    "lock_policy",
+    "lock_timeout",
+    "mount_fs_type",
+    "wait_for_other_writer",
+]
