@@ -151,8 +151,8 @@ class CacheRepo:
     def publish_blob(self, data_path: Path, etag: str) -> Path:
         """Move a verified, complete file into ``blobs/<etag>`` atomically; returns the blob path.
 
-        The file is fsynced and given the umask's default mode first (huggingface_hub does the same chmod),
-        so a crash leaves either no blob or the whole one.
+        The file is fsynced and made read-only first, so a crash leaves either no blob or the whole one,
+        and nothing edits verified bytes in place by accident.
         """
         dest = self.blob_path(etag)
         try:
@@ -161,7 +161,9 @@ class CacheRepo:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.chmod(data_path, default_file_mode())
+            # Read-only for everyone: verified weights are never edited in place (the group can still
+            # read them; huggingface_hub chmods to the umask default, which may be group-writable).
+            os.chmod(data_path, 0o444 & ~_umask())
             os.replace(data_path, dest)
             fsync_dir(dest.parent)
         except OSError as exc:
@@ -245,6 +247,10 @@ class CacheRepo:
             for path, (size, blob_id, sha) in entries.items()
         }
         write_tree_cache(str(self.root), commit, tree)
+        # huggingface_hub writes it through mkstemp (0600): give it the umask default so a shared
+        # cache's group can read it too.
+        with contextlib.suppress(OSError):
+            os.chmod(self.root / "trees" / f"{commit}.json", default_file_mode())
 
     def read_tree(self, commit: str) -> dict[str, tuple[int, str, str | None]] | None:
         """Read ``trees/<commit>.json`` (None when absent or unreadable)."""
