@@ -101,9 +101,15 @@ def hash_file(path: str | os.PathLike[str], algorithm: Algorithm, *, size: int |
     return hasher.digest()
 
 
-def hash_stream_into(fd: int, hasher: StreamHasher, start: int, end: int) -> None:
-    """Feed bytes ``[start, end)`` of an open file descriptor to ``hasher`` (positional reads)."""
-    buf = bytearray(min(HASH_CHUNK, max(end - start, 1)))
+def hash_stream_into(
+    fd: int, hasher: StreamHasher, start: int, end: int, *, buffer: bytearray | None = None
+) -> None:
+    """Feed bytes ``[start, end)`` of an open file descriptor to ``hasher`` (positional reads).
+
+    ``buffer`` is reused for the reads when given (callers that hash a growing file in many small steps
+    pass one, so no step allocates); otherwise one is allocated for this call.
+    """
+    buf = buffer if buffer else bytearray(min(HASH_CHUNK, max(end - start, 1)))
     view = memoryview(buf)
     pos = start
     while pos < end:
