@@ -25,6 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,21 +69,39 @@ def build_repos(work: Path) -> dict[str, Path]:
     return {"four": four, "one": one}
 
 
+def _peak_rss_kib(pid: int, stop: threading.Event, out: list[int]) -> None:
+    """Poll VmHWM (peak RSS since exec) of a child; wait4's ru_maxrss would count the forked parent."""
+    while not stop.is_set():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        out.append(int(line.split()[1]))
+        except OSError:
+            return
+        stop.wait(0.02)
+
+
 def run_client(
     argv: list[str], env: dict[str, str], kill_after: float | None = None
 ) -> tuple[float, int, int]:
     """Run a client; returns (seconds, peak RSS KiB, exit status)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stop, samples = threading.Event(), [0]
+    watcher = threading.Thread(target=_peak_rss_kib, args=(proc.pid, stop, samples), daemon=True)
+    watcher.start()
     if kill_after is not None:
         time.sleep(kill_after)
         proc.send_signal(signal.SIGKILL)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    status = proc.wait()
     elapsed = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
     if status != 0 and kill_after is None:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         print(f"  client failed ({status}): {' '.join(argv[:3])}\n{err[-2000:]}", file=sys.stderr)
-    return elapsed, usage.ru_maxrss, status
+    return elapsed, max(samples), status
 
 
 def clients(repo_id: str, cache: Path, endpoint: str) -> dict[str, list[str]]:
