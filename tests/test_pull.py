@@ -156,14 +156,34 @@ def test_every_attempt_corrupt_fails_and_nothing_is_published(
     assert SHARD1 in str(err.value)
 
 
-def test_connection_cut_resumes_with_range(hub: Any, cache_dir: Path, llama_folder: Path) -> None:
-    hub.fault(REPO, SHARD1, Fault.drop_after(300_000))
-    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+@pytest.fixture
+def big_shard_hub(tmp_path: Path) -> Any:
+    """A repo with one 12 MiB shard, so a cut leaves whole write buffers behind to resume from."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    save_file({"w": rng.standard_normal((3072, 1024), dtype=np.float32)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    with HubServer([repo_from_folder("acme/big", folder)]) as server:
+        yield server, folder
+
+
+def test_connection_cut_resumes_with_range(big_shard_hub: Any, cache_dir: Path) -> None:
+    hub, folder = big_shard_hub
+    size = (folder / "model.safetensors").stat().st_size
+    hub.fault("acme/big", "model.safetensors", Fault.drop_after(9 << 20))
+    report = pull("acme/big", endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
     assert report.ok
-    reqs = hub.body_requests(REPO, SHARD1)
-    assert len(reqs) >= 2 and any(r.range for r in reqs[1:])
-    total = sum(r.body_bytes for r in reqs)
-    assert total < (llama_folder / SHARD1).stat().st_size + 300_000  # resumed, not restarted
+    reqs = hub.body_requests("acme/big", "model.safetensors")
+    assert len(reqs) == 2 and reqs[0].range is None
+    resumed_at = int(reqs[1].range.removeprefix("bytes=").split("-")[0])
+    assert 0 < resumed_at <= 9 << 20  # resumed from what was written, not restarted
+    assert sum(r.body_bytes for r in reqs) < size + (9 << 20)
+    snap = Path(report.snapshot_path or "")
+    assert (snap / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
 
 
 def test_range_ignored_restarts_cleanly(hub: Any, cache_dir: Path, llama_folder: Path) -> None:

@@ -4,11 +4,25 @@ One JSON file per blob under ``<repo_folder>/.vcache/ledger/<etag>.json``, writt
 trusted only while the blob's *stat token* (device, inode, size, mtime) is unchanged and the record was
 written by checks at least as new as these (``CHECKS_VERSION``); anything else means "verify again". This
 module never decides a verdict; it remembers one.
+
+Two derived kinds of record save the work that is done again on every offline verify or load of an unchanged
+snapshot, never any hashing (each is only a shortcut to what the per-blob records and the files say):
+
+- ``.vcache/ledger/snapshots/<commit>.json``: per snapshot file, what its per-blob record said, and the repo
+  checks' findings (sharded index / config coherence) for the folder as it was;
+- ``.vcache/ledger/models/<key>.json``: the transformers completeness verdict for one commit, class and
+  set of architecture-relevant arguments.
+
+Each names the files its content was derived from with their :func:`entry_state` (link target and stat token,
+or absent), and is trusted only while every one of them is unchanged, and only by the same vcache version and
+``CHECKS_VERSION`` that wrote it (:meth:`Ledger.read_derived` refuses anything else). Whoever writes one
+captures the states before and after deriving the content, and writes nothing when they differ.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -23,6 +37,12 @@ from vcache.report import Finding, findings_from_json
 
 #: Bump when the checks change in a way that should make old records untrusted.
 CHECKS_VERSION = 1
+#: Bump when the layout of the derived (snapshot, model) records changes.
+DERIVED_FORMAT = 1
+
+#: ``[link target or None, dev, ino, size, mtime_ns]`` (stat fields None when the target is missing); the
+#: JSON form is the same list, so a state read from a record compares equal to a fresh one.
+EntryState = list[Any]
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,27 @@ class StatToken:
         """The token of the file ``path`` points to (symlinks followed)."""
         st = os.stat(path)
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
+    """What is at ``path`` now: None when nothing is, else its link target (None when it is not a symlink) and
+    the stat token of what it resolves to (stat fields None for a dangling link).
+
+    Raises :class:`OSError` when it cannot tell (no permission, a link loop): callers then trust nothing.
+    """
+    try:
+        link: str | None = os.readlink(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: there is something, and it is not a symlink
+            raise
+        link = None
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None if link is None else [link, None, None, None, None]
+    return [link, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 @dataclass(frozen=True)
@@ -142,3 +183,69 @@ class Ledger:
         """Drop the record (the blob was quarantined or replaced)."""
         with contextlib.suppress(FileNotFoundError):
             self._path(etag).unlink()
+
+    def record_state(self, etag: str) -> EntryState | None:
+        """The state of ``etag``'s record file, as :func:`entry_state` gives it for a regular file (the link
+        target is not looked at: the stat token is of the file a read gets). Records are replaced, never
+        rewritten in place, so any rewrite or removal changes it."""
+        try:
+            st = os.stat(os.path.join(self.directory, f"{etag}.json"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return [None, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+    # -- derived records (snapshots/, models/) -------------------------------------------------------------
+
+    def snapshot_record_path(self, commit: str) -> Path:
+        """``snapshots/<commit>.json``: the remembered verify of one snapshot."""
+        return self.directory / "snapshots" / f"{commit}.json"
+
+    def model_record_path(self, key: str) -> Path:
+        """``models/<key>.json``: one remembered completeness verdict (``key`` is a hex digest)."""
+        return self.directory / "models" / f"{key}.json"
+
+    def read_derived(self, path: Path) -> dict[str, Any] | None:
+        """A derived record written by this vcache version and these checks; None when absent, unreadable,
+        malformed or written by other ones (then: derive again)."""
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != DERIVED_FORMAT
+            or data.get("vcache_version") != __version__
+            or data.get("checks_version") != CHECKS_VERSION
+        ):
+            return None
+        return data
+
+    def write_derived(self, path: Path, body: dict[str, Any]) -> bool:
+        """Write a derived record atomically (with the format and versions it is valid for); False when the
+        cache is not writable here (nothing else happens: the record only saves work).
+
+        On a read-only cache (a read-only mount, no permission) nothing is even attempted.
+        """
+        if not _can_create_in(path.parent):
+            return False
+        data = {
+            "format": DERIVED_FORMAT,
+            "vcache_version": __version__,
+            "checks_version": CHECKS_VERSION,
+            **body,
+        }
+        try:
+            encoded = json.dumps(data, separators=(",", ":")).encode()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, encoded)
+        except (OSError, TypeError, ValueError):
+            return False
+        return True
+
+
+def _can_create_in(directory: Path) -> bool:
+    """True when ``directory`` (or, when it does not exist yet, its nearest existing parent) accepts new files."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return os.access(candidate, os.W_OK | os.X_OK)
+    return False

@@ -437,7 +437,9 @@ class _Puller:
             findings = self._check_fetched(f, result)
             transport_failed = any(x.code in ("size_mismatch", "digest_mismatch") for x in findings)
             if not transport_failed and verdict_of(findings, strict=self.opts.strict) is not Verdict.FAIL:
-                return self._publish(commit, f, result, findings, history, attempts, transferred)
+                report = self._publish(commit, f, result, findings, history, attempts, transferred)
+                transfer.discard(result)  # the bytes moved to blobs/; drop the partial's sidecar
+                return report
             if not transport_failed:
                 break  # the publisher's own bytes fail: downloading again cannot help
             if n >= self.opts.max_integrity_attempts:
@@ -467,6 +469,7 @@ class _Puller:
             findings=findings,
             source="download",
         )
+        transfer.discard(result)  # the bytes moved to the quarantine; drop the partial's sidecar
         repo.unlink(commit, f.path)
         self.progress.message(f"{f.path}: FAILED verification; quarantined as {entry.id}")
         return FileReport(

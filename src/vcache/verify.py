@@ -9,6 +9,7 @@ a user's own folder is only reported on).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,8 +23,18 @@ from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
 from vcache.hashing import Digest, hash_file
 from vcache.hub import COMMIT_RE
-from vcache.ledger import Ledger
-from vcache.report import FileReport, Finding, PullReport, Severity, fail, info, verdict_of, warn
+from vcache.ledger import EntryState, Ledger, entry_state
+from vcache.report import (
+    FileReport,
+    Finding,
+    PullReport,
+    Severity,
+    fail,
+    findings_from_json,
+    info,
+    verdict_of,
+    warn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,30 +138,235 @@ def verify_snapshot(
     Files the tree listing names but the snapshot lacks are failures (``snapshot.missing_file``). Blobs
     without a valid record (written by another tool, changed since, or ``deep``) are re-hashed against their
     blob name and re-checked, and the record is written when they pass.
+
+    Unless ``deep``, the snapshot record (``.vcache/ledger/snapshots/<commit>.json``) answers for every file
+    whose link, blob and per-blob record are all unchanged since it was written, and remembers the repo
+    checks' findings for an unchanged folder; it holds nothing the per-blob records and the files do not say,
+    so the report is the same as without it. It is (re)written when the cache is writable.
     """
     import time
 
     t0 = time.monotonic()
     ledger = Ledger(repo.ledger_dir)
     wanted = set(only) if only is not None else None
-    reports: list[FileReport] = []
-    for exp in _expected_files(repo, commit):
-        if wanted is not None and exp.path not in wanted:
-            continue
-        reports.append(
+    expected = [e for e in _expected_files(repo, commit) if wanted is None or e.path in wanted]
+    remembered = None if deep else _read_snapshot_record(ledger, commit)
+    reports = _remembered_reports(repo, ledger, commit, expected, remembered, strict=strict)
+    files_known = reports is not None
+    if reports is None:
+        reports = [
             _verify_cached_file(repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine)
-        )
-    reports = attach_repo_findings(repo.snapshot_dir(commit), reports, strict=strict)
+            for exp in expected
+        ]
+    snapshot = repo.snapshot_dir(commit)
+    reports, repo_entry = _attach_remembered(snapshot, reports, strict=strict, remembered=remembered)
+    if not deep and (not files_known or repo_entry is not None) and _writable(repo):
+        _write_snapshot_record(repo, ledger, commit, remembered, repo_entry, refresh_files=not files_known)
     return PullReport(
         repo_id=repo.repo_id,
         repo_type=repo.repo_type,
         revision=revision,
         commit=commit,
-        snapshot_path=str(repo.snapshot_dir(commit)),
+        snapshot_path=str(snapshot),
         files=tuple(reports),
         elapsed=time.monotonic() - t0,
         strict=strict,
     )
+
+
+# -- the snapshot record ---------------------------------------------------------------------------------------
+#
+# ``files``: path -> {"state": entry_state of the snapshot entry (a link into blobs/), "etag", "record":
+# entry_state of the per-blob record file, and the report fields that record gave: "size", "digest",
+# "findings"}. An entry answers only while the entry and the record file are both unchanged, so it says
+# exactly what the per-blob record would (same record file, same blob stat token).
+#
+# ``repo``: a few {"key", "folder", "extra"} entries: the findings attach_repo_findings added (per path), for
+# reports of that shape (key) and that folder (every top-level name with its entry_state; the repo checks
+# read only top-level files and the listing).
+
+#: Repo-check entries kept per snapshot record (one per set of files verified together, newest first).
+_REPO_ENTRIES = 4
+
+
+def _read_snapshot_record(ledger: Ledger, commit: str) -> dict[str, Any] | None:
+    data = ledger.read_derived(ledger.snapshot_record_path(commit))
+    return data if data is not None and data.get("commit") == commit else None
+
+
+def _remembered_reports(
+    repo: CacheRepo,
+    ledger: Ledger,
+    commit: str,
+    expected: Sequence[_Expected],
+    remembered: Mapping[str, Any] | None,
+    *,
+    strict: bool,
+) -> list[FileReport] | None:
+    """The reports the per-blob records give, when the snapshot record vouches for every expected file."""
+    files = remembered.get("files") if remembered is not None else None
+    if not isinstance(files, dict) or not expected:
+        return None
+    # Plain strings, as CacheRepo.snapshot_file computes them (this runs on every offline load).
+    base = os.path.normpath(repo.snapshot_dir(commit))
+    out: list[FileReport] = []
+    try:
+        for exp in expected:
+            entry = files.get(exp.path)
+            if entry is None:
+                return None
+            snap = os.path.normpath(os.path.join(base, exp.path))
+            if not snap.startswith(base + os.sep):
+                return None  # the slow path names the unsafe path
+            if entry_state(snap) != entry["state"] or ledger.record_state(entry["etag"]) != entry["record"]:
+                return None
+            out.append(
+                FileReport(
+                    exp.path,
+                    entry["size"],
+                    entry["digest"],
+                    findings=findings_from_json(entry["findings"]),
+                    cached=True,
+                    location=snap,
+                    strict=strict,
+                )
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return out
+
+
+def _remembered_file(repo: CacheRepo, ledger: Ledger, commit: str, path: str) -> dict[str, Any] | None:
+    """The snapshot-record entry for one file: what its valid per-blob record says now (None: none)."""
+    snap = repo.snapshot_file(commit, path)
+    state = entry_state(snap)
+    etag = repo.linked_etag(commit, path) if state is not None and state[0] is not None else None
+    if not etag:
+        return None  # not a link into blobs/: always verified the slow way
+    record_state = ledger.record_state(etag)
+    rec = ledger.lookup(etag, repo.blob_path(etag))
+    if rec is None or entry_state(snap) != state or ledger.record_state(etag) != record_state:
+        return None  # no valid record, or something moved while we looked
+    findings = [f.to_json() for f in rec.findings]
+    if not _round_trips(rec.findings, findings):
+        return None
+    expected = _digest_for(etag)
+    return {
+        "state": state,
+        "etag": etag,
+        "record": record_state,
+        "size": rec.size,
+        "digest": str(expected) if expected else rec.digest,
+        "findings": findings,
+    }
+
+
+def _round_trips(findings: Sequence[Finding], as_json: Sequence[Mapping[str, Any]]) -> bool:
+    """True when the JSON form reads back as exactly these findings (else they are not remembered)."""
+    try:
+        return findings_from_json(json.loads(json.dumps(list(as_json)))) == tuple(findings)
+    except (TypeError, ValueError):
+        return False
+
+
+def _write_snapshot_record(
+    repo: CacheRepo,
+    ledger: Ledger,
+    commit: str,
+    old: Mapping[str, Any] | None,
+    repo_entry: dict[str, Any] | None,
+    *,
+    refresh_files: bool,
+) -> None:
+    files: dict[str, Any] = {}
+    if refresh_files or old is None or not isinstance(old.get("files"), dict):
+        for exp in _expected_files(repo, commit):  # every file of the commit, not only those asked for
+            try:
+                entry = _remembered_file(repo, ledger, commit, exp.path)
+            except (OSError, ValueError):
+                entry = None
+            if entry is not None:
+                files[exp.path] = entry
+    else:
+        files = dict(old["files"])
+    entries = [e for e in (old or {}).get("repo", []) if isinstance(e, dict)]
+    if repo_entry is not None:
+        entries = [repo_entry] + [e for e in entries if e.get("key") != repo_entry["key"]]
+    try:
+        body = json.loads(json.dumps({"commit": commit, "files": files, "repo": entries[:_REPO_ENTRIES]}))
+    except (TypeError, ValueError):
+        return
+    if old is not None and all(old.get(k) == v for k, v in body.items()):
+        return  # e.g. a file that is never remembered (a copy, not a link): no rewrite on every verify
+    ledger.write_derived(ledger.snapshot_record_path(commit), body)
+
+
+def _folder_state(folder: Path) -> dict[str, EntryState | None]:
+    """Every top-level name in ``folder`` with its entry_state (raises OSError when it cannot tell)."""
+    base = os.fspath(folder)
+    return {name: entry_state(os.path.join(base, name)) for name in sorted(os.listdir(base))}
+
+
+def _repo_check_key(reports: Sequence[FileReport]) -> dict[str, Any]:
+    """What of the reports attach_repo_findings looks at (besides the folder)."""
+    names = {r.path for r in reports}
+    return {
+        "indexes": [
+            r.path
+            for r in reports
+            if r.path.endswith(INDEX_SUFFIX) and "/" not in r.path and r.verdict.value != "fail"
+        ],
+        "any_index": any(n.endswith(INDEX_SUFFIX) for n in names),
+        "single": "model.safetensors" in names,
+    }
+
+
+def _attach_remembered(
+    folder: Path,
+    reports: Sequence[FileReport],
+    *,
+    strict: bool,
+    remembered: Mapping[str, Any] | None,
+) -> tuple[list[FileReport], dict[str, Any] | None]:
+    """:func:`attach_repo_findings`, answered from the snapshot record when the folder is unchanged.
+
+    Returns the reports and, when they were computed afresh over a folder that did not change meanwhile,
+    the entry to remember (else None).
+    """
+    from dataclasses import replace
+
+    key = _repo_check_key(reports)
+    try:
+        before: dict[str, EntryState | None] | None = _folder_state(folder)
+    except OSError:
+        before = None
+    if before is not None and remembered is not None:
+        for entry in remembered.get("repo", []):
+            if not isinstance(entry, dict) or entry.get("key") != key or entry.get("folder") != before:
+                continue
+            try:
+                extra = {path: findings_from_json(items) for path, items in entry["extra"].items()}
+            except (KeyError, TypeError, ValueError, AttributeError):
+                break
+            return [
+                replace(r, findings=r.findings + extra[r.path]) if r.path in extra else r for r in reports
+            ], None
+    out = attach_repo_findings(folder, reports, strict=strict)
+    if before is None:
+        return out, None
+    try:
+        if _folder_state(folder) != before:
+            return out, None
+    except OSError:
+        return out, None
+    added: dict[str, list[dict[str, Any]]] = {}
+    for old, new in zip(reports, out, strict=True):
+        more = new.findings[len(old.findings) :]
+        if more:
+            added[new.path] = [f.to_json() for f in more]
+            if not _round_trips(more, added[new.path]):
+                return out, None
+    return out, {"key": key, "folder": before, "extra": added}
 
 
 def _verify_cached_file(

@@ -268,6 +268,42 @@ def test_after_load_check_has_no_false_alarm_when_an_fp16_row_sum_overflows() ->
     assert check_loaded_model(torch.nn.Sequential(layer)) == []
 
 
+def test_small_parameters_checked_together_give_the_same_findings_in_the_same_order(
+    tiny_llama: TinyLlama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vcache.integrations.transformers as integration
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama.folder)
+    with torch.no_grad():
+        model.get_parameter("model.layers.0.input_layernorm.weight")[3] = float("nan")
+        model.get_parameter("model.layers.1.post_attention_layernorm.weight")[5] = float("-inf")
+        model.get_parameter("model.layers.0.mlp.up_proj.weight")[3, 5] = float("nan")
+        model.get_parameter(O_PROJ)[list(ZERO_ROWS)] = 0
+        model.get_parameter("model.norm.weight").fill_(
+            60000.0
+        )  # finite: only a sum could overflow (fp32: no)
+    expected = [
+        f
+        for name, p in model.named_parameters()
+        for f in integration._parameter_findings(
+            name, p.detach(), isinstance(model.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Linear)
+        )
+    ]
+    assert [(f.code, f.tensor) for f in expected] == [
+        ("model.nan", "model.layers.0.mlp.up_proj.weight"),
+        ("model.nan", "model.layers.0.input_layernorm.weight"),
+        ("model.zero_rows", O_PROJ),
+        ("model.inf", "model.layers.1.post_attention_layernorm.weight"),
+    ]
+    assert check_loaded_model(model) == expected
+    monkeypatch.setattr(integration, "_ELEMENT_CHUNK", 100)  # runs of a few parameters each
+    assert check_loaded_model(model) == expected
+    half = AutoModelForCausalLM.from_pretrained(tiny_llama.folder, dtype=torch.float16)
+    with torch.no_grad():
+        half.get_parameter("model.norm.weight").fill_(60000.0)  # the fp16 sum overflows, no value is Inf
+    assert check_loaded_model(half) == []
+
+
 def test_after_load_check_skips_meta_and_integer_parameters() -> None:
     with torch.device("meta"):
         meta = torch.nn.Linear(8, 8)
@@ -592,3 +628,298 @@ def test_importing_vcache_does_not_import_torch_or_transformers() -> None:
     }
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The remembered completeness verdict (.vcache/ledger/models/) and the snapshot record
+
+
+@pytest.fixture
+def spy_completeness(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count what computing the completeness verdict does: config loads, header reads, meta-model builds."""
+    import vcache.integrations.transformers as integration
+
+    counts = {"config": 0, "header": 0, "meta": 0}
+
+    def counting(kind: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            counts[kind] += 1
+            return real(*args, **kwargs)
+
+        return spy
+
+    monkeypatch.setattr(integration, "_config_for", counting("config", integration._config_for))
+    monkeypatch.setattr(integration, "_read_header", counting("header", integration._read_header))
+    monkeypatch.setattr(integration, "_build_meta_model", counting("meta", integration._build_meta_model))
+    return counts
+
+
+def derived_records(cache: Path) -> dict[str, list[str]]:
+    """The derived records in the repo folder, by kind (relative to ``.vcache/ledger``)."""
+    ledger = cache / "models--acme--tiny-llama" / ".vcache" / "ledger"
+    return {
+        kind: sorted(p.name for p in (ledger / kind).glob("*.json")) if (ledger / kind).is_dir() else []
+        for kind in ("models", "snapshots")
+    }
+
+
+def swap_in(snapshot: Path, path: str, data: bytes) -> None:
+    """Point ``snapshot/path`` at a new, ledger-recorded blob holding ``data`` (as if another verified commit's
+    blob were linked there): the pull still passes, only what the file says has changed."""
+    import hashlib
+
+    from vcache.ledger import Ledger
+
+    repo_folder = snapshot.parents[1]
+    digest = hashlib.sha256(data).hexdigest()
+    blob = repo_folder / "blobs" / digest
+    blob.write_bytes(data)
+    Ledger(repo_folder / ".vcache" / "ledger").record(digest, blob, f"sha256:{digest}", [])
+    entry = snapshot / path
+    entry.unlink()
+    entry.symlink_to(os.path.relpath(blob, entry.parent))
+
+
+def test_an_unchanged_snapshot_reuses_the_remembered_verdict(
+    tiny_llama: TinyLlama,
+    serve: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spy_completeness: dict[str, int],
+    logits_of: Callable[[Any], Any],
+) -> None:
+    import vcache.hashing
+    import vcache.integrations.transformers as integration
+    import vcache.ledger
+
+    hub = serve(tiny_llama.folder)
+    kw = hub_kwargs(hub, tmp_path)
+    first = from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    assert spy_completeness["meta"] == 1 and spy_completeness["header"] >= 3
+    records = derived_records(kw["cache_dir"])
+    assert len(records["models"]) == 1
+    commit = Path(first.config._name_or_path).name
+    assert records["models"][0].startswith(commit[:12])
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)  # the first offline load writes the snapshot record
+    assert derived_records(kw["cache_dir"])["snapshots"] == [f"{commit}.json"]
+
+    skipped: list[set[str]] = []
+    real_check = integration.check_loaded_model
+
+    def check(model: Any, *, skip: Any = ()) -> Any:
+        skipped.append(set(skip))
+        return real_check(model, skip=skip)
+
+    calls: list[str] = []
+    for owner, name in (
+        (vcache.ledger.Ledger, "lookup"),
+        (vcache.hashing.StreamHasher, "update"),
+    ):
+        real = getattr(owner, name)
+        monkeypatch.setattr(
+            owner, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
+    monkeypatch.setattr(integration, "check_loaded_model", check)
+    spy_completeness.update(config=0, header=0, meta=0)
+    requests_before = len(hub.log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VcacheWarning)
+        again = from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+
+    assert spy_completeness == {"config": 0, "header": 0, "meta": 0}  # nothing recomputed
+    assert calls == []  # no per-blob record read, nothing hashed: the snapshot record answered
+    assert len(hub.log) == requests_before
+    matrices = {name for name, p in again.named_parameters() if p.dim() == 2}
+    assert skipped == [matrices]  # the remembered loaded_from gives the same after-load skip set
+    assert torch.equal(logits_of(again), logits_of(first))
+    assert derived_records(kw["cache_dir"]) == {"models": records["models"], "snapshots": [f"{commit}.json"]}
+    repo_folder = kw["cache_dir"] / "models--acme--tiny-llama"
+    # derived records live under .vcache/ only: nothing new at the cache root, in refs/ or snapshots/
+    assert sorted(p.name for p in kw["cache_dir"].iterdir()) == [
+        ".locks",
+        "CACHEDIR.TAG",
+        "models--acme--tiny-llama",
+    ]
+    assert sorted(p.name for p in (repo_folder / "refs").iterdir()) == ["main"]
+    assert [p.name for p in (repo_folder / "snapshots").iterdir()] == [commit]
+
+
+def _shape_changed_shard(path: Path, tensor: str) -> bytes:
+    """The shard's bytes with ``tensor`` one row shorter (names unchanged: the index stays coherent)."""
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(path)
+    tensors[tensor] = tensors[tensor][:-1].clone()
+    return bytes(save(tensors, metadata={"format": "pt"}))
+
+
+@pytest.mark.parametrize("change", ["blob_touched", "config_changed", "shard_replaced", "class_differs"])
+def test_the_remembered_verdict_is_not_trusted_when_what_decides_it_changed(
+    tiny_llama: TinyLlama,
+    serve: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spy_completeness: dict[str, int],
+    change: str,
+) -> None:
+    hub = serve(tiny_llama.folder)
+    kw = hub_kwargs(hub, tmp_path)
+    snapshot = Path(from_pretrained(AutoModelForCausalLM, REPO_ID, **kw).config._name_or_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    assert spy_completeness["meta"] == 1  # remembered from the first load
+    shard = tiny_llama.shard_of(O_PROJ)
+
+    cls: Any = AutoModelForCausalLM
+    expect: list[str] = []
+    if change == "blob_touched":
+        blob = (snapshot / shard).resolve()
+        st = blob.stat()
+        os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    elif change == "config_changed":
+        config = json.loads((snapshot / "config.json").read_text())
+        config["intermediate_size"] = 96  # every MLP weight now has the wrong shape for this config
+        swap_in(snapshot, "config.json", json.dumps(config, indent=2).encode())
+        expect = ["model.shape_mismatch"]
+    elif change == "shard_replaced":
+        swap_in(snapshot, shard, _shape_changed_shard(snapshot / shard, O_PROJ))
+        expect = ["model.shape_mismatch"]
+    else:
+        cls = AutoModel
+        expect = ["model.unexpected_tensor"]  # the causal LM head has no place in the base model
+
+    if "model.shape_mismatch" in expect:
+        with pytest.raises(VerificationFailed) as excinfo:
+            from_pretrained(cls, REPO_ID, **kw)
+        assert "model.shape_mismatch" in {f.code for f in excinfo.value.findings}
+    elif expect:
+        with pytest.warns(VcacheWarning) as record:
+            from_pretrained(cls, REPO_ID, **kw)
+        assert [w.message.finding.code for w in record if isinstance(w.message, VcacheWarning)] == expect
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VcacheWarning)
+            from_pretrained(cls, REPO_ID, **kw)
+    assert spy_completeness["meta"] == 2  # computed again, not answered from the record
+    if not expect:  # the recomputed verdict is remembered again for the file as it is now
+        from_pretrained(cls, REPO_ID, **kw)
+        assert spy_completeness["meta"] == 2
+
+
+def test_arguments_that_change_the_architecture_are_part_of_the_key(
+    tiny_llama: TinyLlama,
+    serve: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spy_completeness: dict[str, int],
+) -> None:
+    hub = serve(tiny_llama.folder)
+    kw = hub_kwargs(hub, tmp_path)
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VerificationFailed, match="layer"):
+        from_pretrained(AutoModelForCausalLM, REPO_ID, num_hidden_layers=3, **kw)
+    assert spy_completeness["meta"] == 2
+    config = AutoConfig.from_pretrained(tiny_llama.folder)
+    from_pretrained(AutoModelForCausalLM, REPO_ID, config=config, **kw)  # a config object: never remembered
+    from_pretrained(AutoModelForCausalLM, REPO_ID, config=config, **kw)
+    assert spy_completeness["meta"] == 4
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)  # the plain load is still remembered
+    assert spy_completeness["meta"] == 4
+
+
+@pytest.fixture
+def read_only_cache(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """``make_read_only(cache)``: from now on nothing under ``cache`` can be created or written (as on a
+    read-only mount; the suite may run as root, which file modes do not stop)."""
+    import errno
+    import pathlib
+
+    import vcache.ledger
+
+    def make_read_only(cache: Path) -> None:
+        def inside(path: Any) -> bool:
+            return str(path).startswith(str(cache))
+
+        def refuse(path: Any) -> None:
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+
+        real_write, real_mkdir, real_access = vcache.ledger.write_atomic, pathlib.Path.mkdir, os.access
+        monkeypatch.setattr(
+            vcache.ledger, "write_atomic", lambda p, d: refuse(p) if inside(p) else real_write(p, d)
+        )
+        monkeypatch.setattr(
+            pathlib.Path,
+            "mkdir",
+            lambda self, *a, **k: refuse(self) if inside(self) else real_mkdir(self, *a, **k),
+        )
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda p, mode, *a, **k: False if inside(p) and mode & os.W_OK else real_access(p, mode, *a, **k),
+        )
+
+    return make_read_only
+
+
+@pytest.mark.parametrize("records", ["absent", "written_before"])
+def test_a_read_only_cache_loads_without_writing(
+    tiny_llama: TinyLlama,
+    serve: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spy_completeness: dict[str, int],
+    read_only_cache: Callable[[Path], None],
+    logits_of: Callable[[Any], Any],
+    records: str,
+) -> None:
+    from vcache.pull import pull
+
+    hub = serve(tiny_llama.folder)
+    kw = hub_kwargs(hub, tmp_path)
+    assert pull(REPO_ID, **kw).ok  # verified, but nothing derived yet
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if records == "written_before":
+        from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    before = derived_records(kw["cache_dir"])
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama.folder)
+    read_only_cache(kw["cache_dir"])
+    spy_completeness.update(meta=0)
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VcacheWarning)
+            model = from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+        assert torch.equal(logits_of(model), logits_of(reference))
+    assert derived_records(kw["cache_dir"]) == before
+    # without a record every load computes the verdict; with one, none does
+    assert spy_completeness["meta"] == (2 if records == "absent" else 0)
+
+
+@pytest.mark.parametrize("registry", ["auto_config", "auto_model", "conversion_mapping"])
+def test_runtime_registrations_turn_remembering_off(
+    tiny_llama: TinyLlama,
+    serve: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spy_completeness: dict[str, int],
+    registry: str,
+) -> None:
+    """A registered class or conversion mapping can change what the check builds: never answered from a record."""
+    from transformers import conversion_mapping
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    hub = serve(tiny_llama.folder)
+    kw = hub_kwargs(hub, tmp_path)
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)  # remembered
+    if registry == "auto_config":
+        monkeypatch.setattr(CONFIG_MAPPING, "_extra_content", {"my-llama": object})
+    elif registry == "auto_model":
+        monkeypatch.setattr(AutoModelForCausalLM._model_mapping, "_extra_content", {object: object})
+    else:
+        monkeypatch.setattr(conversion_mapping, "USER_REGISTERED_MAPPINGS", {"llama"})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    assert spy_completeness["meta"] == 3

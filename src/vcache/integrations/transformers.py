@@ -40,6 +40,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,8 @@ from vcache.report import Finding, PullReport, Severity, fail, info, warn
 
 if TYPE_CHECKING:
     import torch
+
+    from vcache.ledger import Ledger
 
 log = logging.getLogger(__name__)
 # Warnings reach users through warnings.warn; how (and whether) the log is shown is theirs to set up.
@@ -110,6 +113,8 @@ _INDEX_LIMIT = 10
 _ROW_CHUNK = 1024
 #: Elements counted at a time when a parameter holds NaN/Inf (bounds the temporaries).
 _ELEMENT_CHUNK = 1 << 22
+#: Parameters up to this size that need only the NaN/Inf check are checked together (see check_loaded_model).
+_BATCH_ELEMENTS = 1 << 16
 
 
 class VcacheWarning(UserWarning):
@@ -201,19 +206,31 @@ def from_pretrained(
 
     completeness = _Completeness()
     if model_class:
-        config = _config_for(snapshot, kwargs)
-        completeness = _completeness(
-            snapshot,
-            config,
-            cls,
-            subfolder=str(kwargs.get("subfolder") or ""),
-            variant=kwargs.get("variant"),
-            key_mapping=kwargs.get("key_mapping"),
-            use_safetensors=kwargs.get("use_safetensors"),
-            gguf_file=kwargs.get("gguf_file"),
-            trust_remote_code=kwargs.get("trust_remote_code"),
-            config_overrides=_config_overrides(config, kwargs) if "config" not in kwargs else None,
-        )
+        slot = _RememberedVerdict.for_load(cls, report, snapshot, kwargs)
+        remembered = slot.lookup() if slot is not None else None
+        if remembered is not None:
+            completeness = remembered
+        else:
+            unchanged = slot.folder_state() if slot is not None else None
+            subfolder = str(kwargs.get("subfolder") or "")
+            # _config_for reads this one when no config is passed (the only case a verdict is remembered for)
+            probed = [(snapshot / subfolder if subfolder else snapshot) / "config.json"]
+            config = _config_for(snapshot, kwargs)
+            completeness = _completeness(
+                snapshot,
+                config,
+                cls,
+                subfolder=subfolder,
+                variant=kwargs.get("variant"),
+                key_mapping=kwargs.get("key_mapping"),
+                use_safetensors=kwargs.get("use_safetensors"),
+                gguf_file=kwargs.get("gguf_file"),
+                trust_remote_code=kwargs.get("trust_remote_code"),
+                config_overrides=_config_overrides(config, kwargs) if "config" not in kwargs else None,
+                probed=probed,
+            )
+            if slot is not None and unchanged is not None:
+                slot.remember(completeness, probed, unchanged)
     before = pull_warnings + completeness.findings
     blocking = [f for f in before if _blocks(f, strict)]
     if blocking:
@@ -341,12 +358,16 @@ def _completeness(
     gguf_file: str | None,
     trust_remote_code: bool | None,
     config_overrides: Mapping[str, Any] | None,
+    probed: list[Path] | None = None,
 ) -> _Completeness:
+    """The completeness check; ``probed`` (when given) collects every path it looked at or read."""
     result = _Completeness()
     base = Path(snapshot_dir) / subfolder if subfolder else Path(snapshot_dir)
+    probes: list[Path] = probed if probed is not None else []
     if config is None:
         from transformers import AutoConfig
 
+        probes.append(base / "config.json")
         config = AutoConfig.from_pretrained(
             str(base), local_files_only=True, trust_remote_code=trust_remote_code
         )
@@ -368,11 +389,11 @@ def _completeness(
         )
         return result
 
-    weights = _locate_weights(base, config, variant, use_safetensors)
+    weights = _locate_weights(base, config, variant, use_safetensors, probes)
     if isinstance(weights, Finding):
         result.findings.append(weights)
         return result
-    ckpt = _read_checkpoint(weights)
+    ckpt = _read_checkpoint(weights, probes)
     findings = result.findings
     findings += ckpt.findings
     if any(f.code == "model.bad_index" for f in ckpt.findings):
@@ -464,7 +485,7 @@ def _completeness(
 
 
 def _locate_weights(
-    base: Path, config: Any, variant: str | None, use_safetensors: bool | None
+    base: Path, config: Any, variant: str | None, use_safetensors: bool | None, probed: list[Path]
 ) -> Path | Finding:
     """The file transformers would load for this folder, in its order of preference, or why there is none."""
     explicit = getattr(config, "transformers_weights", None)
@@ -475,6 +496,7 @@ def _locate_weights(
     if use_safetensors is not False:
         for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME):
             candidate = base / _add_variant(name, variant)
+            probed.append(candidate)
             if candidate.is_file():
                 return candidate
     return _skipped(
@@ -483,9 +505,10 @@ def _locate_weights(
     )
 
 
-def _read_checkpoint(weights: Path) -> _Checkpoint:
+def _read_checkpoint(weights: Path, probed: list[Path]) -> _Checkpoint:
     """Headers of the file(s) transformers would open; never the tensor data."""
     ckpt = _Checkpoint()
+    probed.append(weights)
     if weights.name.endswith(".index.json"):
         ckpt.index_name = weights.name
         try:
@@ -513,6 +536,7 @@ def _read_checkpoint(weights: Path) -> _Checkpoint:
         shards = [weights.name]
     for shard in shards:
         path = weights.parent / shard
+        probed.append(path)
         if not path.is_file():
             listed = "the index lists it" if ckpt.index_name else "config.json names it"
             ckpt.bad_shards[shard] = fail(
@@ -803,6 +827,191 @@ def _natural_key(key: str) -> list[Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The remembered completeness verdict
+
+#: Bump when what a model record holds, or what its key is made of, changes.
+_MODEL_RECORD_VERSION = 1
+
+
+@dataclass
+class _RememberedVerdict:
+    """Where the completeness verdict of one verified load is remembered, and what decides it.
+
+    The record (``<repo>/.vcache/ledger/models/<commit12>-<digest>.json``) holds the key below, the
+    :func:`~vcache.ledger.entry_state` of every file the check looked at or read (config, weights candidates,
+    index, shards: link target and blob stat token, or absent), and the findings and ``loaded_from``. It answers
+    only when the key is equal (commit, class, subfolder, variant, use_safetensors, key_mapping, every int/bool
+    keyword argument, the transformers/torch/vcache versions and ``CHECKS_VERSION``) and every one of those
+    files is as it was: the same rule as the per-blob ledger records. Loads it cannot key exactly are never
+    remembered: a ``config`` argument, ``trust_remote_code``, GGUF, a class from outside transformers, or auto
+    classes with runtime registrations; nor are verdicts where the check could not run.
+    """
+
+    ledger: Ledger
+    path: Path
+    key: dict[str, Any]
+    snapshot: Path
+    base: Path
+
+    @classmethod
+    def for_load(
+        cls, model_cls: Any, report: PullReport, snapshot: Path, kwargs: Mapping[str, Any]
+    ) -> _RememberedVerdict | None:
+        """The slot for this load, or None when its verdict must always be computed."""
+        import hashlib
+
+        import torch
+        import transformers
+
+        from vcache.cache import CacheRepo
+        from vcache.ledger import CHECKS_VERSION, Ledger
+
+        if (
+            "config" in kwargs
+            or kwargs.get("trust_remote_code")
+            or kwargs.get("gguf_file")
+            or not report.commit
+            or not report.repo_id
+        ):
+            return None
+        module = getattr(model_cls, "__module__", "") or ""
+        if not module.startswith("transformers.") or _runtime_registrations(model_cls):
+            return None
+        subfolder = str(kwargs.get("subfolder") or "")
+        parts = Path(subfolder).parts
+        if Path(subfolder).is_absolute() or any(p in ("..", ".") for p in parts):
+            return None
+        variant, use_safetensors = kwargs.get("variant"), kwargs.get("use_safetensors")
+        key_mapping = kwargs.get("key_mapping")
+        if not isinstance(variant, (str, type(None))) or not isinstance(use_safetensors, (bool, type(None))):
+            return None
+        if key_mapping is not None and not (
+            isinstance(key_mapping, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in key_mapping.items())
+        ):
+            return None
+        try:
+            repo = CacheRepo(snapshot.parents[2], report.repo_id, report.repo_type)
+            if repo.snapshot_dir(report.commit) != snapshot:
+                return None
+        except (IndexError, ValueError):
+            return None
+        key = {
+            "record": _MODEL_RECORD_VERSION,
+            "checks_version": CHECKS_VERSION,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "commit": report.commit,
+            "class": f"{module}.{model_cls.__qualname__}",
+            "subfolder": subfolder,
+            "variant": variant,
+            "use_safetensors": use_safetensors,
+            "key_mapping": sorted(key_mapping.items()) if key_mapping is not None else None,
+            # a superset of the config overrides _config_overrides picks (int/bool values naming attributes)
+            "int_bool_kwargs": sorted(
+                [name, type(value).__name__, int(value)]
+                for name, value in kwargs.items()
+                if isinstance(value, (int, bool))
+            ),
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        ledger = Ledger(repo.ledger_dir)
+        key = json.loads(json.dumps(key))  # the form a record reads back as (tuples become lists)
+        return cls(
+            ledger,
+            ledger.model_record_path(f"{report.commit[:12]}-{digest[:32]}"),
+            key,
+            snapshot,
+            snapshot / subfolder if subfolder else snapshot,
+        )
+
+    def lookup(self) -> _Completeness | None:
+        """The remembered verdict, when its key is this one and every file it read is unchanged."""
+        from vcache.ledger import entry_state
+        from vcache.report import findings_from_json
+
+        record = self.ledger.read_derived(self.path)
+        if record is None or record.get("key") != self.key:
+            return None
+        try:
+            deps = record["deps"]
+            if not isinstance(deps, dict) or not deps:
+                return None
+            root = os.fspath(self.snapshot)
+            for rel, state in deps.items():
+                if entry_state(os.path.join(root, rel)) != state:
+                    return None
+            return _Completeness(
+                findings=list(findings_from_json(record["findings"])),
+                loaded_from={str(k): (str(v[0]), str(v[1])) for k, v in record["loaded_from"].items()},
+            )
+        except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return None
+
+    def folder_state(self) -> dict[str, Any] | None:
+        """Every name in the folder the check reads, with its entry_state, taken before the check runs."""
+        from vcache.ledger import entry_state
+
+        try:
+            return {name: entry_state(self.base / name) for name in os.listdir(self.base)}
+        except OSError:
+            return None
+
+    def remember(self, result: _Completeness, probed: Sequence[Path], before: Mapping[str, Any]) -> None:
+        """Write the record, if the verdict may be remembered and nothing it read changed while it ran."""
+        from vcache.ledger import entry_state
+        from vcache.report import findings_from_json
+
+        if any(f.code == "model.completeness_skipped" for f in result.findings):
+            return  # could not run (a missing optional package, say): try again next time
+        deps: dict[str, Any] = {}
+        try:
+            for path in probed:
+                if path.parent != self.base:
+                    return  # only files beside the config are captured before the check
+                state = entry_state(path)
+                if state != before.get(path.name):
+                    return
+                deps[path.relative_to(self.snapshot).as_posix()] = state
+        except (OSError, ValueError):
+            return
+        findings = [f.to_json() for f in result.findings]
+        loaded_from = {k: list(v) for k, v in result.loaded_from.items()}
+        try:
+            if findings_from_json(json.loads(json.dumps(findings))) != tuple(result.findings):
+                return  # a finding JSON cannot carry exactly
+        except (TypeError, ValueError):
+            return
+        self.ledger.write_derived(
+            self.path, {"key": self.key, "deps": deps, "findings": findings, "loaded_from": loaded_from}
+        )
+
+
+def _runtime_registrations(cls: Any) -> bool:
+    """True when what the check builds or renames may not follow transformers' own tables (an auto class,
+    config or checkpoint conversion mapping was registered at run time), or when that cannot be told."""
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    except ImportError:
+        return True
+    if getattr(CONFIG_MAPPING, "_extra_content", None) != {}:
+        return True
+    try:
+        from transformers import conversion_mapping
+    except ImportError:
+        pass  # no conversion mappings at all: only prefix renames, fixed by the version
+    else:
+        if getattr(conversion_mapping, "USER_REGISTERED_MAPPINGS", None) != set():
+            return True
+    mapping = getattr(cls, "_model_mapping", None)
+    if mapping is not None and getattr(mapping, "_extra_content", None) != {}:
+        return True
+    from transformers import PreTrainedModel
+
+    return mapping is None and not (isinstance(cls, type) and issubclass(cls, PreTrainedModel))
+
+
+# --------------------------------------------------------------------------------------------------------------
 # After load
 
 
@@ -816,18 +1025,20 @@ def check_loaded_model(model: Any, *, skip: Collection[str] = ()) -> list[Findin
       first row indexes and what that breaks: :data:`DORA_HAZARD`.
 
     Cheap: one row-sum reduction per parameter (no temporary the size of the tensor); only rows the sum flags
-    (zero or non-finite) are re-checked exactly. Parameters on the meta device (offloaded), non-floating
+    (zero or non-finite) are re-checked exactly. Small parameters that need only the NaN/Inf check (norms,
+    biases) are first checked together, elementwise, in bounded runs; only a run with a NaN/Inf is checked
+    parameter by parameter, so the findings are the same. Parameters on the meta device (offloaded), non-floating
     (quantized) parameters and the names in ``skip`` (values already scanned elsewhere, e.g. by the pull's
     content scan of the very same bytes) are not checked.
     """
     import torch
 
-    linear_weights = {
-        id(module.weight)
-        for module in model.modules()
-        if isinstance(module, torch.nn.Linear) and getattr(module, "weight", None) is not None
-    }
-    findings: list[Finding] = []
+    linear_weights: set[int] | None = None  # found on the first 2-D parameter (none may need it)
+    found: list[list[Finding]] = []  # per checked parameter, in named_parameters order
+    # Small parameters that only need the NaN/Inf check (norms, biases), by (device, dtype): one elementwise
+    # isfinite over all of them. A row with a NaN/Inf always has a non-finite sum, so when none of their
+    # elements is NaN/Inf the per-parameter check finds nothing; otherwise each one is checked on its own.
+    small: dict[tuple[Any, Any], list[tuple[int, str, torch.Tensor]]] = {}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if (
@@ -838,17 +1049,62 @@ def check_loaded_model(model: Any, *, skip: Collection[str] = ()) -> list[Findin
             ):
                 continue
             t = param.detach()
-            is_linear = id(param) in linear_weights and t.dim() == 2
-            rows = t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
-            sums = rows.sum(dim=1)  # NaN/Inf propagate; an all-zero row sums to exactly zero
-            if not bool(torch.isfinite(sums).all()):
-                findings += _nonfinite_findings(name, t, rows, (~torch.isfinite(sums)).nonzero().flatten())
-            if is_linear:
-                candidates = (sums == 0).nonzero().flatten()
-                if candidates.numel():
-                    zero = _exactly_zero_rows(rows, candidates)
-                    if zero:
-                        findings.append(_zero_rows_finding(name, zero, rows.shape[0], rows.shape[1]))
+            if t.dim() == 2 and linear_weights is None:
+                linear_weights = {
+                    id(module.weight)
+                    for module in model.modules()
+                    if isinstance(module, torch.nn.Linear) and getattr(module, "weight", None) is not None
+                }
+            is_linear = t.dim() == 2 and linear_weights is not None and id(param) in linear_weights
+            found.append([])
+            if not is_linear and t.numel() <= _BATCH_ELEMENTS:
+                small.setdefault((t.device, t.dtype), []).append((len(found) - 1, name, t))
+            else:
+                found[-1] = _parameter_findings(name, t, is_linear)
+        for group in _chunks(small.values(), _ELEMENT_CHUNK):
+            try:
+                clean = bool(torch.isfinite(torch.cat([t.reshape(-1) for _, _, t in group])).all())
+            except (RuntimeError, TypeError):  # a tensor subclass that does not concatenate
+                clean = False
+            if not clean:
+                for position, name, t in group:
+                    found[position] = _parameter_findings(name, t, False)
+    return [f for findings in found for f in findings]
+
+
+def _chunks(
+    groups: Iterable[list[tuple[int, str, torch.Tensor]]], limit: int
+) -> Iterator[list[tuple[int, str, torch.Tensor]]]:
+    """Each group cut into runs of at most ``limit`` elements (bounds the concatenated temporary)."""
+    for group in groups:
+        run: list[tuple[int, str, torch.Tensor]] = []
+        size = 0
+        for item in group:
+            n = item[2].numel()
+            if run and size + n > limit:
+                yield run
+                run, size = [], 0
+            run.append(item)
+            size += n
+        if run:
+            yield run
+
+
+def _parameter_findings(name: str, t: torch.Tensor, is_linear: bool) -> list[Finding]:
+    """NaN/Inf in one parameter, and all-zero rows when it is a Linear weight."""
+    import torch
+
+    findings: list[Finding] = []
+    rows = t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
+    sums = rows.sum(dim=1)  # NaN/Inf propagate; an all-zero row sums to exactly zero
+    if not bool(torch.isfinite(sums).all()):
+        findings += _nonfinite_findings(name, t, rows, (~torch.isfinite(sums)).nonzero().flatten())
+    if is_linear:
+        candidates = (sums == 0).nonzero().flatten()
+        if candidates.numel():
+            zero = _exactly_zero_rows(rows, candidates)
+            if zero:
+                findings.append(_zero_rows_finding(name, zero, rows.shape[0], rows.shape[1]))
     return findings
 
 
