@@ -206,3 +206,14 @@ def test_zero_rows_warn_and_strict_fails(tmp_path: Path, strict: bool) -> None:
     res = run(*args)
     assert res.exit_code == (1 if strict else 0), res.output
     assert "o_proj" in res.output and "zero_rows" in res.output
+
+
+def test_a_snapshot_relinked_to_another_verified_blob_fails(hub: Any, cache_dir: Path) -> None:
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    snap = Path(report.snapshot_path or "")
+    other = os.readlink(snap / "model-00002-of-00002.safetensors")
+    (snap / SHARD1).unlink()
+    os.symlink(other, snap / SHARD1)  # a verified blob, but not the one this commit lists
+    (rep,) = vcache.verify([REPO], cache_dir=cache_dir)
+    bad = next(f for f in rep.files if f.path == SHARD1)
+    assert bad.verdict is Verdict.FAIL and bad.findings[0].code == "snapshot.wrong_blob"

@@ -413,8 +413,27 @@ def _verify_cached_file(
             strict=strict,
             cached=True,
         )
-    etag = repo.linked_etag(commit, exp.path) or exp.etag
-    blob = repo.blob_path(etag) if etag and repo.linked_etag(commit, exp.path) else snap
+    linked = repo.linked_etag(commit, exp.path)
+    if linked and exp.etag and linked != exp.etag:
+        return FileReport(
+            exp.path,
+            exp.size,
+            findings=(
+                fail(
+                    "snapshot.wrong_blob",
+                    f"{exp.path}: the snapshot links blob {linked} but commit {commit[:12]} lists "
+                    f"{exp.etag}; the snapshot was edited by hand or by a broken tool — run "
+                    "`vcache pull --force` to relink it",
+                    linked=linked,
+                    expected=exp.etag,
+                ),
+            ),
+            location=location,
+            strict=strict,
+            cached=True,
+        )
+    etag = linked or exp.etag
+    blob = repo.blob_path(etag) if etag and linked else snap
     expected = _digest_for(etag)
     if etag and not deep:
         rec = ledger.lookup(etag, blob)
