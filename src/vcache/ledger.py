@@ -27,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,13 @@ EntryState = list[Any]
 
 @dataclass(frozen=True)
 class StatToken:
-    """What must not change for a record to stay valid."""
+    """What must not change for a record to stay valid.
 
-    dev: int
+    The device number is kept for diagnosis but not compared: NFS/Lustre clients see different ``st_dev``
+    for the same file, and comparing it would make every node of a shared cache re-verify every blob.
+    """
+
+    dev: int = field(compare=False)
     ino: int
     size: int
     mtime_ns: int
@@ -78,8 +82,8 @@ def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return None if link is None else [link, None, None, None, None]
-    return [link, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        return None if link is None else [link, None, None, None]
+    return [link, st.st_ino, st.st_size, st.st_mtime_ns]  # no st_dev: see StatToken
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ class Ledger:
             st = os.stat(os.path.join(self.directory, f"{etag}.json"))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return [None, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        return [None, st.st_ino, st.st_size, st.st_mtime_ns]
 
     # -- derived records (snapshots/, models/) -------------------------------------------------------------
 

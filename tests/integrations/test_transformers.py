@@ -678,6 +678,17 @@ def swap_in(snapshot: Path, path: str, data: bytes) -> None:
     entry = snapshot / path
     entry.unlink()
     entry.symlink_to(os.path.relpath(blob, entry.parent))
+    # ... and the commit's listing names it, so the snapshot is consistent (verify checks links against it).
+    from vcache.cache import CacheRepo
+
+    cache_dir, folder, commit = snapshot.parents[2], repo_folder.name, snapshot.name
+    rtype, _, rest = folder.partition("--")
+    repo = CacheRepo(cache_dir, rest.replace("--", "/"), rtype[:-1])
+    tree = repo.read_tree(commit)
+    if tree is not None:
+        size, blob_id, _sha = tree[path]
+        tree[path] = (len(data), blob_id, digest)
+        repo.write_tree(commit, tree)
 
 
 def test_an_unchanged_snapshot_reuses_the_remembered_verdict(
