@@ -686,7 +686,7 @@ def swap_in(snapshot: Path, path: str, data: bytes) -> None:
     repo = CacheRepo(cache_dir, rest.replace("--", "/"), rtype[:-1])
     tree = repo.read_tree(commit)
     if tree is not None:
-        size, blob_id, _sha = tree[path]
+        _size, blob_id, _sha = tree[path]
         tree[path] = (len(data), blob_id, digest)
         repo.write_tree(commit, tree)
 
