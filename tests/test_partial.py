@@ -304,3 +304,12 @@ def test_a_partial_is_live_the_moment_it_changes_hands(tmp_path: Path) -> None:
     third = open_partial(tmp_path, META, stale_after=30)
     third.close()
     assert third.adopted_from is None and just_adopted.exists()
+
+
+def test_a_partial_whose_data_was_moved_out_is_cleared_at_once(tmp_path: Path) -> None:
+    """After the caller published (os.replace) the data file, the leftover sidecar goes on the next open."""
+    done = write_partial(tmp_path, [(0, 1000)])
+    os.replace(done.data_path, tmp_path / "published-blob")
+    again = open_partial(tmp_path, META, stale_after=30)
+    again.close()
+    assert not done.path.exists() and again.adopted_from is None

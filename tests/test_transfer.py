@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from transfer_helpers import (
     http_response,
     make_transfer,
     partial_files,
+    self_signed_tls,
     serve,
     spec_for,
 )
@@ -45,6 +47,7 @@ from vcache.errors import (
     GatedRepo,
     RepoNotFound,
     RetriesExhausted,
+    TransferError,
 )
 from vcache.hashing import git_blob_sha1
 from vcache.partial import RangeSet, list_partials
@@ -130,6 +133,30 @@ def test_default_settings_download_a_large_file(tmp_path: Path) -> None:
         assert covered(s.body_ranges("big.bin")).to_json() == [[0, len(data)]]
 
 
+def test_a_big_file_does_not_starve_the_others_of_connections(tmp_path: Path) -> None:
+    """With every connection slot taken by one file, a second file still starts at its next part boundary."""
+    files = {"a.bin": blob(3 * MiB, seed=5), "b.bin": blob(2 * MiB, seed=6)}
+    with (
+        serve(files, throttle_bps=3e6) as s,
+        make_transfer(s, max_connections=2, connections_per_file=2) as t,
+    ):
+        results: dict[str, Any] = {}
+
+        def fetch_a() -> None:
+            results["a"] = t.fetch(s.spec("a.bin"), tmp_path)
+
+        first = threading.Thread(target=fetch_a)
+        first.start()
+        time.sleep(0.3)  # a.bin now holds both slots
+        results["b"] = t.fetch(s.spec("b.bin"), tmp_path)
+        first.join(30)
+        for name in files:
+            assert read(results[name[0]].data_path) == files[name]
+        a_log = [r for r in s.hub.log if r.file_path == "a.bin" and r.status in (200, 206)]
+        b_start = min(r.time for r in s.hub.log if r.file_path == "b.bin")
+        assert b_start < max(r.time + r.duration for r in a_log) - 0.3  # b did not wait for a to finish
+
+
 def test_empty_file_needs_no_request(served: Served, tmp_path: Path) -> None:
     spec = FetchSpec(
         served.spec("config.json").url,
@@ -207,6 +234,36 @@ def test_token_is_not_sent_to_another_host_name_of_the_same_server(tmp_path: Pat
             ("/resolve/x/y", f"Bearer {TOKEN}"),
             ("/blob", None),
         ]
+
+
+def test_https_to_http_downgrade_never_carries_the_token(tmp_path: Path) -> None:
+    tls = self_signed_tls(tmp_path)
+    if tls is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    server_ctx, client_ctx = tls
+    data = b"weights" * 1000
+
+    def plain(req: Any, sock: Any) -> bool:
+        sock.sendall(http_response(200, {"Content-Length": str(len(data))}, data))
+        return True
+
+    with ScriptedServer(plain) as cdn:
+        target = f"http://127.0.0.1:{cdn.endpoint.rsplit(':', 1)[1]}/blob"
+
+        def hub(req: Any, sock: Any) -> bool:
+            sock.sendall(http_response(302, {"Location": target, "Content-Length": "0"}))
+            return True
+
+        with ScriptedServer(hub, tls=server_ctx) as secure:
+            spec = spec_for(secure.endpoint, "a/b", "c" * 40, "f.bin", data, lfs=True)
+            with make_transfer(endpoint=secure.endpoint, ssl_context=client_ctx) as t:
+                assert read(t.fetch(spec, tmp_path / "ok").data_path) == data
+            assert secure.requests[0].headers.get("authorization") == f"Bearer {TOKEN}"
+            assert cdn.requests[0].headers.get("authorization") is None
+            # and a certificate nobody vouches for is a clear, immediate error, not a retry loop
+            with make_transfer(endpoint=secure.endpoint) as t, pytest.raises(TransferError) as info:
+                t.fetch(spec, tmp_path / "untrusted")
+            assert type(info.value) is TransferError and "certificate" in str(info.value)
 
 
 def test_bad_token_is_refused_without_retry_and_never_echoed(tmp_path: Path) -> None:

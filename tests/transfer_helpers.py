@@ -11,7 +11,10 @@ import contextlib
 import faulthandler
 import hashlib
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -174,6 +177,7 @@ class ScriptedServer:
 
     script: Script
     requests: list[RawRequest] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
@@ -187,8 +191,9 @@ class ScriptedServer:
 
     @property
     def endpoint(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        """``http(s)://127.0.0.1:<port>``."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._sock.getsockname()[1]}"
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()
@@ -219,6 +224,12 @@ class ScriptedServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()  # e.g. a client that rejected our certificate
+            return
         reader = conn.makefile("rb")
         try:
             while not self._stop.is_set():
@@ -255,3 +266,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int]:
     m = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
     assert m is not None, header
     return int(m[1]), (int(m[2]) + 1 if m[2] else size)
+
+
+def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """(server context, client context trusting it) for 127.0.0.1, or None without the openssl CLI."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client

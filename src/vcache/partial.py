@@ -494,6 +494,11 @@ def open_partial(
             ranges = _validate(doc, meta)
             if (directory / DATA_NAME).stat().st_size < ranges.end:
                 raise _SidecarError("data file is shorter than its sidecar claims")
+        except FileNotFoundError:
+            # A sidecar without its data: the data was published (or quarantined) and moved out. A live
+            # writer creates its data file before its sidecar, so this is never a partial in progress.
+            _discard_dir(directory)
+            continue
         except (_SidecarError, OSError):
             if now - _last_sign_of_life(directory, writer, recorded) >= stale_after:
                 _discard_dir(directory)

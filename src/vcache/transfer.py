@@ -3,20 +3,26 @@
 :class:`Transfer` owns the HTTP machinery of one pull: a keep-alive connection pool per origin, the
 Transfer-wide connection cap and the shared rate-limit gate. :meth:`Transfer.fetch` moves one file:
 
-* **Bodies** are read with ``http.client``'s ``readinto`` into a reused buffer per connection and written
-  with ``os.pwrite`` of the same memoryview, so no Python ``bytes`` object is made per chunk (httpx2 reads
-  64 KiB at a time through several copies and is the bottleneck there; it is not used on this path).
+* **Bodies**: ``http.client`` sends the request and parses the headers; the body is read with
+  ``readinto1`` into a reused buffer per connection and written with ``os.pwrite`` of the same memoryview,
+  so no Python ``bytes`` object is made per chunk (httpx2 reads 64 KiB at a time through several copies and
+  is the bottleneck there; it is not used on this path). Reading ``recv`` by ``recv`` in Python, rather than
+  ``HTTPResponse.readinto``'s C loop, keeps the bytes that arrived before a reset, so a resume starts exactly
+  where the data stopped.
 * **Hashing** runs in the calling thread, over the contiguous prefix of completed bytes, read back with
-  ``pread`` while it is still in the page cache. Measured on the 2-core reference machine this pipelines
-  better than hashing inline in the receiving thread (receive + write on one core, sha256 on the other: up
-  to 1.3 GB/s against 0.95 GB/s inline), and the same code re-hashes a resumed prefix and follows parts
-  that complete out of order. Parts are handed out lowest first, so the digest is ready moments after the
-  last byte.
+  ``pread`` while it is still in the page cache. On the 2-core reference machine this pipelines better than
+  hashing inline in the receiving thread (receive + write on one core, sha256 on the other; prototypes: up
+  to 1.3 GB/s against 0.95 GB/s inline, each with wide run-to-run noise), and the same code re-hashes a
+  resumed prefix and follows parts that complete out of order. Parts are handed out lowest first, so the
+  digest is ready moments after the last byte (measured: 0.0-0.1 s unthrottled, at most ~0.5 s with 16
+  capped connections).
 * **Parts**: files of at least ``min_multipart_size`` are cut into parts fetched over several connections
   with ``Range``; an idle connection steals the upper half of the largest unfinished part, so there is no
-  slow tail. With ``connections_per_file=None`` the number of connections ramps up (1, 4, 16) only while
-  each step raises the throughput: capped CDN connections get many, an unthrottled loopback (where CPU, not
-  the link, is the limit) stays at one or two.
+  slow tail. With ``connections_per_file=None`` the number of connections ramps up (1, 4, 16) while each
+  step raises the throughput and each connection is slow: capped CDN connections get many (1 GiB at a
+  50 MB/s cap per connection: ~430 MB/s), an unthrottled loopback, where CPU and not the link is the limit,
+  stays at one (extra connections there only cost CPU). Extra connections give their slot back at a part
+  boundary whenever another fetch of the Transfer is waiting for its first one.
 * **Retries**: each part has its own :class:`~vcache.retry.RetryPolicy` budget, reset whenever that part
   makes progress. 429 / 503 ``Retry-After`` closes a gate that every connection of this Transfer waits at.
 * **Never two versions**: every 206 must start where asked and report the expected total; an ETag or
@@ -55,6 +61,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
+from vcache._version import __version__
 from vcache.errors import (
     AuthError,
     CacheNotWritable,
@@ -78,14 +85,15 @@ from vcache.partial import (
     open_partial,
     remove_partial,
 )
-from vcache.retry import SYSTEM_CLOCK, Clock, RetryEvent, RetryPolicy, parse_retry_after
+from vcache.retry import SYSTEM_CLOCK, Clock, RetryEvent, RetryPolicy, SystemClock, parse_retry_after
 
 __all__ = ["FetchResult", "FetchSpec", "Transfer"]
 
 _log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-#: Per-connection read buffer. 4 MiB measured best with readinto (fewer syscalls and GIL hand-offs).
+#: Read buffer of a file's first connection (extra ones get a quarter). Each fill is one pwrite and one
+#: commit; 1-8 MiB measured the same within noise, 4 MiB keeps the per-GiB bookkeeping small.
 BUFFER_SIZE = 4 * MiB
 #: How much the hasher reads per step (it re-checks for restarts and new work between steps).
 HASH_STEP = 8 * MiB
@@ -99,26 +107,18 @@ SNIFF_LIMIT = 1 * MiB
 _RAMP_INTERVAL = 0.1  # seconds of steady flow (every connection receiving) a ramp decision looks at
 _RAMP_STEP = 4  # connections are multiplied by this at each step (1, 4, 16): capped links reach speed fast
 _RAMP_GAIN = 1.2  # a step must raise the throughput by this factor to earn the next one
-#: A connection this fast is near what one process can hash and write: adding more only costs CPU.
-_FAST_CONNECTION = 250e6
+#: Connections that spend at least this share of their time waiting for bytes are limited by the link,
+#: and more of them help. Measured: ~100% on a capped link; 50-65% on an unthrottled loopback, where the
+#: rest is the client's own copying and writing and more connections only add CPU work.
+_LINK_BOUND = 0.8
 _CHECKPOINT_INTERVAL = 1.0
 _CHECKPOINT_MIN_GAP = 0.5
 _HEARTBEAT = 5.0  # rewrite an unchanged sidecar this often so other processes see a live writer
-_SLEEP_SLICE = 0.5  # long waits are sliced so that a failure elsewhere interrupts them promptly
 _ALIGN = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"\s*bytes\s+\*/(\d+)\s*", re.IGNORECASE)
 _DIGITS = re.compile(r"\s*\d{1,19}\s*")
-
-
-def _user_agent() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"vcache/{version('vcache')}"
-    except Exception:  # not installed (running from a checkout)
-        return "vcache/dev"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -236,6 +236,9 @@ class _Conn:
         self.http = http_conn
         self.proxy = proxy
         self.reused = False
+        # http.client drops ``http.sock`` as soon as a response says "Connection: close", while that
+        # response is still being read from it: keep our own reference for timeouts and shutdown.
+        self.sock: socket.socket | None = http_conn.sock
 
     def target(self, url: str) -> str:
         """The request target: absolute-form through a plain-HTTP proxy, origin-form otherwise."""
@@ -245,20 +248,22 @@ class _Conn:
         return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def settimeout(self, seconds: float) -> None:
-        sock = self.http.sock
-        if sock is not None:
-            sock.settimeout(seconds)
+        """Set the socket timeout for the next reads and writes."""
+        if self.sock is not None:
+            self.sock.settimeout(seconds)
 
     def shutdown(self) -> None:
         """Wake a thread blocked on this connection (it then sees an error or EOF)."""
-        sock = self.http.sock
+        sock = self.sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        """Close the connection (and any response still open on it)."""
         with contextlib.suppress(OSError):
             self.http.close()
+        self.sock = None
 
 
 class _Pool:
@@ -307,12 +312,12 @@ class _Pool:
                 http_conn.set_tunnel(origin.host, origin.port, headers=tunnel_headers)
         else:
             http_conn = http.client.HTTPConnection(target_host, target_port, timeout=self._connect_timeout)
-        conn = _Conn(origin, http_conn, proxy)
         http_conn.connect()
-        if http_conn.sock is not None:
+        conn = _Conn(origin, http_conn, proxy)
+        if conn.sock is not None:
             # The request goes out in one write, but keep small writes from waiting on delayed ACKs.
             with contextlib.suppress(OSError):
-                http_conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
     def discard_idle(self, origin: _Origin) -> None:
@@ -355,14 +360,26 @@ class _Gate:
         with self._lock:
             self._until = max(self._until, self._clock.monotonic() + seconds)
 
-    def wait(self, cancelled: Callable[[], bool]) -> None:
-        """Return once the gate is open (or at once when ``cancelled()`` turns true)."""
-        while not cancelled():
+    def wait(self, cancel: threading.Event) -> None:
+        """Return once the gate is open (or as soon as ``cancel`` is set)."""
+        while not cancel.is_set():
             with self._lock:
                 remaining = self._until - self._clock.monotonic()
             if remaining <= 0:
                 return
-            self._clock.sleep(min(remaining, _SLEEP_SLICE))
+            _pause(self._clock, remaining, cancel)
+
+
+def _pause(clock: Clock, seconds: float, cancel: threading.Event) -> None:
+    """Wait ``seconds`` on ``clock``; on the real clock a ``cancel`` cuts the wait short.
+
+    An injected clock (tests) gets exactly one ``sleep(seconds)`` call, so its record of sleeps reads as
+    the backoff sequence itself.
+    """
+    if isinstance(clock, SystemClock):
+        cancel.wait(seconds)
+    else:
+        clock.sleep(seconds)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -503,11 +520,15 @@ class Transfer:
         self.connections_per_file = connections_per_file
         self.part_size = part_size
         self.min_multipart_size = min_multipart_size
-        self.user_agent = user_agent or _user_agent()
+        self.user_agent = user_agent or f"vcache/{__version__}"
         self.check_free_space = check_free_space
         self.stale_after = stale_after
         self.buffer_size = max(64 * 1024, buffer_size)
         self._slots = threading.BoundedSemaphore(max_connections)
+        # Fetches waiting for their first connection: while there are any, no fetch adds a connection,
+        # and extra connections give theirs up at the next part, so one big file never starves the rest.
+        self._first_waiters = 0
+        self._waiters_lock = threading.Lock()
         self._gate = _Gate(clock)
         self._pool = _Pool(connect_timeout, ssl_context, trust_env, max_idle=max_connections)
 
@@ -617,11 +638,13 @@ class _Fetch:
         self.generation = 0
         self.inflight = 0
         self.error: BaseException | None = None
+        self.cancel = threading.Event()  # set together with ``error``: interrupts waits and sleeps
         self.single = False  # no stealing and no ramp (after a restart from zero)
         self.location: str | None = None  # where body requests go after a redirect off the hub
         self.foreign_etags: dict[_Origin, str] = {}
         self.conns: set[_Conn] = set()
         self.received = 0
+        self.waited = 0.0  # seconds workers spent waiting for body bytes (summed over workers)
         self.last_byte_at = time.monotonic()
         self.requests = 0
         self.events: list[RetryEvent] = []
@@ -649,6 +672,7 @@ class _Fetch:
         self.ramp_strikes = 0
         self.ramp_t = time.monotonic()
         self.ramp_bytes = 0
+        self.ramp_waited = 0.0
 
     # -- the calling thread: start workers, hash, supervise ------------------------------------------
 
@@ -745,7 +769,7 @@ class _Fetch:
             if self.warm < self.running:
                 # Connections still being set up (DNS, TCP, TLS, redirect) would make any rate look low:
                 # the measuring window starts once every connection is receiving.
-                self.ramp_t, self.ramp_bytes = now, self.received
+                self.ramp_t, self.ramp_bytes, self.ramp_waited = now, self.received, self.waited
             elif now - self.ramp_t >= _RAMP_INTERVAL:
                 self._ramp(now)
         if self.running < self.target and self._work_left():
@@ -761,13 +785,14 @@ class _Fetch:
             )
 
     def _ramp(self, now: float) -> None:
-        """Add connections while it pays: the rate per connection is low and the last step helped."""
-        rate = (self.received - self.ramp_bytes) / (now - self.ramp_t)
-        self.ramp_t, self.ramp_bytes = now, self.received
-        per_connection = rate / max(1, self.running)
+        """Add connections while it pays: they mostly wait for bytes, and the last step raised the rate."""
+        elapsed = now - self.ramp_t
+        rate = (self.received - self.ramp_bytes) / elapsed
+        waiting = (self.waited - self.ramp_waited) / (elapsed * max(1, self.running))
+        self.ramp_t, self.ramp_bytes, self.ramp_waited = now, self.received, self.waited
         helped = self.ramp_prev is None or rate > _RAMP_GAIN * self.ramp_prev
-        if per_connection >= _FAST_CONNECTION:
-            # The link is not the limit (loopback, LAN): more connections would only add CPU work.
+        if waiting < _LINK_BOUND:
+            # The link is not the limit (loopback, LAN, a busy disk): more connections only cost CPU.
             self.ramp_frozen = True
         elif helped:
             self.ramp_prev = rate
@@ -778,10 +803,11 @@ class _Fetch:
             self.ramp_strikes += 1  # one slow interval may be noise; two in a row are the answer
             self.ramp_frozen = self.ramp_strikes >= 2
         _log.debug(
-            "%s: %.0f MB/s over %d connections; target %d%s",
+            "%s: %.0f MB/s over %d connections, waiting for bytes %.0f%% of the time; target %d%s",
             self.spec.path,
             rate / 1e6,
             self.running,
+            100 * waiting,
             self.target,
             " (final)" if self.ramp_frozen else "",
         )
@@ -794,10 +820,17 @@ class _Fetch:
         return any(p.end - p.pos - self.t.buffer_size >= 2 * self.steal_min for p in self.parts)
 
     def _acquire_first_slot(self) -> None:
-        # Every fetch needs one connection; waiting for it is bounded by the other fetches' progress.
-        while not self.t._slots.acquire(timeout=_SLEEP_SLICE):
-            if self.error is not None:
-                raise self.error
+        # Every fetch needs one connection. Waiting for it is bounded: extra connections of other fetches
+        # hand theirs over at their next part boundary.
+        t = self.t
+        if not t._slots.acquire(blocking=False):
+            with t._waiters_lock:
+                t._first_waiters += 1
+            try:
+                t._slots.acquire()
+            finally:
+                with t._waiters_lock:
+                    t._first_waiters -= 1
         with self.cv:
             self._start_worker()
 
@@ -806,6 +839,8 @@ class _Fetch:
             self._spawn_locked()
 
     def _spawn_locked(self) -> None:
+        if self.t._first_waiters and self.threads:
+            return  # another fetch is waiting for its first connection: it goes first
         while self.running < self.target and self._work_left() and self.t._slots.acquire(blocking=False):
             self._start_worker()
 
@@ -813,9 +848,10 @@ class _Fetch:
         self.running += 1
         # Extra connections exist because each one is slow (a capped CDN): a quarter of the buffer fills
         # just as well there, and keeps 16 connections from holding 64 MiB.
-        size = self.t.buffer_size if not self.threads else max(_ALIGN, self.t.buffer_size // 4)
+        extra = bool(self.threads)
+        size = max(_ALIGN, self.t.buffer_size // 4) if extra else self.t.buffer_size
         t = threading.Thread(
-            target=self._work, args=(size,), name=f"vcache-fetch-{len(self.threads)}", daemon=True
+            target=self._work, args=(size, extra), name=f"vcache-fetch-{len(self.threads)}", daemon=True
         )
         self.threads.append(t)
         t.start()
@@ -828,13 +864,7 @@ class _Fetch:
 
     def _abandon(self, exc: BaseException) -> None:
         """Stop every worker; keep what is complete (or discard it all when the remote changed)."""
-        with self.cv:
-            if self.error is None:
-                self.error = exc
-            conns = list(self.conns)
-            self.cv.notify_all()
-        for conn in conns:
-            conn.shutdown()
+        self._fail(exc)
         self._join_workers()
         self._stop_checkpointer()
         if isinstance(self.error, RemoteChanged) or isinstance(exc, RemoteChanged):
@@ -904,23 +934,24 @@ class _Fetch:
 
     # -- worker threads ---------------------------------------------------------------------------------
 
-    def _cancelled(self) -> bool:
-        return self.error is not None
-
     def _fail(self, exc: BaseException) -> None:
+        """Stop the whole fetch with ``exc``: wake sleepers and blocked reads in every worker."""
         with self.cv:
             if self.error is None:
                 self.error = exc
             conns = list(self.conns)
             self.cv.notify_all()
+        self.cancel.set()
         for conn in conns:
             conn.shutdown()
 
-    def _work(self, buffer_size: int) -> None:
+    def _work(self, buffer_size: int, extra: bool) -> None:
         buf = memoryview(bytearray(buffer_size))
         try:
             while (part := self._next_part()) is not None:
                 self._run_part(part, buf)
+                if extra and self.t._first_waiters:
+                    break  # hand this connection to a fetch that has none
         except _Cancelled:
             pass
         except BaseException as exc:
@@ -976,7 +1007,7 @@ class _Fetch:
                     self.parts.remove(part)
                     self.ckpt_wake.set()
                     return
-            self.t._gate.wait(self._cancelled)
+            self.t._gate.wait(self.cancel)
             try:
                 self._attempt(part, buf)
                 cdn_refusals = 0
@@ -1028,12 +1059,8 @@ class _Fetch:
             raise RetriesExhausted(message, **context) from None
 
     def _sleep(self, seconds: float) -> None:
-        end = self.t.clock.monotonic() + seconds
-        while not self._cancelled():
-            remaining = end - self.t.clock.monotonic()
-            if remaining <= 0:
-                return
-            self.t.clock.sleep(min(remaining, _SLEEP_SLICE))
+        if seconds > 0 and not self.cancel.is_set():
+            _pause(self.t.clock, seconds, self.cancel)
 
     # -- one attempt: request, validate, read -----------------------------------------------------------
 
@@ -1068,8 +1095,8 @@ class _Fetch:
         conn, resp = body.conn, body.resp
         conn.settimeout(self.t.stall_timeout)
         pos = start
-        chunked_whole = body.whole and body.length is None
-        stop = self.spec.size if chunked_whole else body.stop
+        open_ended = body.whole and body.length is None  # chunked, or delimited by the connection's end
+        stop = self.spec.size if open_ended else body.stop
         while pos < stop:
             with self.cv:
                 if self.error is not None or generation != self.generation:
@@ -1077,39 +1104,69 @@ class _Fetch:
                 limit = min(stop, part.end)
             if pos >= limit:
                 return False  # the rest of this part was stolen: drop the connection, not the bytes
-            try:
-                n = resp.readinto(buf[: min(len(buf), limit - pos)])
-            except TimeoutError:
-                raise _Retry(f"no data for {self.t.stall_timeout:g} s (stalled) at byte {pos:,}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Retry(f"connection lost at byte {pos:,} ({_describe_net(exc)})") from None
+            began = time.monotonic()
+            n, failure = self._receive(resp, buf[: min(len(buf), limit - pos)], pos)
+            waited = time.monotonic() - began
+            if n:
+                self._write(
+                    part, generation, buf[:n], pos, waited
+                )  # keep what arrived, even before a failure
+                pos += n
+            if failure is not None:
+                raise failure
             if n == 0:
-                if chunked_whole:
-                    self._resize(part, generation, pos)  # a complete chunked body, shorter than planned
+                if open_ended:
+                    self._resize(part, generation, pos)  # a complete body, shorter than planned
                     return True
                 raise _Retry(
                     f"body ended at byte {pos:,} of {stop:,} (connection closed before Content-Length)"
                 )
-            self._write(part, generation, buf[:n], pos)
-            pos += n
-        if chunked_whole:
+        if open_ended:
             return self._expect_end(resp, buf)
+        resp.close()  # read exactly to its Content-Length: the connection is ready for the next request
         return pos >= body.stop
 
-    def _expect_end(self, resp: http.client.HTTPResponse, buf: memoryview) -> bool:
+    def _receive(
+        self, resp: http.client.HTTPResponse, view: memoryview, pos: int
+    ) -> tuple[int, _Retry | None]:
+        """Fill ``view`` from the body: (bytes read, the failure that stopped it early, if any).
+
+        ``HTTPResponse.readinto`` loops over ``recv`` in C and drops what it already read when a reset
+        or a timeout interrupts it; this loop keeps those bytes, so a resume starts exactly where the
+        data stopped. Chunked bodies still go through ``http.client`` for the framing.
+        """
+        n = 0
         try:
-            extra = resp.readinto(buf[:1])
-        except (OSError, http.client.HTTPException):
-            return False
-        if extra:
+            if resp.chunked:
+                return resp.readinto(view), None
+            assert resp.fp is not None
+            while n < len(view):
+                got = resp.fp.readinto1(view[n:])  # one recv at most: what has arrived so far
+                if not got:
+                    break
+                n += got
+            return n, None
+        except http.client.IncompleteRead as exc:
+            return len(exc.partial), _Retry(
+                f"connection lost at byte {pos + len(exc.partial):,} (body cut short)"
+            )
+        except TimeoutError:
+            stalled = f"no data for {self.t.stall_timeout:g} s (stalled) at byte {pos + n:,}"
+            return n, _Retry(stalled)
+        except (OSError, http.client.HTTPException) as exc:
+            return n, _Retry(f"connection lost at byte {pos + n:,} ({_describe_net(exc)})")
+
+    def _expect_end(self, resp: http.client.HTTPResponse, buf: memoryview) -> bool:
+        n, failure = self._receive(resp, buf[:1], self.spec.size)
+        if n:
             raise RemoteChanged(
                 f"{self.spec.path}: the server sent more than the expected {self.spec.size:,} bytes; "
                 "the file changed: plan again",
                 path=self.spec.path,
             )
-        return True
+        return failure is None
 
-    def _write(self, part: _Part, generation: int, view: memoryview, pos: int) -> None:
+    def _write(self, part: _Part, generation: int, view: memoryview, pos: int, waited: float = 0.0) -> None:
         with self.cv:
             if self.error is not None or generation != self.generation:
                 raise _Cancelled
@@ -1125,6 +1182,7 @@ class _Fetch:
         with self.cv:
             self.inflight -= 1
             self.received += len(view)
+            self.waited += waited
             self.last_byte_at = time.monotonic()
             if not getattr(self.local, "warm", False):
                 self.local.warm = True
