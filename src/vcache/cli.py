@@ -19,7 +19,7 @@ import click
 
 from vcache._version import __version__
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
-from vcache.report import FileReport, PullReport, Severity, Verdict
+from vcache.report import FileReport, PullReport, Severity, Verdict, human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
 
@@ -39,17 +39,6 @@ def _exit_code(reports: Sequence[PullReport]) -> int:
 
 def _is_transport_error(f: FileReport) -> bool:
     return any(x.code == "transfer.failed" for x in f.findings)
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _first_note(f: FileReport, strict: bool) -> str:
@@ -73,7 +62,7 @@ def print_table(report: PullReport, *, title: str | None = None) -> None:
         click.echo(title)
     for f in report.files:
         verdict = f.verdict.value.upper()
-        click.echo(f"  {verdict:<4}  {f.path}  {_human(f.size)}  {_first_note(f, report.strict)}")
+        click.echo(f"  {verdict:<4}  {f.path}  {human_bytes(f.size)}  {_first_note(f, report.strict)}")
         if f.verdict is Verdict.FAIL:
             fails = [x for x in f.findings if x.severity is Severity.FAIL]
             for x in fails[1:]:
@@ -244,7 +233,7 @@ def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summa
         r = reports[0]
         moved = sum(f.bytes_transferred for f in r.files)
         click.echo(
-            f"{len(r.files)} file(s), {_human(moved)} transferred in {r.elapsed:.1f}s; snapshot: {r.snapshot_path}"
+            f"{len(r.files)} file(s), {human_bytes(moved)} transferred in {r.elapsed:.1f}s; snapshot: {r.snapshot_path}"
         )
     sys.exit(code)
 
@@ -351,7 +340,7 @@ def q_list(cache_dir: Path | None, as_json: bool) -> None:
         click.echo("quarantine is empty")
     for e in entries:
         codes = ",".join(sorted({f.code for f in e.findings if f.severity is Severity.FAIL})) or "-"
-        click.echo(f"{e.id}  {e.repo_id}  {e.path}  {_human(e.size)}  {codes}")
+        click.echo(f"{e.id}  {e.repo_id}  {e.path}  {human_bytes(e.size)}  {codes}")
 
 
 @quarantine.command("show")

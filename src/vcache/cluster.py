@@ -48,7 +48,7 @@ from vcache.locks import (
     lock_policy,
     lock_timeout,
 )
-from vcache.report import Finding, Severity, fail, info, warn
+from vcache.report import Finding, Severity, fail, human_bytes, info, warn
 
 ENV_FILE = "vcache.env"
 LOCKS_DIR = ".locks"
@@ -409,14 +409,6 @@ def _ok(code: str, message: str) -> Finding:
     return info(f"cluster.{code}", message)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def _examples(paths: Sequence[str]) -> str:
     more = f" (+{len(paths) - _EXAMPLES} more)" if len(paths) > _EXAMPLES else ""
     return ", ".join(paths[:_EXAMPLES]) + more
@@ -679,7 +671,7 @@ def _check_traversal(path: Path) -> list[Finding]:
 
 def _check_free_space(path: Path, fail_below: int, warn_below: int) -> Finding:
     usage = shutil.disk_usage(path)
-    msg = f"free space: {_human(usage.free)} of {_human(usage.total)}"
+    msg = f"free space: {human_bytes(usage.free)} of {human_bytes(usage.total)}"
     with contextlib.suppress(OSError):
         vfs = os.statvfs(path)
         if vfs.f_files:
@@ -743,7 +735,7 @@ def _check_stale_state(path: Path, lease: float) -> list[Finding]:
         out.append(
             warn(
                 "cluster.stale_partials",
-                f"{len(partials)} unfinished downloads ({_human(total)}) nobody is writing: "
+                f"{len(partials)} unfinished downloads ({human_bytes(total)}) nobody is writing: "
                 f"{_examples([name for name, _ in partials])}. The next pull of those files resumes them; "
                 "`vcache scan` lists them",
             )

@@ -198,6 +198,18 @@ class PullReport:
         }
 
 
+def human_bytes(n: float | None) -> str:
+    """``1.5 GiB``-style sizes for messages and tables (``-`` for unknown)."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def findings_from_json(items: Sequence[Mapping[str, Any]]) -> tuple[Finding, ...]:
     """Parse a list of JSON findings (as written by :meth:`Finding.to_json`)."""
     return tuple(Finding.from_json(x) for x in items)
