@@ -25,55 +25,54 @@ def run_demo(keep: Path | None = None) -> int:
     from vcache.testing.hub import Fault, HubServer
     from vcache.testing.models import LlamaShape, repo_from_folder, row_byte_range, write_llama_checkpoint
 
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="vcache-demo-"))
+    # The folder outlives the demo so the snapshot path and the load hint it prints stay valid; a default
+    # run reuses (and first clears) one fixed folder instead of piling up temp dirs.
+    work = Path(keep) if keep else Path(tempfile.gettempdir()) / "vcache-demo"
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    try:
-        shape = LlamaShape(hidden=512, intermediate=1024, layers=4, heads=8, kv_heads=4, vocab=2048)
-        src = write_llama_checkpoint(work / "publisher", shape, shards=2)
-        shard = next(p for p in sorted(src.glob("model-*.safetensors")) if _holds(p, DAMAGED_TENSOR))
-        start, length = row_byte_range(shard, DAMAGED_TENSOR, range(8, 16))
-        repo = repo_from_folder(REPO_ID, src)
-        cache = work / "hub-cache"
-        size = sum(p.stat().st_size for p in src.iterdir())
-        with HubServer([repo]) as hub:
-            click.echo("vcache demo: everything below runs locally, offline.\n")
-            click.echo(
-                f"1. Generated a Llama-shaped checkpoint ({size / 2**20:.1f} MiB, 2 shards) and started a "
-                f"local Hub at {hub.endpoint}"
-            )
-            hub.fault(REPO_ID, shard.name, Fault.zero_fill(start, length))
-            click.echo(
-                f"2. The Hub will zero rows 8-15 of {DAMAGED_TENSOR} in the first transfer of\n"
-                f"   {shard.name}: same size, no error (what the official client accepts)."
-            )
-            click.echo(f"3. vcache pull {REPO_ID}\n")
-            progress = _TqdmProgress(quiet=False)
-            report = pull(REPO_ID, endpoint=hub.endpoint, cache_dir=cache, progress=progress.sink)
-            progress.close()
-            print_table(report, title=f"\n{REPO_ID}@{(report.commit or '')[:12]}: {report.verdict.value}")
-            gets = len(hub.body_requests(REPO_ID, shard.name))
-        caught = report.ok and gets >= 2
-        click.echo("")
-        if caught:
-            click.echo(
-                f"4. Caught: {shard.name} failed its sha256 on the first transfer, was fetched again "
-                f"({gets} body requests) and verified."
-            )
-            click.echo(f"\nVerified snapshot: {report.snapshot_path}")
-            click.echo(
-                "Load it with:\n"
-                f'  HF_HUB_CACHE={cache} HF_HUB_OFFLINE=1 python -c "import vcache, transformers; '
-                f"m = vcache.from_pretrained(transformers.AutoModelForCausalLM, '{REPO_ID}')\"\n"
-                "  (needs `pip install 'vcache[transformers]'`)"
-            )
-        else:
-            click.echo("The demo did not go as expected: see the table above.")
-        if not keep:
-            click.echo("(The demo folder is temporary; run `vcache demo --keep DIR` to keep it.)")
-        return 0 if caught else 1
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
+    shape = LlamaShape(hidden=512, intermediate=1024, layers=4, heads=8, kv_heads=4, vocab=2048)
+    src = write_llama_checkpoint(work / "publisher", shape, shards=2)
+    shard = next(p for p in sorted(src.glob("model-*.safetensors")) if _holds(p, DAMAGED_TENSOR))
+    start, length = row_byte_range(shard, DAMAGED_TENSOR, range(8, 16))
+    repo = repo_from_folder(REPO_ID, src)
+    cache = work / "hub-cache"
+    size = sum(p.stat().st_size for p in src.iterdir())
+    with HubServer([repo]) as hub:
+        click.echo("vcache demo: everything below runs locally, offline.\n")
+        click.echo(
+            f"1. Generated a Llama-shaped checkpoint ({size / 2**20:.1f} MiB, 2 shards) and started a "
+            f"local Hub at {hub.endpoint}"
+        )
+        hub.fault(REPO_ID, shard.name, Fault.zero_fill(start, length))
+        click.echo(
+            f"2. The Hub will zero rows 8-15 of {DAMAGED_TENSOR} in the first transfer of\n"
+            f"   {shard.name}: same size, no error (what the official client accepts)."
+        )
+        click.echo(f"3. vcache pull {REPO_ID}\n")
+        progress = _TqdmProgress(quiet=False)
+        report = pull(REPO_ID, endpoint=hub.endpoint, cache_dir=cache, progress=progress.sink)
+        progress.close()
+        print_table(report, title=f"\n{REPO_ID}@{(report.commit or '')[:12]}: {report.verdict.value}")
+        gets = len(hub.body_requests(REPO_ID, shard.name))
+    caught = report.ok and gets >= 2
+    click.echo("")
+    if caught:
+        click.echo(
+            f"4. Caught: {shard.name} failed its sha256 on the first transfer, was fetched again "
+            f"({gets} body requests) and verified."
+        )
+        click.echo(f"\nVerified snapshot: {report.snapshot_path}")
+        click.echo(
+            "Load it with:\n"
+            f'  HF_HUB_CACHE={cache} HF_HUB_OFFLINE=1 python -c "import vcache, transformers; '
+            f"m = vcache.from_pretrained(transformers.AutoModelForCausalLM, '{REPO_ID}')\"\n"
+            "  (needs `pip install 'vcache[transformers]'`)"
+        )
+    else:
+        click.echo("The demo did not go as expected: see the table above.")
+    click.echo(f"(Everything the demo made is in {work}; delete it when you are done.)")
+    return 0 if caught else 1
 
 
 def _holds(path: Path, tensor: str) -> bool:
