@@ -133,6 +133,19 @@ def test_default_settings_download_a_large_file(tmp_path: Path) -> None:
         assert covered(s.body_ranges("big.bin")).to_json() == [[0, len(data)]]
 
 
+def test_connections_ramp_up_on_a_capped_link(tmp_path: Path) -> None:
+    """connections_per_file=None: one connection first, more once they are seen waiting on the link."""
+    data = blob(6 * MiB, seed=8)
+    with serve({"w.bin": data}, throttle_bps=2e6) as s, make_transfer(s, connections_per_file=None) as t:
+        result = t.fetch(s.spec("w.bin"), tmp_path)
+        assert read(result.data_path) == data
+        spans = [(r.time, r.time + r.duration) for r in s.hub.body_requests(path="w.bin")]
+        most = max(sum(1 for a, b in spans if a <= t0 < b) for t0, _ in spans)
+        assert most >= 4
+        starts = sorted(a for a, _ in spans)
+        assert starts[1] - starts[0] >= 0.05  # it started with one connection
+
+
 def test_a_big_file_does_not_starve_the_others_of_connections(tmp_path: Path) -> None:
     """With every connection slot taken by one file, a second file still starts at its next part boundary."""
     files = {"a.bin": blob(3 * MiB, seed=5), "b.bin": blob(2 * MiB, seed=6)}

@@ -18,10 +18,11 @@ Transfer-wide connection cap and the shared rate-limit gate. :meth:`Transfer.fet
   capped connections).
 * **Parts**: files of at least ``min_multipart_size`` are cut into parts fetched over several connections
   with ``Range``; an idle connection steals the upper half of the largest unfinished part, so there is no
-  slow tail. With ``connections_per_file=None`` the number of connections ramps up (1, 4, 16) while each
-  step raises the throughput and each connection is slow: capped CDN connections get many (1 GiB at a
-  50 MB/s cap per connection: ~430 MB/s), an unthrottled loopback, where CPU and not the link is the limit,
-  stays at one (extra connections there only cost CPU). Extra connections give their slot back at a part
+  slow tail. With ``connections_per_file=None`` the number of connections ramps up (1, 4, 16) while the
+  connections spend most of their time waiting for bytes (the link is the limit) and each step raises the
+  throughput: capped CDN connections get many (1 GiB at a 50 MB/s cap per connection: ~520 MB/s), an
+  unthrottled loopback, where CPU and not the link is the limit, stays at one (extra connections there
+  only cost CPU). Extra connections give their slot back at a part
   boundary whenever another fetch of the Transfer is waiting for its first one.
 * **Retries**: each part has its own :class:`~vcache.retry.RetryPolicy` budget, reset whenever that part
   makes progress. 429 / 503 ``Retry-After`` closes a gate that every connection of this Transfer waits at.
@@ -49,6 +50,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import socket
 import ssl
@@ -266,6 +268,16 @@ class _Conn:
         self.sock = None
 
 
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive socket was closed by the server (an idle socket that is readable is
+    either at EOF or holds bytes nobody asked for: useless either way)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Pool:
     """Idle keep-alive connections per origin. Thread-safe."""
 
@@ -288,17 +300,18 @@ class _Pool:
         url = self._proxies.get(origin.scheme) or self._proxies.get("all")
         return _parse_proxy(url) if url else None
 
-    def get(self, origin: _Origin) -> _Conn:
-        """An idle connection to ``origin``, or a newly connected one (``.reused`` tells which)."""
+    def get(self, origin: _Origin, *, new: bool = False) -> _Conn:
+        """An idle connection to ``origin`` (unless ``new``), or a newly connected one (see ``.reused``)."""
         with self._lock:
             if self._closed:
                 raise TransferError("the Transfer is closed")
-            idle = self._idle.get(origin)
+            idle = None if new else self._idle.get(origin)
             while idle:
                 conn = idle.pop()
-                if conn.http.sock is not None:
+                if conn.http.sock is not None and not _dropped(conn.http.sock):
                     conn.reused = True
                     return conn
+                conn.close()
         proxy = self._proxy_for(origin)
         http_conn: http.client.HTTPConnection
         target_host, target_port = (proxy.host, proxy.port) if proxy else (origin.host, origin.port)
@@ -686,7 +699,11 @@ class _Fetch:
                 self.checkpointer.start()
             actual = self._hash_until_complete()
             hashed_at = time.monotonic()
-            self._join_workers()
+            # Every byte is in, but a worker may still be checking that its body really ended there (and
+            # find it did not): wait for all of them, which their socket timeouts bound, and look again.
+            self._join_workers(timeout=None)
+            if self.error is not None:
+                raise self.error
             self._stop_checkpointer()
             try:
                 if os.fstat(self.fd).st_size > self.size:
@@ -856,11 +873,11 @@ class _Fetch:
         self.threads.append(t)
         t.start()
 
-    def _join_workers(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
+    def _join_workers(self, timeout: float | None = 5.0) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         for t in list(self.threads):
             if t is not threading.current_thread():
-                t.join(max(0.0, deadline - time.monotonic()))
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _abandon(self, exc: BaseException) -> None:
         """Stop every worker; keep what is complete (or discard it all when the remote changed)."""
@@ -1066,7 +1083,11 @@ class _Fetch:
 
     def _attempt(self, part: _Part, buf: memoryview) -> None:
         with self.cv:
-            generation, start, end = self.generation, part.pos, part.end
+            # The part's own generation, never the fetch's: a part from before a restart must not start
+            # committing under the new one.
+            generation, start, end = part.generation, part.pos, part.end
+            if generation != self.generation:
+                raise _Cancelled
             if start >= end:
                 return
         ranged = not (start == 0 and end >= self.spec.size)
@@ -1074,11 +1095,11 @@ class _Fetch:
         conn = body.conn
         reusable = False
         try:
-            if body.whole and (ranged or body.length != self.spec.size):
+            if body.whole and (ranged or body.length not in (None, self.spec.size)):
                 # The server ignores ranges (or sends another length): restart the file from byte zero on
                 # this very response, so no byte of another answer is ever mixed in.
                 new_size = body.length if body.length is not None else self.spec.size
-                self._restart_from_zero(part, generation, new_size, keep=conn)
+                self._restart_from_zero(part, generation, new_size, keep=conn, ignored_range=ranged)
                 generation = part.generation
                 start = 0
             reusable = self._read_body(part, generation, body, start, buf)
@@ -1166,7 +1187,11 @@ class _Fetch:
             )
         return failure is None
 
-    def _write(self, part: _Part, generation: int, view: memoryview, pos: int, waited: float = 0.0) -> None:
+    def _write(self, part: _Part, generation: int, view: memoryview, pos: int, waited: float) -> None:
+        """pwrite ``view`` at ``pos`` and record it complete (unless a restart or a thief got there first).
+
+        ``waited`` is how long the bytes took to arrive, for the ramp-up's link-bound test.
+        """
         with self.cv:
             if self.error is not None or generation != self.generation:
                 raise _Cancelled
@@ -1198,7 +1223,9 @@ class _Fetch:
         if committed and self.on_progress is not None:
             self.on_progress(committed)
 
-    def _restart_from_zero(self, part: _Part, generation: int, new_size: int, keep: _Conn) -> None:
+    def _restart_from_zero(
+        self, part: _Part, generation: int, new_size: int, keep: _Conn, ignored_range: bool
+    ) -> None:
         with self.cv:
             if self.error is not None or generation != self.generation:
                 raise _Cancelled
@@ -1219,7 +1246,10 @@ class _Fetch:
             self.cv.notify_all()
         for conn in others:
             conn.shutdown()
-        _log.info("%s: server ignored a range request; restarting from byte 0", self.spec.path)
+        if ignored_range:
+            _log.info("%s: the server ignored a range request; restarting from byte 0", self.spec.path)
+        else:
+            _log.info("%s: the server sent %d bytes, not %d", self.spec.path, new_size, self.spec.size)
         with self.ckpt_lock:
             if self.spec.size == new_size:
                 self.partial.save(RangeSet())
@@ -1294,7 +1324,7 @@ class _Fetch:
     ) -> tuple[_Conn, http.client.HTTPResponse]:
         for fresh in (False, True):
             try:
-                conn = self.t._pool.get(origin)
+                conn = self.t._pool.get(origin, new=fresh)
             except TimeoutError:
                 raise _Retry(f"cannot connect to {origin.host}:{origin.port} (timed out)") from None
             except ssl.SSLCertVerificationError as exc:
