@@ -310,3 +310,41 @@ def test_unreachable_hub_falls_back_to_the_verified_cache(hub: Any, cache_dir: P
     assert second.ok and second.snapshot_path == first.snapshot_path
     with pytest.raises(vcache.TransferError):
         pull("acme/other", endpoint=dead, cache_dir=cache_dir, options=fast_options())
+
+
+@pytest.mark.parametrize("hostile", ["../escape.txt", "/etc/passwd", "sub\\evil.txt", "a\x00b", "ok/../../x"])
+def test_server_supplied_unsafe_paths_are_refused_before_anything_is_written(
+    cache_dir: Path, hostile: str
+) -> None:
+    """A hostile server (not our HubServer, which refuses such names) lists a path that would escape."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    commit = "a" * 40
+    tree = [
+        {"type": "file", "oid": "b" * 40, "size": 2, "path": "config.json"},
+        {"type": "file", "oid": "c" * 40, "size": 4, "path": hostile},
+    ]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(
+                {"id": "evil/repo", "sha": commit} if "/revision/" in self.path else tree
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(vcache.UnsafePath):
+            pull("evil/repo", endpoint=f"http://127.0.0.1:{server.server_port}", cache_dir=cache_dir)
+    finally:
+        server.shutdown()
+    assert not cache_dir.exists()
