@@ -1028,7 +1028,7 @@ def test_command_line_serves_a_folder(tmp_path: Path) -> None:
         lfs = request(f"{endpoint}/acme/tiny/resolve/main/model.safetensors", "HEAD")
         assert lfs.headers["etag"] == f'"{sha256(bytes(64))}"'
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
         proc.wait()

@@ -269,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and SIGTERM only set the event: a KeyboardInterrupt landing mid-startup or mid-shutdown
+        # could leave listener threads running and the process hanging.
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     server = HubServer(
         repos,
         lfs_style=args.lfs_style,
@@ -283,10 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdn: {hub.cdn_endpoint}", flush=True)
         for repo in repos:
             print(f"repo: {repo.repo_type} {repo.repo_id} main={repo.resolve('main')}", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
     return 0
 
