@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -139,6 +140,9 @@ class _TqdmProgress:
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def main(verbose: int) -> None:
     """vcache: verified, resumable Hugging Face Hub downloads into a standard HF cache."""
+    # A file-size limit (RLIMIT_FSIZE) must surface as EFBIG -> DiskFull with a resumable partial, not as
+    # SIGXFSZ killing the process mid-write.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

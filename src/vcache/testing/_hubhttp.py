@@ -303,6 +303,9 @@ class Listener(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops SYNs when a client opens many connections at once, and
+    # each dropped SYN costs a 1 s retransmit: the server must not be the bottleneck.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], hub: HubServer, origin: Origin) -> None:
         self.hub = hub
