@@ -313,3 +313,23 @@ def test_a_partial_whose_data_was_moved_out_is_cleared_at_once(tmp_path: Path) -
     again = open_partial(tmp_path, META, stale_after=30)
     again.close()
     assert not done.path.exists() and again.adopted_from is None
+
+
+def _write_and_die(directory: str) -> None:
+    part = open_partial(Path(directory), META, stale_after=30)
+    os.pwrite(part.fd, bytes(300), 0)
+    part.save(RangeSet([(0, 300)]))
+    os._exit(0)  # no cleanup, like SIGKILL
+
+
+def test_a_dead_writer_on_this_host_is_resumed_at_once(tmp_path: Path) -> None:
+    proc = mp.get_context("fork").Process(target=_write_and_die, args=(str(tmp_path),))
+    proc.start()
+    proc.join()  # reaped: its pid is gone
+    (info,) = list_partials(tmp_path)
+    assert info.updated_at == 0.0  # counts as stale for lock waiters
+    adopted = open_partial(tmp_path, META, stale_after=3600)  # fresh by the clock, but its writer is dead
+    try:
+        assert adopted.adopted_from == info.writer_id and adopted.completed.total == 300
+    finally:
+        adopted.close()

@@ -39,6 +39,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -289,6 +290,27 @@ def _recorded_time(doc: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+_HOST = socket.gethostname()
+
+
+def _writer_dead(doc: dict[str, Any]) -> bool:
+    """True when the sidecar's writer ran on this host and its process is gone (killed, crashed, Ctrl-C).
+
+    Such a partial need not wait ``stale_after`` before another process resumes it. A writer on another
+    host, a recycled pid, or a zombie not yet reaped all count as alive: waiting is the safe mistake.
+    """
+    pid = doc.get("pid")
+    if doc.get("host") != _HOST or type(pid) is not int or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _last_sign_of_life(directory: Path, writer: str, recorded: float | None = None) -> float:
     """The latest of: the time in the writer id, the files' mtimes, the sidecar's ``updated_at``."""
     stamps = [recorded] if recorded is not None and math.isfinite(recorded) else []
@@ -359,6 +381,8 @@ class Partial:
             "commit": self.meta.commit,
             "path": self.meta.path,
             "writer": self.writer_id,
+            "host": _HOST,
+            "pid": os.getpid(),
             "ranges": ranges.to_json(),
             "completed": ranges.total,
             "updated_at": _now(),
@@ -503,8 +527,8 @@ def open_partial(
             if now - _last_sign_of_life(directory, writer, recorded) >= stale_after:
                 _discard_dir(directory)
             continue
-        if now - _last_sign_of_life(directory, writer, recorded) < stale_after:
-            continue  # a live writer (or one that died moments ago): leave it alone
+        if not _writer_dead(doc) and now - _last_sign_of_life(directory, writer, recorded) < stale_after:
+            continue  # a live writer (or one elsewhere that died moments ago): leave it alone
         usable.append((ranges.total, writer))
     usable.sort(reverse=True)
     if fresh:
@@ -529,12 +553,14 @@ def list_partials(partial_dir: str | os.PathLike[str]) -> list[PartialInfo]:
         size: int | None = None
         completed = 0
         recorded: float | None = None
+        dead = False
         problem: str | None = None
         repo_path: str | None = None
         commit: str | None = None
         try:
             doc = _read_sidecar(directory / SIDECAR_NAME)
             recorded = _recorded_time(doc)
+            dead = _writer_dead(doc)
             ranges = _validate(doc, None)
             size = doc["size"]
             completed = ranges.total
@@ -556,7 +582,7 @@ def list_partials(partial_dir: str | os.PathLike[str]) -> list[PartialInfo]:
                 writer_id=writer,
                 size=size,
                 completed=completed,
-                updated_at=_last_sign_of_life(directory, writer, recorded),
+                updated_at=0.0 if dead else _last_sign_of_life(directory, writer, recorded),
                 path=directory,
                 data_path=directory / DATA_NAME,
                 sidecar_path=directory / SIDECAR_NAME,
