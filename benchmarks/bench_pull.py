@@ -233,27 +233,16 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     with HubServer(repos) as hub:
-        if "a" in only:
-            print("(a) 4 x 256 MiB, unthrottled")
-            table += summarize(
-                "(a) 4x256 MiB",
-                four_size,
-                scenario("a", hub, "bench/four-shards", four_size, args.work, args.runs, None, False),
-            )
-        if "b" in only:
-            print("(b) 4 x 256 MiB, 50 MB/s per connection")
-            table += summarize(
-                "(b) 4x256 MiB @50MB/s/conn",
-                four_size,
-                scenario("b", hub, "bench/four-shards", four_size, args.work, args.runs, CAP, False),
-            )
-        if "c" in only:
-            print("(c) 1 GiB, 50 MB/s per connection")
-            table += summarize(
-                "(c) 1 GiB @50MB/s/conn",
-                one_size,
-                scenario("c", hub, "bench/one-gib", one_size, args.work, args.runs, CAP, True),
-            )
+        scenarios = [
+            ("a", "(a) 4x256 MiB", "bench/four-shards", four_size, None, False),
+            ("b", "(b) 4x256 MiB @50MB/s/conn", "bench/four-shards", four_size, CAP, False),
+            ("c", "(c) 1 GiB @50MB/s/conn", "bench/one-gib", one_size, CAP, True),
+        ]
+        for key, title, repo_id, size, throttle, aria in scenarios:
+            if key in only:
+                print(title)
+                results = scenario(key, hub, repo_id, size, args.work, args.runs, throttle, aria)
+                table += summarize(title, size, results)
         kill_line = kill_resume(hub, "bench/one-gib", one_size, args.work) if "d" in only else ""
     print()
     print("\n".join(table))
