@@ -37,7 +37,6 @@ from vcache.hashing import Digest
 from vcache.pull import Progress, hf_hub_download, pull, snapshot_download
 from vcache.report import FileReport, Finding, PullReport, Severity, Verdict
 
-
 # A library never configures logging; the application decides where vcache's records go.
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
