@@ -348,3 +348,22 @@ def test_server_supplied_unsafe_paths_are_refused_before_anything_is_written(
     finally:
         server.shutdown()
     assert not cache_dir.exists()
+
+
+def test_token_never_reaches_the_logs(
+    llama_folder: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    token = "hf_LOGSECRET456"
+    repo = repo_from_folder(REPO, llama_folder, private=True)
+    caplog.set_level(logging.DEBUG)
+    with HubServer([repo], tokens={token}) as hub:
+        hub.fault(REPO, SHARD1, Fault.drop_after(1000), Fault.status(503))
+        assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, token=token, options=fast_options()).ok
+        with pytest.raises(vcache.AuthError) as err:
+            pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir / "x", token="hf_WRONG789")
+    assert caplog.records  # debug logging really was captured
+    assert (
+        token not in caplog.text and "hf_WRONG789" not in caplog.text and "hf_WRONG789" not in str(err.value)
+    )
