@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httpx2
@@ -105,15 +105,46 @@ def resolve_url(endpoint: str, repo_id: str, commit: str, path: str, repo_type: 
     return f"{endpoint}/{repo_url_prefix(repo_type)}{repo_id}/resolve/{commit}/{quote(path)}"
 
 
+class Origin(NamedTuple):
+    """Scheme, host and port of a URL: the unit the token rule speaks of."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials and query string (signed CDN URLs carry secrets there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def origin_of(url: str) -> Origin:
+    """The origin of an http(s) URL (default ports filled in); ValueError for anything else."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {redact_url(url)}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError(f"URL has no host: {redact_url(url)}")
+    port = parts.port or (443 if scheme == "https" else 80)
+    return Origin(scheme, host, port)
+
+
 def same_origin(a: str, b: str) -> bool:
     """True when two URLs share scheme, host and port (the only place a token may go)."""
-    pa, pb = urlsplit(a), urlsplit(b)
-    default = {"http": 80, "https": 443}
-
-    def key(p: Any) -> tuple[str, str, int | None]:
-        return (p.scheme.lower(), (p.hostname or "").lower(), p.port or default.get(p.scheme.lower()))
-
-    return key(pa) == key(pb)
+    try:
+        return origin_of(a) == origin_of(b)
+    except ValueError:
+        return False
 
 
 def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -> HubError | None:

@@ -79,6 +79,10 @@ from vcache.errors import (
     TransferError,
 )
 from vcache.hashing import Digest, StreamHasher, hash_stream_into
+
+# One definition of an origin for the whole package: the token rule (invariant 7) must not have twins.
+from vcache.hub import Origin as _Origin
+from vcache.hub import origin_of as _origin_of
 from vcache.partial import (
     DEFAULT_STALE_AFTER,
     Partial,
@@ -163,37 +167,6 @@ class FetchResult:
 
 # --------------------------------------------------------------------------------------------------------
 # URLs, origins and connections
-
-
-class _Origin(NamedTuple):
-    scheme: str
-    host: str
-    port: int
-
-
-def _origin_of(url: str) -> _Origin:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"not an http(s) URL: {_redact(url)}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError(f"URL has no host: {_redact(url)}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    return _Origin(scheme, host, port)
-
-
-def _redact(url: str) -> str:
-    """The URL without credentials and query string (signed CDN URLs carry secrets there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
-    except ValueError:
-        return "<unparsable URL>"
 
 
 def _clean(text: str | None, limit: int = 200) -> str:
