@@ -123,8 +123,3 @@ def hash_stream_into(
 def git_blob_sha1(data: bytes) -> str:
     """The git blob id of ``data`` (what the Hub uses as ETag for regular files)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def sha256_hex(data: bytes) -> str:
-    """The sha256 hex digest of ``data``."""
-    return hashlib.sha256(data).hexdigest()

@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,11 +157,6 @@ def find_entry(cache_dir: Path, qid: str) -> QuarantineEntry:
         what = "no" if not matches else "more than one"
         raise UsageError(f"{what} quarantine entry matches {qid!r}; see `vcache quarantine list`")
     return matches[0]
-
-
-def iter_ids(cache_dir: Path) -> Iterator[str]:
-    """The ids of all entries."""
-    return (e.id for e in list_entries(cache_dir))
 
 
 def restore(cache_dir: Path, qid: str, *, to: Path | None = None) -> Path:

@@ -28,7 +28,6 @@ from vcache.report import (
     FileReport,
     Finding,
     PullReport,
-    Severity,
     fail,
     findings_from_json,
     info,
@@ -662,11 +661,6 @@ def _hygiene(repo: CacheRepo) -> tuple[FileReport, ...]:
             )
         )
     return tuple(out)
-
-
-def has_fail(findings: Iterable[Finding]) -> bool:
-    """True when any finding is a failure."""
-    return any(f.severity is Severity.FAIL for f in findings)
 
 
 def require_complete(report: PullReport) -> None:
