@@ -54,6 +54,9 @@ def _worker(rank: int, port: int, endpoint: str, shared: str, node_caches: str, 
             result["missing"] = "no error"
         except RepoNotFound as exc:
             result["missing"] = str(exc)
+        # Rank 0 hosts the store (tcp:// init): leaving before the slowest rank has read its last keys
+        # would take the store away from it. Training scripts meet again in collectives; this one ends.
+        dist.barrier()
     finally:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
         dist.destroy_process_group()
