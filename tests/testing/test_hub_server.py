@@ -622,7 +622,7 @@ def test_request_log_fields(hub: HubServer, tiny: Tiny, fetch: Fetch) -> None:
     assert record.headers["x-custom"] == "yes" and all(k == k.lower() for k in record.headers)
     assert record.range == "bytes=1-3" and record.if_range == headers["If-Range"]
     assert record.authorization == f"Bearer {TOKEN}"
-    assert (record.status, record.body_bytes) == (206, 3)
+    assert (record.status, record.body_bytes, record.wire_bytes) == (206, 3, 3)
     assert (record.repo_id, record.file_path) == ("acme/tiny", "sub/dir/notes.txt")
     assert abs(record.time - time.time()) < 5 and record.duration >= 0
 
@@ -1039,3 +1039,34 @@ def test_repo_file_constructors() -> None:
     assert f.sha256 == sha256(b"abc") and f.etag == f.sha256 and f.read_bytes() == b"abc"
     g = RepoFile.from_bytes("a.txt", b"abc", lfs=False)
     assert g.etag == g.blob_id == git_blob(b"abc") and g.pointer is None
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="wire_bytes needs Linux TCP_INFO")
+def test_wire_bytes_of_a_cut_answer_exclude_the_servers_send_buffer(tmp_path: Path) -> None:
+    """A client that vanishes mid-body: ``body_bytes`` counts what reached the server's socket, ``wire_bytes``
+    only what the client's TCP acknowledged (what a kill-and-resume benchmark must count)."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(16 << 20))
+    repo = Repo("acme/big")
+    repo.commit({"big.bin": big})
+    with HubServer([repo], lfs_style="direct") as hub:
+        url = urlsplit(resolve_url(hub, "big.bin", repo="acme/big"))
+        assert url.hostname and url.port
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # before connect: a small window
+        sock.connect((url.hostname, url.port))
+        sock.settimeout(10)
+        sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+        received = 0
+        while received < 200_000:
+            received += len(sock.recv(65536))
+        time.sleep(0.2)  # the server fills its send buffer and blocks
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # an RST, as from a killed process
+        deadline = time.monotonic() + 10
+        while not hub.body_requests() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (record,) = hub.body_requests()
+    assert record.status == 200 and record.body_bytes < 16 << 20
+    assert received - 1024 <= record.wire_bytes <= received + (1 << 20)  # header bytes are not body bytes
+    assert record.wire_bytes < record.body_bytes  # the server's send buffer never crossed the wire

@@ -67,8 +67,12 @@ class RequestRecord:
 
     ``raw_path`` keeps the percent-escapes; ``headers`` has lower-case keys; ``file_path`` is the decoded
     repo file path of resolve and CDN requests. ``status`` is 0 when the connection was reset or stalled
-    before a status line went out; ``body_bytes`` counts body bytes actually written. ``time`` is the
-    wall-clock arrival time and ``duration`` the seconds until the response was complete or cut.
+    before a status line went out; ``body_bytes`` counts body bytes actually written (handed to the
+    kernel). ``wire_bytes`` counts the body bytes that reached the client's machine: for a connection cut
+    mid-body (the client killed, say) the body bytes its TCP acknowledged, which excludes what was still in
+    this server's send buffer (Linux ``TCP_INFO``; elsewhere, and for complete answers, ``body_bytes``).
+    ``time`` is the wall-clock arrival time and ``duration`` the seconds until the response was complete
+    or cut.
     """
 
     method: str
@@ -85,6 +89,7 @@ class RequestRecord:
     file_path: str | None
     time: float
     duration: float = 0.0
+    wire_bytes: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -421,6 +426,7 @@ class Exchange:
         self.file_path: str | None = None
         self.status = 0
         self.body_bytes = 0
+        self.wire_bytes: int | None = None
         self.time = time.time()
         self._t0 = time.monotonic()
 
@@ -441,7 +447,19 @@ class Exchange:
             file_path=self.file_path,
             time=self.time,
             duration=time.monotonic() - self._t0,
+            wire_bytes=self.wire_bytes if self.wire_bytes is not None else self.body_bytes + unsent,
         )
+
+
+def _bytes_acked(sock: socket.socket) -> int | None:
+    """``tcpi_bytes_acked`` of a TCP socket (Linux >= 4.1; it survives a reset), else ``None``."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    return struct.unpack_from("Q", raw, 120)[0] if len(raw) >= 128 else None
 
 
 class _Pacer:
@@ -896,6 +914,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers.append(("Connection", "close"))
         head = memoryview(_head_bytes(reply.status, headers))
         slot = None
+        acked_before = _bytes_acked(self.connection)
         try:
             if fault is None or fault.kind not in ("drop_after", "stall", "short_body"):
                 # Log just before the final byte goes out: a client holding the whole response finds its
@@ -923,6 +942,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
         except _ClientGone:
             self.close_connection = True
+            acked = _bytes_acked(self.connection)
+            if acked is not None and acked_before is not None:
+                ex.wire_bytes = max(0, min(ex.body_bytes, acked - acked_before - len(head)))
             self.hub._record(ex, slot)
 
     def _send_all(self, ex: Exchange, segments: Iterable[_Segment], *, count: bool) -> None:
