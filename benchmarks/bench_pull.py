@@ -201,13 +201,28 @@ def kill_resume(hub, repo_id: str, size: int, work: Path) -> str:
     cache.mkdir(parents=True)
     hub.clear_log()
     run_client(argv, env, kill_after=probe / 2)
-    first = sum(r.body_bytes for r in hub.body_requests(repo_id, "model.safetensors"))
+    # The server logs an exchange when it ends: wait until the killed connections have all been noticed.
+    first, settled = -1, 0
+    while settled < 3:
+        time.sleep(0.1)
+        now = sum(r.body_bytes for r in hub.body_requests(repo_id, "model.safetensors"))
+        settled = settled + 1 if now == first else 0
+        first = now
+    # What crossed the wire: bytes still in the server's send buffer at the kill never reached the client.
+    delivered = sum(r.wire_bytes for r in hub.body_requests(repo_id, "model.safetensors"))
+    from vcache.partial import list_partials
+
+    recorded = sum(i.completed for d in cache.glob("*/.vcache/partials") for i in list_partials(d) if i.valid)
     secs, _, status = run_client(argv, env)
-    total = sum(r.body_bytes for r in hub.body_requests(repo_id, "model.safetensors"))
+    requests = hub.body_requests(repo_id, "model.safetensors")
+    total = sum(r.body_bytes for r in requests)
+    wire = sum(r.wire_bytes for r in requests)
     return (
-        f"SIGKILL at {probe / 2:.1f} s of {probe:.1f} s: {first / MiB:.0f} MiB before the kill, "
-        f"{(total - first) / MiB:.0f} MiB after; total {total / size:.3f} x the file size "
-        f"(restart took {secs:.1f} s, exit {status})"
+        f"SIGKILL at {probe / 2:.1f} s of {probe:.1f} s: {delivered / MiB:.0f} MiB delivered before the kill "
+        f"({first / MiB:.0f} MiB written to the server's sockets), {recorded / MiB:.0f} MiB of it recorded "
+        f"in the partial, {(wire - delivered) / MiB:.0f} MiB after; total delivered {wire / size:.3f} x the "
+        f"file size ({total / size:.3f} x counting the server's send buffers; restart took {secs:.1f} s, "
+        f"exit {status})"
     )
 
 

@@ -129,6 +129,71 @@ def test_sidecar_round_trip_and_adoption(tmp_path: Path) -> None:
     assert [p.writer_id for p in list_partials(tmp_path)] == [adopted.writer_id]
 
 
+def _progress_partial(pdir: Path, saved: list[tuple[int, int]], noted: list[tuple[int, int]]) -> Partial:
+    """A dead writer's partial: ``saved`` in the sidecar (nothing durable), ``noted`` in its progress file."""
+    with clock_shifted(-3600):
+        partial = open_partial(pdir, META, stale_after=math.inf)
+        os.pwrite(partial.fd, bytes(i % 251 for i in range(1000)), 0)
+        partial.save(RangeSet(saved), durable=RangeSet(saved[:1]))
+        partial.note_progress(RangeSet(noted))
+        partial.close()
+    backdate(partial.path)
+    return partial
+
+
+def test_progress_file_adds_the_ranges_written_since_the_sidecar(tmp_path: Path) -> None:
+    old = _progress_partial(tmp_path, [(0, 100), (500, 600)], [(0, 400), (500, 700)])
+    assert json.loads(old.sidecar_path.read_text())["ranges"] == [[0, 100], [500, 600]]
+    (info,) = list_partials(tmp_path)
+    assert (
+        info.completed == 600 and info.ranges is not None and info.ranges.to_json() == [[0, 400], [500, 700]]
+    )
+    adopted = open_partial(tmp_path, META, stale_after=30)
+    try:
+        assert adopted.completed.to_json() == [[0, 400], [500, 700]]
+        assert adopted.durable.to_json() == [[0, 100]]
+        # The adopter's own sidecar now records all of it, under its own writer id.
+        doc = json.loads(adopted.sidecar_path.read_text())
+        assert doc["ranges"] == [[0, 400], [500, 700]] and doc["writer"] == adopted.writer_id
+    finally:
+        adopted.close()
+
+
+@pytest.mark.parametrize("damage", ["torn", "other_writer", "outside", "missing"])
+def test_unusable_progress_file_falls_back_to_the_sidecar(tmp_path: Path, damage: str) -> None:
+    old = _progress_partial(tmp_path, [(0, 100), (500, 600)], [(0, 400), (500, 700)])
+    progress = old.path / vcache.partial.PROGRESS_NAME
+    doc = json.loads(progress.read_text())
+    if damage == "torn":
+        progress.write_bytes(progress.read_bytes()[:25])
+    elif damage == "other_writer":
+        progress.write_text(json.dumps({**doc, "writer": "1-2-dead"}))
+    elif damage == "outside":
+        progress.write_text(json.dumps({**doc, "ranges": [[0, 5000]]}))
+    else:
+        progress.unlink()
+    backdate(old.path)
+    adopted = open_partial(tmp_path, META, stale_after=30)
+    try:
+        assert adopted.completed.to_json() == [[0, 100], [500, 600]]
+    finally:
+        adopted.close()
+
+
+def test_after_a_reboot_only_durable_ranges_are_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _progress_partial(tmp_path, [(0, 100), (500, 600)], [(0, 400), (500, 700)])
+    monkeypatch.setattr(vcache.partial, "_BOOT_ID", "another-boot")  # the page cache did not survive
+    (info,) = list_partials(tmp_path)
+    assert info.ranges is not None and info.ranges.to_json() == [[0, 100]]
+    adopted = open_partial(tmp_path, META, stale_after=30)
+    try:
+        assert adopted.completed.to_json() == [[0, 100]] and adopted.durable.to_json() == [[0, 100]]
+    finally:
+        adopted.close()
+
+
 def test_live_partial_is_not_adopted(tmp_path: Path) -> None:
     live = write_partial(tmp_path, [(0, 300)])
     mine = open_partial(tmp_path, META, stale_after=30)

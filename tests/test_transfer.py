@@ -414,8 +414,8 @@ def kill_mid_download(served: Served, path: str, pdir: Path) -> RangeSet:
         child.wait(10)
     served.hub.throttle_bps = None
     (info,) = list_partials(pdir)
-    doc = json.loads(info.sidecar_path.read_text())
-    return RangeSet(tuple(r) for r in doc["ranges"])  # type: ignore[misc]
+    assert info.ranges is not None  # the sidecar's ranges plus the progress file's
+    return info.ranges
 
 
 def test_resume_after_sigkill_fetches_only_missing_ranges(tmp_path: Path) -> None:
@@ -550,3 +550,44 @@ def test_http_proxy_from_the_environment_is_used_but_never_for_loopback(
             direct = spec_for(srv.endpoint, "a/b", "c" * 40, "f.bin", data, lfs=True)
             t.fetch(direct, tmp_path / "2")
         assert seen[-1].startswith("/a/b/resolve/")  # loopback: straight to the server, origin-form
+
+
+def test_a_connection_that_stays_behind_gets_a_clamped_receive_buffer() -> None:
+    """Bytes queued in the kernel are lost at a kill: a reader that stays behind clamps its window."""
+    import http.client
+    import socket
+
+    from vcache import transfer as tr
+    from vcache.hub import Origin
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    http_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    http_conn.connect()
+    peer, _ = listener.accept()
+    conn = tr._Conn(Origin("http", "127.0.0.1", port), http_conn, None)
+    assert conn.sock is not None
+    # A window as autotuning grows it on a fast link (a fresh socket starts at 128 KiB).
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    before = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    try:
+        conn.note_backlog()  # nothing queued: not behind
+        assert not conn.clamped and conn.behind == 0
+        peer.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 5
+        while sent < 2 * tr._BACKLOG_CLAMP and time.monotonic() < deadline:
+            try:
+                sent += peer.send(b"\0" * 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(0.1)  # let loopback deliver it into the client's receive queue
+        for _ in range(tr._BEHIND_READS):
+            conn.note_backlog()
+        assert conn.clamped
+        after = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert after <= 2 * tr._BACKLOG_CLAMP < before  # Linux doubles the value it is given
+    finally:
+        conn.close()
+        peer.close()
+        listener.close()
