@@ -367,3 +367,51 @@ def test_token_never_reaches_the_logs(
     assert (
         token not in caplog.text and "hf_WRONG789" not in caplog.text and "hf_WRONG789" not in str(err.value)
     )
+
+
+@pytest.mark.parametrize("fault", ["none", "cut", "range_ignored"])
+def test_the_content_scan_rides_on_the_digest_read(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A pull reads each shard back once (for its digest) and the tensor scan is fed those same bytes:
+    the file is never scanned a second time, and the verdict is the one a fresh scan of the cache gives,
+    also when the download was resumed or restarted from byte zero."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import vcache.checks.tensors
+    from vcache.checks import check_file
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    o_proj = rng.standard_normal((2048, 1024), dtype=np.float32)
+    o_proj[[3, 700, 2047]] = 0  # shipped that way by the publisher: a warning naming the rows
+    save_file(
+        {"model.layers.0.self_attn.o_proj.weight": o_proj, "model.norm.weight": np.ones(1024, np.float32)},
+        str(folder / "model.safetensors"),
+    )
+    (folder / "config.json").write_text("{}")
+    calls: list[str] = []
+    real = vcache.checks.tensors.scan_tensors
+
+    def spy(path: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(vcache.checks.tensors, "scan_tensors", spy)
+    with HubServer([repo_from_folder("acme/rows", folder)]) as hub:
+        if fault == "cut":
+            hub.fault("acme/rows", "model.safetensors", Fault.drop_after(5 << 20))
+        elif fault == "range_ignored":
+            hub.fault("acme/rows", "model.safetensors", Fault.drop_after(3 << 20), Fault.ignore_range())
+        report = pull("acme/rows", endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+        assert len(hub.body_requests("acme/rows", "model.safetensors")) == (1 if fault == "none" else 2)
+    assert report.ok and calls == []
+    (shard,) = [r for r in report.files if r.path == "model.safetensors"]
+    rows = [f for f in shard.findings if f.code == "tensor.zero_rows"]
+    assert len(rows) == 1 and rows[0].tensor == "model.layers.0.self_attn.o_proj.weight"
+    monkeypatch.setattr(vcache.checks.tensors, "scan_tensors", real)
+    cached = Path(report.snapshot_path or "") / "model.safetensors"
+    fresh = check_file(cached, "model.safetensors", vouched=True)
+    assert list(shard.findings) == list(fresh.findings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -102,12 +103,19 @@ def hash_file(path: str | os.PathLike[str], algorithm: Algorithm, *, size: int |
 
 
 def hash_stream_into(
-    fd: int, hasher: StreamHasher, start: int, end: int, *, buffer: bytearray | None = None
+    fd: int,
+    hasher: StreamHasher,
+    start: int,
+    end: int,
+    *,
+    buffer: bytearray | None = None,
+    on_chunk: Callable[[int, memoryview], None] | None = None,
 ) -> None:
     """Feed bytes ``[start, end)`` of an open file descriptor to ``hasher`` (positional reads).
 
     ``buffer`` is reused for the reads when given (callers that hash a growing file in many small steps
-    pass one, so no step allocates); otherwise one is allocated for this call.
+    pass one, so no step allocates); otherwise one is allocated for this call. ``on_chunk(offset, view)``
+    sees every chunk just hashed, in order (the view is valid only during the call).
     """
     buf = buffer if buffer else bytearray(min(HASH_CHUNK, max(end - start, 1)))
     view = memoryview(buf)
@@ -117,6 +125,8 @@ def hash_stream_into(
         if n == 0:
             raise EOFError(f"file ended at byte {pos}, expected {end}")
         hasher.update(view[:n])
+        if on_chunk is not None:
+            on_chunk(pos, view[:n])
         pos += n
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, translate_os_error
-from vcache.checks import check_file
+from vcache.checks import StreamingCheck, check_file
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.cluster import start_jitter, transfer_settings
 from vcache.config import Settings, resolve_settings
@@ -425,7 +425,10 @@ class _Puller:
         while n < self.opts.max_integrity_attempts:
             n += 1
             try:
-                result = transfer.fetch(spec, repo.partials, fresh=n > 1, on_progress=self.progress.advance)
+                stream = StreamingCheck(f.path, f.size)  # the content scan rides on the digest's read
+                result = transfer.fetch(
+                    spec, repo.partials, fresh=n > 1, on_progress=self.progress.advance, observer=stream
+                )
             except RemoteChanged:
                 if changed_once:
                     raise
@@ -434,7 +437,7 @@ class _Puller:
                 continue
             attempts += result.attempts
             transferred += result.bytes_transferred
-            findings = self._check_fetched(f, result)
+            findings = self._check_fetched(f, result, stream)
             transport_failed = any(x.code in ("size_mismatch", "digest_mismatch") for x in findings)
             if not transport_failed and verdict_of(findings, strict=self.opts.strict) is not Verdict.FAIL:
                 report = self._publish(commit, f, result, findings, history, attempts, transferred)
@@ -484,7 +487,7 @@ class _Puller:
             strict=self.opts.strict,
         )
 
-    def _check_fetched(self, f: RemoteFile, result: FetchResult) -> list[Finding]:
+    def _check_fetched(self, f: RemoteFile, result: FetchResult, stream: StreamingCheck) -> list[Finding]:
         findings: list[Finding] = []
         if result.size != f.size:
             findings.append(
@@ -497,7 +500,9 @@ class _Puller:
             )
         if result.actual != f.digest:
             findings.append(digest_mismatch(f.path, f.digest, result.actual))
-        check = check_file(result.data_path, f.path, vouched=not findings)
+        # The streamed scan judged these very bytes as vouched; when the digest did not match, scan again.
+        streamed = None if findings else stream.findings(result.data_path)
+        check = check_file(result.data_path, f.path, vouched=not findings, content_findings=streamed)
         self.headers[f.path] = check.header
         return [*check.findings, *findings]
 

@@ -61,7 +61,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
 try:
@@ -100,7 +100,7 @@ from vcache.partial import (
 )
 from vcache.retry import SYSTEM_CLOCK, Clock, RetryEvent, RetryPolicy, SystemClock, parse_retry_after
 
-__all__ = ["FetchResult", "FetchSpec", "Transfer"]
+__all__ = ["ByteObserver", "FetchResult", "FetchSpec", "Transfer"]
 
 _log = logging.getLogger(__name__)
 
@@ -150,6 +150,17 @@ _DIGITS = re.compile(r"\s*\d{1,19}\s*")
 
 # --------------------------------------------------------------------------------------------------------
 # Public values
+
+
+class ByteObserver(Protocol):
+    """Sees a file's bytes in order as they are hashed (for checks that ride on that read)."""
+
+    def reset(self) -> None:
+        """The bytes will be seen again from offset 0 (the download restarted)."""
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        """Bytes ``[offset, offset + len(data))``, continuing the previous call; ``data`` is only valid
+        during the call. Must not raise."""
 
 
 @dataclass(frozen=True)
@@ -588,12 +599,15 @@ class Transfer:
         *,
         fresh: bool = False,
         on_progress: Callable[[int], None] | None = None,
+        observer: ByteObserver | None = None,
     ) -> FetchResult:
         """Download ``spec`` into a partial in ``partial_dir``, resuming what an earlier attempt left.
 
         ``fresh=True`` ignores earlier partials (after a digest mismatch the bytes on disk are suspect).
         ``on_progress(delta)`` is called from worker threads with the number of newly completed bytes (the
         bytes reused from an earlier partial first; negative when a restart from zero drops bytes).
+        ``observer`` sees every byte of the file in order, from the hasher's own buffers (the bytes on
+        disk, read once for the digest), so a content check needs no second pass.
 
         Raises :class:`~vcache.errors.RemoteChanged` (partial discarded), :class:`~vcache.errors.HubError`
         subclasses for refusals, :class:`~vcache.errors.RateLimited` /
@@ -617,7 +631,7 @@ class Transfer:
             else:
                 partial.close()
             raise
-        return _Fetch(self, spec, partial, on_progress).run()
+        return _Fetch(self, spec, partial, on_progress, observer).run()
 
     def _check_space(self, spec: FetchSpec, partial_dir: Path, missing: int) -> None:
         if missing <= 0:
@@ -649,9 +663,15 @@ class _Fetch:
     """
 
     def __init__(
-        self, t: Transfer, spec: FetchSpec, partial: Partial, on_progress: Callable[[int], None] | None
+        self,
+        t: Transfer,
+        spec: FetchSpec,
+        partial: Partial,
+        on_progress: Callable[[int], None] | None,
+        observer: ByteObserver | None = None,
     ) -> None:
         self.t = t
+        self.observer = observer
         self.spec = spec
         self.partial = partial
         self.fd = partial.fd
@@ -764,6 +784,7 @@ class _Fetch:
 
     def _hash_until_complete(self) -> Digest:
         buffer = bytearray(HASH_STEP)
+        feed = None if self.observer is None else self.observer.feed
         key: tuple[int, int] | None = None
         hasher = StreamHasher(self.spec.expected.algorithm, self.size)
         hashed = 0
@@ -777,6 +798,8 @@ class _Fetch:
                         key = (self.generation, self.size)
                         hasher = StreamHasher(self.spec.expected.algorithm, self.size)
                         hashed = 0
+                        if self.observer is not None:
+                            self.observer.reset()
                     frontier = min(self.done.prefix(), self.size)
                     if frontier > hashed:
                         break
@@ -791,7 +814,7 @@ class _Fetch:
                 # then dropped below), never a short read.
                 if generation == self.generation:
                     try:
-                        hash_stream_into(self.fd, hasher, hashed, stop, buffer=buffer)
+                        hash_stream_into(self.fd, hasher, hashed, stop, buffer=buffer, on_chunk=feed)
                     except EOFError as exc:
                         raise TransferError(
                             f"{self.spec.path}: the partial file shrank under the download ({exc}); "

@@ -28,6 +28,7 @@ from vcache.checks.safetensors import SafetensorsHeader, TensorEntry
 from vcache.checks.tensors import (
     DEFAULT_ZERO_RUN_BYTES,
     ZERO_GRANULE_BYTES,
+    TensorStream,
     default_allow_inf,
     scan_tensors,
 )
@@ -73,8 +74,29 @@ def header_of(path: Path) -> SafetensorsHeader:
     return SafetensorsHeader(n, tensors, raw.get("__metadata__"), path.stat().st_size)
 
 
+#: Feed sizes for the streamed scan: odd, tiny and large, so blocks straddle feeds in every way.
+STREAM_FEEDS = (1, 7, 4096 + 3, 1 << 20, (1 << 20) + 5, 8 << 20, 100_003)
+
+
+def streamed(path: Path, header: SafetensorsHeader, *, vouched: bool, **kw: Any) -> list[Finding]:
+    """The push-mode scan (TensorStream), fed the whole file in irregular pieces."""
+    stream = TensorStream(header, vouched=vouched, **kw)
+    data = memoryview(path.read_bytes())
+    pos, k = 0, 0
+    while pos < len(data):
+        n = STREAM_FEEDS[k % len(STREAM_FEEDS)]
+        stream.feed(pos, data[pos : pos + n])
+        pos, k = pos + n, k + 1
+    return stream.finish(path)
+
+
 def scan(path: Path, *, vouched: bool = False, **kw: Any) -> list[Finding]:
-    return scan_tensors(path, header_of(path), vouched=vouched, **kw)
+    """The pull-mode scan; every test through here also checks that the streamed scan finds the same."""
+    header = header_of(path)
+    found = scan_tensors(path, header, vouched=vouched, **kw)
+    kw.pop("chunk_bytes", None)  # the stream's blocks do not depend on a chunk size
+    assert streamed(path, header, vouched=vouched, **kw) == found
+    return found
 
 
 def detail(f: Finding) -> Mapping[str, Any]:
@@ -856,3 +878,56 @@ def test_resident_memory_stays_small_on_a_256_mib_file(tmp_path: Path) -> None:
     assert n == 0
     growth_mib = (after - before) / 1024  # ru_maxrss is in KiB on Linux
     assert growth_mib < 48, f"RSS grew by {growth_mib:.0f} MiB scanning a 256 MiB file"
+
+
+# ------------------------------------------------------------------------------------------------------
+# The streamed scan as a download feeds it (StreamingCheck).
+
+
+def _feed_all(check: Any, data: bytes, step: int = 1 << 20) -> None:
+    for pos in range(0, len(data), step):
+        check.feed(pos, memoryview(data)[pos : pos + step])
+
+
+def test_streaming_check_matches_a_scan_of_the_file(tmp_path: Path) -> None:
+    from vcache.checks import StreamingCheck, check_file
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((512, 256)).astype(np.float32)
+    w[5] = np.nan
+    path = write_safetensors(tmp_path / "m.safetensors", [("w.weight", "F32", [512, 256], w.tobytes())])
+    data = path.read_bytes()
+    check = StreamingCheck("m.safetensors", len(data))
+    _feed_all(check, data[:5000], step=333)
+    assert check.findings(path) is None  # not every byte yet
+    check.reset()  # a restart from byte zero
+    _feed_all(check, data, step=4099)
+    streamed = check.findings(path)
+    assert streamed is not None and any(f.code == "tensor.nan" for f in streamed)
+    assert list(check_file(path, "m.safetensors", vouched=True).findings) == [
+        *check_file(path, "m.safetensors", vouched=True, content=False).findings,
+        *streamed,
+    ]
+
+
+@pytest.mark.parametrize("trouble", ["bad_header", "out_of_order", "not_safetensors"])
+def test_streaming_check_turns_itself_off_and_leaves_the_scan_to_the_file(
+    tmp_path: Path, trouble: str
+) -> None:
+    from vcache.checks import StreamingCheck
+
+    w = np.ones((64, 64), np.float32)
+    path = write_safetensors(tmp_path / "m.safetensors", [("w.weight", "F32", [64, 64], w.tobytes())])
+    data = bytearray(path.read_bytes())
+    name = "m.safetensors"
+    if trouble == "bad_header":
+        data[8] = ord("[")  # not a JSON object
+    elif trouble == "not_safetensors":
+        name = "notes.bin"
+    check = StreamingCheck(name, len(data))
+    if trouble == "out_of_order":
+        check.feed(0, memoryview(data)[:100])
+        check.feed(200, memoryview(data)[200:])
+    else:
+        _feed_all(check, bytes(data), step=1000)
+    assert check.findings(path) is None

@@ -64,6 +64,7 @@ __all__ = [
     "MAX_ZERO_RUN_FINDINGS",
     "SCALE_NAME",
     "ZERO_GRANULE_BYTES",
+    "TensorStream",
     "default_allow_inf",
     "scan_tensors",
 ]
@@ -782,6 +783,15 @@ class _ReadError(Exception):
     pass
 
 
+def _read_error(exc: BaseException) -> Finding:
+    return fail(
+        "tensor.read_error",
+        f"could not read the tensor data ({exc}); the file changed or vanished during the scan. "
+        "Check it again once nothing is writing to it, or re-download it with vcache pull.",
+        error=str(exc),
+    )
+
+
 def _atom(bits: _Bits) -> int:
     """The smallest byte count blocks are cut in: a unit, or a whole C64 element (two units)."""
     return math.lcm(bits.unit_bytes, max(1, bits.elem_bits // 8))
@@ -790,7 +800,7 @@ def _atom(bits: _Bits) -> int:
 class _FileScan:
     def __init__(
         self,
-        f: io.FileIO,
+        f: io.FileIO | None,
         header: SafetensorsHeader,
         *,
         vouched: bool,
@@ -808,7 +818,7 @@ class _FileScan:
         self.zero_run_bytes = zero_run_bytes
         self.tensors = sorted(header.tensors, key=lambda t: (t.begin, t.end))
         self.block_bytes = min(_BLOCK_BYTES, chunk_bytes) // 8 * 8
-        self.buffer = np.empty(chunk_bytes, np.uint8)
+        self._buffer: npt.NDArray[np.uint8] | None = None  # pull mode only
         self.scratch = np.empty(self.block_bytes, np.uint8)
         self.flags = np.empty(self.block_bytes, np.bool_)
         granule = ZERO_GRANULE_BYTES
@@ -817,54 +827,78 @@ class _FileScan:
         # An unaligned run of R >= 2 * granule bytes holds at least R // granule - 1 whole granules.
         self.runs = _ZeroRuns(granule, max(1, zero_run_bytes // granule - 1))
         self.explained: list[tuple[int, int]] = []  # absolute ranges of zero tensors already accounted for
+        self.findings: list[Finding] = []
+        self._scan: _TensorScan | None = None
 
     def run(self) -> list[Finding]:
+        """Pull mode: read every tensor's bytes from the file, then refine the zero runs."""
         findings: list[Finding] = []
         start = self.header.data_start
         try:
             for t in self.tensors:
-                if t.nbytes <= 0:
+                step = self.begin_tensor(t)
+                if step is None:
                     continue
-                bits = _BITS.get(t.dtype)
-                if bits is None or t.nbytes % _atom(bits):
-                    why = (
-                        "a dtype this scan has no bit rules for"
-                        if bits is None
-                        else "a byte length that is not a whole number of elements"
-                    )
-                    findings.append(
-                        info(
-                            "tensor.unchecked",
-                            f"tensor {_describe(t)} has {why}; its values were not checked (only zero-byte "
-                            "runs were).",
-                            tensor=t.name,
-                        )
-                    )
-                    for off, raw in self._blocks(start + t.begin, t.nbytes, self.block_bytes):
-                        self.runs.feed(start + t.begin + off, raw, True)
-                    continue
-                scan = _TensorScan(t, bits, stats=self.stats)
-                step = self._step(bits, scan.row_bytes)
                 for off, raw in self._blocks(start + t.begin, t.nbytes, step):
-                    units = raw.view(bits.unit)
-                    may_have_zeros = scan.feed(off // bits.unit_bytes, units, self.scratch, self.flags)
-                    self.runs.feed(start + t.begin + off, raw, may_have_zeros)
-                tensor_findings = scan.findings(vouched=self.vouched, allow_inf=self.allow_inf)
-                findings.extend(tensor_findings)
-                accounted = any(f.code in ("tensor.all_zero", "tensor.bad_scale") for f in tensor_findings)
-                if not scan.nonzero and (accounted or LEGIT_ZERO_NAME.search(t.name)):
-                    self.explained.append((start + t.begin, start + t.end))
-            findings.extend(self._run_findings(self.runs.finish()))
+                    self.block(t, off, raw)
+            findings.extend(self.finish())
         except (OSError, _ReadError) as exc:
-            findings.append(
-                fail(
-                    "tensor.read_error",
-                    f"could not read the tensor data ({exc}); the file changed or vanished during the scan. "
-                    "Check it again once nothing is writing to it, or re-download it with vcache pull.",
-                    error=str(exc),
+            findings.append(_read_error(exc))
+        return findings
+
+    # One tensor at a time, in offset order, fed in blocks of the step ``begin_tensor`` returns (the last
+    # block of a tensor may be shorter). Both the pull mode above and :class:`TensorStream` drive these.
+
+    def begin_tensor(self, t: TensorEntry) -> int | None:
+        """Start tensor ``t``; the block size to feed it in, or ``None`` when it has no bytes."""
+        self._scan = None
+        if t.nbytes <= 0:
+            return None
+        bits = _BITS.get(t.dtype)
+        if bits is None or t.nbytes % _atom(bits):
+            why = (
+                "a dtype this scan has no bit rules for"
+                if bits is None
+                else "a byte length that is not a whole number of elements"
+            )
+            self.findings.append(
+                info(
+                    "tensor.unchecked",
+                    f"tensor {_describe(t)} has {why}; its values were not checked (only zero-byte "
+                    "runs were).",
+                    tensor=t.name,
                 )
             )
-        return findings
+            return self.block_bytes  # only the zero-run accounting sees these bytes
+        self._scan = _TensorScan(t, bits, stats=self.stats)
+        return self._step(bits, self._scan.row_bytes)
+
+    def block(self, t: TensorEntry, off: int, raw: npt.NDArray[np.uint8]) -> None:
+        """Judge bytes ``[off, off + raw.size)`` of tensor ``t`` (relative to its first byte)."""
+        where = self.header.data_start + t.begin + off
+        scan = self._scan
+        if scan is None:
+            self.runs.feed(where, raw, True)
+            return
+        units = raw.view(scan.bits.unit)
+        may_have_zeros = scan.feed(off // scan.bits.unit_bytes, units, self.scratch, self.flags)
+        self.runs.feed(where, raw, may_have_zeros)
+        if off + raw.size >= t.nbytes:
+            self._end_tensor(t, scan)
+
+    def _end_tensor(self, t: TensorEntry, scan: _TensorScan) -> None:
+        tensor_findings = scan.findings(vouched=self.vouched, allow_inf=self.allow_inf)
+        self.findings.extend(tensor_findings)
+        accounted = any(f.code in ("tensor.all_zero", "tensor.bad_scale") for f in tensor_findings)
+        if not scan.nonzero and (accounted or LEGIT_ZERO_NAME.search(t.name)):
+            start = self.header.data_start
+            self.explained.append((start + t.begin, start + t.end))
+        self._scan = None
+
+    def finish(self) -> list[Finding]:
+        """Every tensor has been fed: the findings, zero runs refined against the file (may raise
+        ``OSError`` / ``_ReadError`` while reading the runs' neighbourhoods)."""
+        return [*self.findings, *self._run_findings(self.runs.finish())]
 
     def _step(self, bits: _Bits, row_bytes: int | None) -> int:
         """Block size for a tensor: whole rows when a row fits in a block, else whole elements."""
@@ -876,15 +910,20 @@ class _FileScan:
     def _blocks(self, begin: int, nbytes: int, step: int) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
         """``(offset, bytes)`` blocks of ``step`` bytes (the last may be shorter), read a chunk at a time."""
         chunk = step * max(1, self.chunk_bytes // step)
+        if self._buffer is None:
+            self._buffer = np.empty(self.chunk_bytes, np.uint8)
+        buffer = self._buffer
         pos = 0
         while pos < nbytes:
             want = min(chunk, nbytes - pos)
-            self._read_exact(begin + pos, self.buffer[:want])
+            self._read_exact(begin + pos, buffer[:want])
             for b in range(0, want, step):
-                yield pos + b, self.buffer[b : min(b + step, want)]
+                yield pos + b, buffer[b : min(b + step, want)]
             pos += want
 
     def _read_exact(self, offset: int, out: npt.NDArray[np.uint8]) -> None:
+        if self.f is None:
+            raise _ReadError("no file to read from")
         self.f.seek(offset)
         view = out.data
         got = 0
@@ -1016,3 +1055,123 @@ def scan_tensors(
             zero_run_bytes=zero_run_bytes,
         )
         return scan.run()
+
+
+class TensorStream:
+    """The checks of :func:`scan_tensors`, fed the file's bytes in order instead of reading them.
+
+    For a file that is read anyway (a download being hashed), this makes the content scan ride on that
+    read: no second pass over the data, no buffer of its own (blocks are judged in place in the caller's
+    buffer; only a block split between two feeds is copied, into one block-sized carry buffer), and the
+    verdict is ready moments after the last byte. Blocks are cut exactly as in :func:`scan_tensors`, so
+    the findings are the same. The only reads it makes are at :meth:`finish`, to find the exact ends of
+    zero runs.
+
+    ``feed`` takes consecutive byte ranges of the file (bytes before and between tensors are skipped);
+    it raises ``ValueError`` when fed out of order or when the header's tensors overlap (a header that
+    passed the structure check never does): the caller then scans the file instead.
+    """
+
+    def __init__(
+        self,
+        header: SafetensorsHeader,
+        *,
+        vouched: bool,
+        allow_inf: Callable[[str], bool] | None = None,
+        stats: bool = False,
+        zero_run_bytes: int = DEFAULT_ZERO_RUN_BYTES,
+    ) -> None:
+        self._scan = _FileScan(
+            None,
+            header,
+            vouched=vouched,
+            allow_inf=allow_inf or default_allow_inf,
+            stats=stats,
+            chunk_bytes=DEFAULT_CHUNK_BYTES,
+            zero_run_bytes=zero_run_bytes,
+        )
+        self._tensors = [t for t in self._scan.tensors if t.nbytes > 0]
+        for a, b in zip(self._tensors, self._tensors[1:], strict=False):
+            if b.begin < a.end:
+                raise ValueError("tensors overlap: scan the file instead")
+        self._base = header.data_start
+        self._index = 0  # the tensor being fed
+        self._step: int | None = None  # its block size (None: not begun)
+        self._done = 0  # bytes of it fed so far, carried ones included
+        self._carry: npt.NDArray[np.uint8] | None = None
+        self._carried = 0
+        self._pos: int | None = None  # the file offset the next feed must start at
+
+    @property
+    def complete(self) -> bool:
+        """Every tensor byte has been fed."""
+        return self._index >= len(self._tensors)
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Judge the file bytes ``[offset, offset + len(data))``; ``offset`` continues the previous feed."""
+        if self._pos is not None and offset != self._pos:
+            raise ValueError(f"fed at byte {offset}, expected byte {self._pos}")
+        arr = np.frombuffer(data, np.uint8)
+        self._pos = offset + arr.size
+        i = 0
+        while i < arr.size and self._index < len(self._tensors):
+            t = self._tensors[self._index]
+            wanted = self._base + t.begin + self._done  # the file offset this tensor needs next
+            here = offset + i
+            if here < wanted:
+                i += min(arr.size - i, wanted - here)  # the header, or bytes between tensors
+                continue
+            if here > wanted:
+                raise ValueError(f"tensor {t.name!r} starts at byte {wanted}, before the bytes fed")
+            if self._step is None:
+                self._step = self._scan.begin_tensor(t) or 1
+            i += self._take(t, self._step, arr[i:])
+            if self._done >= t.nbytes and not self._carried:
+                self._index += 1
+                self._step = None
+                self._done = 0
+
+    def _take(self, t: TensorEntry, step: int, arr: npt.NDArray[np.uint8]) -> int:
+        """Feed tensor ``t`` from ``arr`` (which starts at its next byte); return the bytes used."""
+        used = 0
+        if self._carried:  # complete the block begun in an earlier feed
+            start = self._done - self._carried
+            size = min(step, t.nbytes - start)
+            take = min(size - self._carried, arr.size)
+            assert self._carry is not None
+            self._carry[self._carried : self._carried + take] = arr[:take]
+            self._carried += take
+            self._done += take
+            used = take
+            if self._carried < size:
+                return used
+            self._scan.block(t, start, self._carry[:size])
+            self._carried = 0
+        while used < arr.size and self._done < t.nbytes:
+            size = min(step, t.nbytes - self._done)
+            if arr.size - used < size:  # the block continues in the next feed: carry what is here
+                if self._carry is None or self._carry.size < step:
+                    self._carry = np.empty(step, np.uint8)
+                left = arr.size - used
+                self._carry[:left] = arr[used:]
+                self._carried = left
+                self._done += left
+                return arr.size
+            self._scan.block(t, self._done, arr[used : used + size])
+            self._done += size
+            used += size
+        return used
+
+    def finish(self, path: str | Path) -> list[Finding]:
+        """The findings, once every tensor byte was fed; ``path`` (the same bytes) is read only to find
+        the exact ends of zero runs. Never raises on bad data."""
+        if not self.complete:
+            raise ValueError("not every tensor byte was fed")
+        try:
+            with open(path, "rb", buffering=0) as f:
+                self._scan.f = f
+                return self._scan.finish()
+        except (OSError, _ReadError) as exc:
+            return [*self._scan.findings, _read_error(exc)]
+        finally:
+            self._scan.f = None
