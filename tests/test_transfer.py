@@ -146,6 +146,23 @@ def test_connections_ramp_up_on_a_capped_link(tmp_path: Path) -> None:
         assert starts[1] - starts[0] >= 0.05  # it started with one connection
 
 
+def test_no_connections_are_added_while_no_cpu_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections that wait while every CPU is busy wait for a CPU, not for the link: no ramp-up."""
+    from vcache import transfer as tr
+
+    busy = iter(range(0, 10**9, 100))
+    monkeypatch.setattr(tr, "_cpu_times", lambda: (0, next(busy)))  # the machine never idles
+    assert tr._cpu_idle_share((0, 100), (0, 200)) == 0.0 and tr._cpu_idle_share(None, (0, 1)) is None
+    data = blob(3 * MiB, seed=8)
+    with serve({"w.bin": data}, throttle_bps=2e6) as s, make_transfer(s, connections_per_file=None) as t:
+        result = t.fetch(s.spec("w.bin"), tmp_path)
+        assert read(result.data_path) == data
+        spans = [(r.time, r.time + r.duration) for r in s.hub.body_requests(path="w.bin")]
+        assert max(sum(1 for a, b in spans if a <= t0 < b) for t0, _ in spans) == 1
+
+
 def test_a_big_file_does_not_starve_the_others_of_connections(tmp_path: Path) -> None:
     """With every connection slot taken by one file, a second file still starts at its next part boundary."""
     files = {"a.bin": blob(3 * MiB, seed=5), "b.bin": blob(2 * MiB, seed=6)}
