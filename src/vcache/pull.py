@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -167,6 +168,10 @@ def _pull_offline(
     return report
 
 
+def _import_scan() -> None:
+    import vcache.checks.tensors  # noqa: F401 - imported for its side effect (numpy loaded)
+
+
 def _pat(p: str | Sequence[str] | None) -> list[str] | None:
     if p is None:
         return None
@@ -197,6 +202,9 @@ class _Puller:
     ) -> PullReport:
         t0 = time.monotonic()
         s = self.settings
+        # The content scan needs numpy: import it while the Hub answers the listing, not in the middle of
+        # the first downloads (where it takes 0.1-0.2 s of CPU the transfer's ramp-up would misread).
+        threading.Thread(target=_import_scan, name="vcache-import", daemon=True).start()
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
         shared = {k: v for k, v in self.opts.transfer.items() if k in ("policy", "clock")}

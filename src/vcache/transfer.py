@@ -120,7 +120,7 @@ SNIFF_LIMIT = 1 * MiB
 _RAMP_INTERVAL = 0.1  # seconds of steady flow (every connection receiving) a ramp decision looks at
 _RAMP_STEP = 4  # connections are multiplied by this at each step (1, 4, 16): capped links reach speed fast
 _RAMP_GAIN = 1.2  # a step must raise the throughput by this factor to earn the next one
-_RAMP_RECHECK = 1.0  # seconds before connections that were not link-bound are measured again
+_RAMP_RECHECK = 0.5  # seconds before connections that were not link-bound are measured again
 #: Below this share of idle CPU (the whole machine, over the measuring window) connections are not added:
 #: they would wait for a CPU, not for the link. Measured on 2 cores with the server on the same machine
 #: (4 x 256 MiB unthrottled): 1 connection per file 1.48-1.56 s, ramped to 4 per file 1.57-2.20 s.
@@ -139,6 +139,10 @@ _CHECKPOINT_INTERVAL = 0.025
 _SYNC_INTERVAL = 1.0
 _HEARTBEAT = 5.0  # rewrite an unchanged sidecar this often so other processes see a live writer
 _ALIGN = 64 * 1024
+#: A buffer is written out once it is full or once this long has passed since it began to fill: on a slow
+#: link a 4 MiB buffer would otherwise hold 80 ms of data (at 50 MB/s), which a kill loses and which makes
+#: the ramp-up's 0.1 s measuring windows see zero, one or two fills (waiting shares of 60-170 %).
+_FILL_TIME = 0.02
 #: When a file is fetched over several connections, one whose kernel receive queue holds at least this
 #: much after each of ``_BEHIND_READS`` reads in a row is limited by this client (CPU, disk), not by the
 #: link: its receive buffer is clamped to this size. A larger window cannot speed up a reader that is
@@ -1268,11 +1272,14 @@ class _Fetch:
             if resp.chunked:
                 return resp.readinto(view), None
             assert resp.fp is not None
+            deadline = time.monotonic() + _FILL_TIME
             while n < len(view):
                 got = resp.fp.readinto1(view[n:])  # one recv at most: what has arrived so far
                 if not got:
                     break
                 n += got
+                if time.monotonic() >= deadline:
+                    break  # a slow link: write (and account for) what arrived so far
             return n, None
         except http.client.IncompleteRead as exc:
             return len(exc.partial), _Retry(
