@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+# The command line uses numpy only for elementwise bit checks, never BLAS: OpenBLAS's thread pool (one
+# thread per core, started at import) would only take CPU from the download. Set before anything imports
+# numpy; an explicit setting in the environment wins. (The library API leaves the environment alone.)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 
