@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from vcache.cache import CacheRepo, iter_repo_folders
 from vcache.hashing import git_blob_sha1
 from vcache.ledger import Ledger, StatToken
@@ -103,3 +105,12 @@ def test_iter_repo_folders(cache_dir: Path) -> None:
         (cache_dir / name).mkdir(parents=True)
     got = {(t, r) for t, r, _ in iter_repo_folders(cache_dir)}
     assert got == {("model", "a/b"), ("dataset", "c/d"), ("space", "e"), ("model", "x")}
+
+
+@pytest.mark.parametrize("repo_type", ["model", "dataset", "space"])
+@pytest.mark.parametrize("repo_id", ["gpt2", "acme/tiny-llama", "org/name.with-dots_and-dashes"])
+def test_repo_folder_is_huggingface_hubs_own_name(cache_dir: Path, repo_id: str, repo_type: str) -> None:
+    from huggingface_hub.file_download import repo_folder_name
+
+    expected = repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    assert CacheRepo(cache_dir, repo_id, repo_type).folder_name == expected
