@@ -6,6 +6,7 @@ Fault injection on multi-part downloads lives in ``test_transfer_faults.py``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -608,3 +609,35 @@ def test_a_connection_that_stays_behind_gets_a_clamped_receive_buffer() -> None:
         conn.close()
         peer.close()
         listener.close()
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_inline_hashing_gives_the_same_digest_and_scan_as_reading_back(
+    tmp_path: Path, connections: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With at least as many fetches as CPUs, workers hash (and feed the observer) from their buffers; a
+    cut mid-file and several connections mix that with bytes the hasher thread reads back."""
+    from vcache.testing.hub import Fault
+
+    data = blob(6 * MiB, seed=11)
+    seen: list[tuple[int, int]] = []
+
+    class Recorder:
+        def reset(self) -> None:
+            seen.clear()
+
+        def feed(self, offset: int, view: memoryview) -> None:
+            seen.append((offset, len(view)))
+
+    caplog.set_level(logging.DEBUG, logger="vcache.transfer")
+    with serve({"w.bin": data}) as s, make_transfer(s, connections_per_file=connections) as t:
+        t._cpus = 1  # one fetch is then "as many as there are CPUs"
+        s.hub.fault(s.repo_id, "w.bin", Fault.drop_after(2 * MiB + 12345))
+        result = t.fetch(s.spec("w.bin"), tmp_path, observer=Recorder())
+    assert result.actual == s.spec("w.bin").expected and read(result.data_path) == data
+    (line,) = [r.getMessage() for r in caplog.records if "hashed as it arrived" in r.getMessage()]
+    inline = float(line.split("(")[1].split("%")[0])
+    assert inline > 0 and (connections > 1 or inline > 90)
+    # The observer saw every byte exactly once, in order.
+    assert [o for o, _ in seen] == list(itertools.accumulate([0] + [n for _, n in seen][:-1]))
+    assert sum(n for _, n in seen) == len(data)

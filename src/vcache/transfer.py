@@ -10,12 +10,15 @@ Transfer-wide connection cap and the shared rate-limit gate. :meth:`Transfer.fet
   ``HTTPResponse.readinto``'s C loop, keeps the bytes that arrived before a reset, so a resume starts exactly
   where the data stopped.
 * **Hashing** runs in the calling thread, over the contiguous prefix of completed bytes, read back with
-  ``pread`` while it is still in the page cache. On the 2-core reference machine this pipelines better than
-  hashing inline in the receiving thread (receive + write on one core, sha256 on the other; prototypes: up
-  to 1.3 GB/s against 0.95 GB/s inline, each with wide run-to-run noise), and the same code re-hashes a
-  resumed prefix and follows parts that complete out of order. Parts are handed out lowest first, so the
-  digest is ready moments after the last byte (measured: 0.0-0.1 s unthrottled, at most ~0.5 s with 16
-  capped connections).
+  ``pread`` while it is still in the page cache: receiving and writing on one core, hashing on another
+  pipeline well (one 1 GiB file unthrottled: 1.57-1.61 s against 1.9-2.2 s hashed in the receiving
+  thread), and the same code re-hashes a resumed prefix and follows parts that complete out of order.
+  When at least as many files are being fetched as there are CPUs, the other files keep the CPUs busy and
+  a worker whose bytes are the next to hash hashes them from its buffer instead (no read-back; see
+  ``_Fetch._hash_inline``). An ``observer`` (the content scan) sees the same bytes either way. Parts are
+  handed out lowest first, so the digest is ready moments after the last byte (measured: 0.0-0.1 s
+  unthrottled, at most ~0.5 s with 16 capped connections).
+* **Writes** go out in 256 KiB pieces (see ``_WRITE_PIECE``).
 * **Parts**: files of at least ``min_multipart_size`` are cut into parts fetched over several connections
   with ``Range``; an idle connection steals the upper half of the largest unfinished part, so there is no
   slow tail. With ``connections_per_file=None`` the number of connections ramps up (1, 4, 16) while the
@@ -609,7 +612,9 @@ class Transfer:
         # Fetches waiting for their first connection: while there are any, no fetch adds a connection,
         # and extra connections give theirs up at the next part, so one big file never starves the rest.
         self._first_waiters = 0
+        self._fetching = 0  # fetches running now (for the inline-hashing choice)
         self._waiters_lock = threading.Lock()
+        self._cpus = os.cpu_count() or 1
         self._gate = _Gate(clock)
         self._pool = _Pool(connect_timeout, ssl_context, trust_env, max_idle=max_connections)
 
@@ -672,7 +677,13 @@ class Transfer:
             else:
                 partial.close()
             raise
-        return _Fetch(self, spec, partial, on_progress, observer).run()
+        with self._waiters_lock:
+            self._fetching += 1
+        try:
+            return _Fetch(self, spec, partial, on_progress, observer).run()
+        finally:
+            with self._waiters_lock:
+                self._fetching -= 1
 
     def _check_space(self, spec: FetchSpec, partial_dir: Path, missing: int) -> None:
         if missing <= 0:
@@ -884,13 +895,19 @@ class _Fetch:
     def _hash_inline(self, generation: int, view: memoryview, pos: int) -> None:
         """Hash bytes a worker has just written when they are exactly the next ones to hash.
 
-        The bytes in the worker's buffer are the bytes now in the file's page cache, so the digest does not
-        need to read them back. Measured on the 2-core reference machine (4 x 256 MiB, one connection per
-        file): reading everything back costs 0.2 CPU-seconds per GiB of kernel copies that this avoids. A
-        worker never waits for the hash lock: if the hasher thread holds it, that thread reads the bytes
-        back instead.
+        The bytes in the worker's buffer are the bytes now in the file's page cache, so the digest need not
+        read them back. That pays only while other fetches keep the other CPUs busy: measured on the 2-core
+        reference machine, 4 x 256 MiB at once took 1.50-1.59 s inline against 1.57-1.68 s read back (and
+        0.3 CPU-s less per GiB), but one 1 GiB file took 1.9-2.2 s inline against 1.57-1.61 s read back,
+        where receiving on one core and hashing on the other pipeline. So: inline only while at least as
+        many fetches run as there are CPUs. A worker never waits for the hash lock: if the hasher thread
+        holds it, that thread reads the bytes back instead.
         """
-        if pos != self.hashed or not self.hash_lock.acquire(blocking=False):
+        if (
+            pos != self.hashed
+            or self.t._fetching < self.t._cpus
+            or not self.hash_lock.acquire(blocking=False)
+        ):
             return
         try:
             end = pos + len(view)
