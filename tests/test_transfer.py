@@ -639,5 +639,5 @@ def test_inline_hashing_gives_the_same_digest_and_scan_as_reading_back(
     inline = float(line.split("(")[1].split("%")[0])
     assert inline > 0 and (connections > 1 or inline > 90)
     # The observer saw every byte exactly once, in order.
-    assert [o for o, _ in seen] == list(itertools.accumulate([0] + [n for _, n in seen][:-1]))
+    assert [o for o, _ in seen] == list(itertools.accumulate([0, *[n for _, n in seen][:-1]]))
     assert sum(n for _, n in seen) == len(data)
