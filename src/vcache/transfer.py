@@ -781,6 +781,7 @@ class _Fetch:
         self.ramp_prev: float | None = None
         self.ramp_hold_until = 0.0
         self.ramp_votes = 0  # windows in a row that asked for more connections
+        self.ramp_warmed = False  # the first measuring window has passed
         self.ramp_cpu = _cpu_times()
         self.ramp_strikes = 0
         self.ramp_t = time.monotonic()
@@ -949,6 +950,11 @@ class _Fetch:
         waiting = (self.waited - self.ramp_waited) / (elapsed * max(1, self.running))
         idle = _cpu_idle_share(self.ramp_cpu, _cpu_times())
         self._ramp_window(now)
+        if not self.ramp_warmed:
+            # The first window after the connections start receiving sees TCP slow start and the start-up
+            # of the whole pull (imports, other files' first bytes): it decides nothing.
+            self.ramp_warmed = True
+            return
         helped = self.ramp_prev is None or rate > _RAMP_GAIN * self.ramp_prev
         if waiting < _LINK_BOUND or (idle is not None and idle < _CPU_IDLE_MIN):
             # The link is not the limit now (loopback, LAN, a busy disk, or this process busy hashing a
