@@ -22,11 +22,12 @@ Transfer-wide connection cap and the shared rate-limit gate. :meth:`Transfer.fet
 * **Parts**: files of at least ``min_multipart_size`` are cut into parts fetched over several connections
   with ``Range``; an idle connection steals the upper half of the largest unfinished part, so there is no
   slow tail. With ``connections_per_file=None`` the number of connections ramps up (1, 4, 16) while the
-  connections spend most of their time waiting for bytes (the link is the limit) and each step raises the
-  throughput: capped CDN connections get many (1 GiB at a 50 MB/s cap per connection: ~520 MB/s), an
-  unthrottled loopback, where CPU and not the link is the limit, stays at one (extra connections there
-  only cost CPU). Extra connections give their slot back at a part
-  boundary whenever another fetch of the Transfer is waiting for its first one.
+  connections spend most of their time waiting for bytes, some CPU is idle (so they wait for the link,
+  not for a CPU), two measuring windows in a row agree, and each step raises the throughput: capped CDN
+  connections get many (1 GiB at a 50 MB/s cap per connection: ~390 MB/s on 2 cores), an unthrottled
+  loopback or several files at once on a busy machine stay at one per file (extra connections there only
+  cost CPU); a file held back is measured again half a second later. Extra connections give their slot
+  back at a part boundary whenever another fetch of the Transfer is waiting for its first one.
 * **Retries**: each part has its own :class:`~vcache.retry.RetryPolicy` budget, reset whenever that part
   makes progress. 429 / 503 ``Retry-After`` closes a gate that every connection of this Transfer waits at.
 * **Never two versions**: every 206 must start where asked and report the expected total; an ETag or
