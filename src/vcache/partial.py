@@ -297,8 +297,12 @@ def _parse_ranges(raw: object, size: int, what: str) -> RangeSet:
     return ranges
 
 
-def _validate(doc: dict[str, Any], meta: PartialMeta | None) -> tuple[RangeSet, RangeSet]:
-    """``(trusted, durable)`` ranges of a sidecar: after a reboot only the fdatasync'ed ones are trusted."""
+def _validate(directory: Path, doc: dict[str, Any], meta: PartialMeta | None) -> tuple[RangeSet, RangeSet]:
+    """``(trusted, durable)`` ranges of the partial in ``directory`` whose sidecar is ``doc``.
+
+    Within the boot that wrote them, the sidecar's ranges plus its progress file's are trusted; after a
+    reboot only the fdatasync'ed (durable) ones are.
+    """
     size = doc.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _SidecarError("sidecar has no valid size")
@@ -315,7 +319,8 @@ def _validate(doc: dict[str, Any], meta: PartialMeta | None) -> tuple[RangeSet, 
     durable = _parse_ranges(doc.get("durable"), size, "durable range")
     boot = doc.get("boot")
     if boot is None or _BOOT_ID is None or boot == _BOOT_ID:
-        return ranges, durable  # same boot (or unknowable): the page cache still holds what was written
+        # Same boot (or unknowable): the page cache still holds what was written.
+        return _with_progress(directory, doc, ranges), durable
     return durable, durable
 
 
@@ -556,8 +561,7 @@ def _adopt(pdir: Path, meta: PartialMeta, old_writer: str) -> Partial | None:
     # Re-read what we now own: the copy read before the rename could have been replaced meanwhile.
     try:
         doc = _read_sidecar(new / SIDECAR_NAME)
-        ranges, durable = _validate(doc, meta)
-        ranges = _with_progress(new, doc, ranges)
+        ranges, durable = _validate(new, doc, meta)
         fd = os.open(new / DATA_NAME, os.O_RDWR)
     except (_SidecarError, OSError):
         _discard_dir(new)
@@ -615,8 +619,7 @@ def open_partial(
         try:
             doc = _read_sidecar(directory / SIDECAR_NAME)
             recorded = _recorded_time(doc)
-            ranges, _ = _validate(doc, meta)
-            ranges = _with_progress(directory, doc, ranges)
+            ranges, _ = _validate(directory, doc, meta)
             if (directory / DATA_NAME).stat().st_size < ranges.end:
                 raise _SidecarError("data file is shorter than its sidecar claims")
         except FileNotFoundError:
@@ -663,8 +666,7 @@ def list_partials(partial_dir: str | os.PathLike[str]) -> list[PartialInfo]:
             doc = _read_sidecar(directory / SIDECAR_NAME)
             recorded = _recorded_time(doc)
             dead = _writer_dead(doc)
-            ranges, _ = _validate(doc, None)
-            ranges = _with_progress(directory, doc, ranges)
+            ranges, _ = _validate(directory, doc, None)
             size = doc["size"]
             completed = ranges.total
             repo_path = doc["path"] if isinstance(doc.get("path"), str) else None

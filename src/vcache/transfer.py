@@ -783,7 +783,8 @@ class _Fetch:
         self.ramp_hold_until = 0.0
         self.ramp_votes = 0  # windows in a row that asked for more connections
         self.ramp_warmed = False  # the first measuring window has passed
-        self.ramp_cpu = _cpu_times()
+        self.ramp_open = False  # a measuring window is running (it starts after warm-up and holds)
+        self.ramp_cpu: tuple[int, int] | None = None
         self.ramp_strikes = 0
         self.ramp_t = time.monotonic()
         self.ramp_bytes = 0
@@ -929,6 +930,8 @@ class _Fetch:
             if self.warm < self.running or now < self.ramp_hold_until:
                 # Connections still being set up (DNS, TCP, TLS, redirect) would make any rate look low:
                 # the measuring window starts once every connection is receiving (and after a hold).
+                self.ramp_open = False
+            elif not self.ramp_open:
                 self._ramp_window(now)
             elif now - self.ramp_t >= _RAMP_INTERVAL:
                 self._ramp(now)
@@ -991,6 +994,7 @@ class _Fetch:
         """Start a new measuring window for the ramp-up."""
         self.ramp_t, self.ramp_bytes, self.ramp_waited = now, self.received, self.waited
         self.ramp_cpu = _cpu_times()
+        self.ramp_open = True
 
     def _work_left(self) -> bool:
         if self.queue:

@@ -118,28 +118,26 @@ class StreamingCheck:
         from vcache.checks.safetensors import MAX_HEADER_SIZE, parse_header_bytes
         from vcache.checks.tensors import TensorStream
 
-        if offset != len(self._head):
+        head = self._head  # the file's first bytes: [0, len(head)); ``data`` starts at ``offset``
+        if offset != len(head):
             raise ValueError("bytes out of order")
-        need = 8 if len(self._head) < 8 else 8 + int.from_bytes(self._head[:8], "little")
-        take = max(0, min(len(data), need - len(self._head)))
-        self._head += data[:take]
-        if len(self._head) == 8:
-            n = int.from_bytes(self._head[:8], "little")
-            if n > MAX_HEADER_SIZE or 8 + n > self.size:
-                raise ValueError("the header length is impossible")  # the structure check will say so
-            need = 8 + n
-            more = max(0, min(len(data) - take, need - 8))
-            self._head += data[take : take + more]
-            take += more
-        if len(self._head) < need or need == 8:
+        head += data[: max(0, 8 - len(head))]
+        if len(head) < 8:
             return
-        header, _ = parse_header_bytes(self._head, self.size, label=self.name)
+        n = int.from_bytes(head[:8], "little")
+        if n > MAX_HEADER_SIZE or 8 + n > self.size:
+            raise ValueError("the header length is impossible")  # the structure check will say so
+        head += data[len(head) - offset : len(head) - offset + max(0, 8 + n - len(head))]
+        if len(head) < 8 + n:
+            return
+        header, _ = parse_header_bytes(head, self.size, label=self.name)
         if header is None:
             raise ValueError("the header is not valid")  # the structure check will say why
+        used = len(head) - offset  # bytes of ``data`` that completed the header
         self._stream = TensorStream(header, vouched=True)
         self._head = bytearray()
-        if take < len(data):
-            self._stream.feed(offset + take, data[take:])
+        if used < len(data):
+            self._stream.feed(offset + used, data[used:])
 
     def findings(self, path: Path) -> list[Finding] | None:
         """The content findings once every byte was fed (``path`` holds those bytes), else ``None``."""

@@ -832,7 +832,6 @@ class _FileScan:
 
     def run(self) -> list[Finding]:
         """Pull mode: read every tensor's bytes from the file, then refine the zero runs."""
-        findings: list[Finding] = []
         start = self.header.data_start
         try:
             for t in self.tensors:
@@ -841,10 +840,9 @@ class _FileScan:
                     continue
                 for off, raw in self._blocks(start + t.begin, t.nbytes, step):
                     self.block(t, off, raw)
-            findings.extend(self.finish())
         except (OSError, _ReadError) as exc:
-            findings.append(_read_error(exc))
-        return findings
+            return [*self.findings, _read_error(exc)]  # what the tensors read so far showed, and why it stops
+        return self.finish()
 
     # One tensor at a time, in offset order, fed in blocks of the step ``begin_tensor`` returns (the last
     # block of a tensor may be shorter). Both the pull mode above and :class:`TensorStream` drive these.
@@ -896,9 +894,12 @@ class _FileScan:
         self._scan = None
 
     def finish(self) -> list[Finding]:
-        """Every tensor has been fed: the findings, zero runs refined against the file (may raise
-        ``OSError`` / ``_ReadError`` while reading the runs' neighbourhoods)."""
-        return [*self.findings, *self._run_findings(self.runs.finish())]
+        """Every tensor has been fed: the findings, zero runs refined against the file (``self.f``)."""
+        try:
+            runs = self._run_findings(self.runs.finish())
+        except (OSError, _ReadError) as exc:
+            return [*self.findings, _read_error(exc)]
+        return [*self.findings, *runs]
 
     def _step(self, bits: _Bits, row_bytes: int | None) -> int:
         """Block size for a tensor: whole rows when a row fits in a block, else whole elements."""
@@ -1171,7 +1172,7 @@ class TensorStream:
             with open(path, "rb", buffering=0) as f:
                 self._scan.f = f
                 return self._scan.finish()
-        except (OSError, _ReadError) as exc:
+        except OSError as exc:  # could not even open it
             return [*self._scan.findings, _read_error(exc)]
         finally:
             self._scan.f = None
