@@ -8,11 +8,11 @@ What this module owns:
   whether locks really exclude (probed with two real processes), permissions, free space, stale leases and
   partials, Xet and offline settings. ``INFO`` findings print as ``OK``;
 * :func:`start_jitter` — a random delay before a process's first Hub request (``VCACHE_START_JITTER``), so N
-  nodes started together do not arrive together (field notes F1).
+  nodes started together do not arrive together (``docs/design.md`` §5.3).
 
 What it must never do: change or delete anything in a repo folder (blobs, snapshots, partials and the ledger
 belong to the pull; ``init`` only adds permission bits), delete anything but the doctor's own probe directory,
-or make correctness depend on what it finds: a broken lock costs bandwidth, never bytes (DESIGN.md invariant 2).
+or make correctness depend on what it finds: a broken lock costs bandwidth, never bytes (docs/design.md §2.2).
 ``doctor`` writes nothing at all to a read-only cache.
 """
 
@@ -321,7 +321,7 @@ class SharedLayout:
     """Where a shared cache's parts are: the cache (``HF_HUB_CACHE``) and, beside it, ``vcache.env``.
 
     The env file sits next to the cache, never in it: huggingface_hub's ``scan_cache_dir`` reports any file
-    at the cache root as a corrupted repo (hub-protocol.md 7.3), and DESIGN.md invariant 4 keeps vcache's own
+    at the cache root as a corrupted repo (docs/hub-protocol.md §7.3); docs/design.md §2.4 keeps vcache's own
     files out of the cache root.
     """
 
@@ -577,7 +577,7 @@ def _check_permissions(path: Path, writable: bool) -> list[Finding]:
             warn(
                 "cluster.permissions.lock_files",
                 f"{len(bad_locks)} lock files are not group-writable: {_examples(bad_locks)}; huggingface_hub "
-                "opens them read-write, so other users' downloads fail on them (field notes E3). "
+                "opens them read-write, so other users' downloads fail on them (docs/design.md §5.2). "
                 f"Run `vcache cluster init {path}`",
             )
         )
@@ -792,7 +792,7 @@ def _check_hub_settings(writable: bool) -> list[Finding]:
             warn(
                 "cluster.offline",
                 "the cache is read-only but HF_HUB_OFFLINE is not set: every process still asks the Hub for the "
-                "commit (429s at scale, field notes F1). Set HF_HUB_OFFLINE=1 for jobs that only read it",
+                "commit (429s at scale, docs/design.md §5.3). Set HF_HUB_OFFLINE=1 for jobs that only read it",
             )
         )
     else:

@@ -8,7 +8,7 @@ What this module owns: the one entry point :func:`blob_lock`, and the choice of 
     when its holder dies, so it is never stale.
 ``lease``
     ``filelock.SoftFileLease`` at the sibling path ``<etag>.lease``, refreshed by a heartbeat thread. Used where
-    ``flock`` cannot be trusted (NFS, Lustre, GPFS, BeeGFS, CIFS, FUSE, ...: field notes E1), detected from the
+    ``flock`` cannot be trusted (NFS, Lustre, GPFS, BeeGFS, CIFS, FUSE, ...: docs/design.md §5.1), detected from the
     filesystem type of the lock directory in ``/proc/self/mountinfo``. A holder that died is taken over: at once
     when it ran on this host (its PID is gone), otherwise once its marker has not been refreshed for
     :func:`lease_seconds`. The lease lives *beside* huggingface_hub's ``.lock`` rather than in it because
@@ -24,7 +24,7 @@ What this module owns: the one entry point :func:`blob_lock`, and the choice of 
 Where the lock directory is not writable (a read-only cache), no lock is attempted at all — not even a failing
 ``open`` — and the caller proceeds unlocked.
 
-What it must never do: make correctness depend on a lock (DESIGN.md invariant 2: per-writer partials, digest
+What it must never do: make correctness depend on a lock (docs/design.md §2.2: per-writer partials, digest
 checks and atomic publish carry it), wait without a bound, or write anywhere but ``<cache>/.locks/``.
 """
 
@@ -53,7 +53,7 @@ DEFAULT_LEASE_SECONDS = 30.0
 #: How often a waiter says it is still waiting (huggingface_hub logs every 10 s; a cluster log needs less).
 _WAIT_LOG_INTERVAL = 30.0
 
-#: Filesystem types on which ``flock`` may succeed without excluding anyone on another node (field notes E1),
+#: Filesystem types on which ``flock`` may succeed without excluding anyone on another node (docs/design.md §5.1),
 #: or where it is emulated per client. Matched exactly, or as a ``fuse.*`` subtype.
 UNTRUSTED_FLOCK_FILESYSTEMS = frozenset(
     {
@@ -197,7 +197,7 @@ def ensure_lock_dir(directory: Path) -> None:
     """Create ``directory`` (under ``.locks``) with its parent's group bits, so other users can lock there too.
 
     A shared cache's ``.locks`` is ``2775``; a user whose umask is ``022`` would otherwise create
-    ``.locks/<repo_folder>`` as ``0755`` and lock everyone else out of it (field notes E3).
+    ``.locks/<repo_folder>`` as ``0755`` and lock everyone else out of it (``docs/design.md`` §5.2).
     """
     if directory.is_dir():
         return

@@ -1,6 +1,6 @@
 """The pull: resolve, plan, fetch, check, publish or quarantine, report.
 
-Data flows one way (DESIGN.md, "The pull"):
+Data flows one way (``docs/design.md`` §4):
 
 1. resolve the revision to a commit (offline: ``refs/<rev>`` in the cache);
 2. plan: the files at that commit with size and digest, filtered, paths validated before anything is written;

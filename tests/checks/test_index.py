@@ -1,6 +1,6 @@
 """Tests for vcache.checks.index: the sharded index against its shards, and config coherence.
 
-Each rule of ``reference/safetensors.md`` §3.4 gets a small sharded checkpoint whose shards are written by
+Each rule of ``docs/safetensors.md`` §3.4 gets a small sharded checkpoint whose shards are written by
 safetensors' numpy front end and whose index is written by hand (as text where the rule needs JSON that
 Python's json would not produce, such as duplicate keys).
 """

@@ -1,6 +1,6 @@
 """Tests for vcache.checks.safetensors: the strict header and layout parser.
 
-The corpus below has one byte-exact file per malformed case of ``reference/safetensors.md`` §1.2-§1.12 and
+The corpus below has one byte-exact file per malformed case of ``docs/safetensors.md`` §1.2-§1.11 and
 per real-world signature of §2, each with the exact set of failing codes expected. Every case is also opened
 with the official reader (``safetensors.safe_open(..., framework="np")``): the verdicts must agree, except for
 the strict extras, where the official reader accepts and this module fails. Files written by the safetensors

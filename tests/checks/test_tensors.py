@@ -115,7 +115,7 @@ def only(findings: Sequence[Finding], code: str, tensor: str | None = None) -> F
 
 
 # ------------------------------------------------------------------------------------------------------
-# Reference decoding, written from the format definitions (reference/safetensors.md §4), independent
+# Reference decoding, written from the format definitions (docs/safetensors.md §4.2), independent
 # of vcache's tables.
 
 UNIT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}

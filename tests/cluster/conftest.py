@@ -20,7 +20,7 @@ from vcache.testing.models import LlamaShape, write_llama_checkpoint
 SIX_SHARDS = "acme/six-shards"
 
 # A sitecustomize that makes every flock succeed without excluding anyone: what Lustre with localflock or
-# GPFS does across nodes (field notes E1), reproduced inside one node for the child processes that load it.
+# GPFS does across nodes (docs/design.md §5.1), reproduced inside one node for the child processes that load it.
 _NOOP_FLOCK = """
 import fcntl
 

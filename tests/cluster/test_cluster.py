@@ -93,7 +93,7 @@ def test_init_on_an_existing_cache_repairs_and_keeps_the_env_file_out_of_it(tmp_
     lock = cache / ".locks" / "models--acme--x" / "abc.lock"
     lock.parent.mkdir(parents=True)
     lock.touch(mode=0o644)
-    os.chmod(lock, 0o644)  # written by a huggingface_hub before 1.4 (field notes E3)
+    os.chmod(lock, 0o644)  # written by a huggingface_hub before 1.4 (``docs/design.md`` §5.2)
     result = init_shared_cache(cache)
     assert result.cache == cache and result.env_file == tmp_path / "hf" / "vcache.env"
     assert stat.S_IMODE((snap / "config.json").stat().st_mode) & 0o044 == 0o044

@@ -3,7 +3,7 @@
 This module owns the repo-level verdict on a sharded safetensors checkpoint: that
 ``model.safetensors.index.json`` is strict JSON of the shape transformers needs, that it points only at bare
 shard names in its own folder, that every listed shard is present and structurally valid, and that the index
-and the shards' headers agree tensor by tensor (``reference/safetensors.md`` §3.4). It also checks that the
+and the shards' headers agree tensor by tensor (``docs/safetensors.md`` §3.4). It also checks that the
 number of layers in the weights matches the config. It reads the index and, for shards whose headers the
 caller did not pass, their headers (through :func:`vcache.checks.safetensors.read_header`); it never reads
 tensor data, never follows a shard name out of the index's folder, never fixes or moves a file, and never

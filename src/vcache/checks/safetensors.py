@@ -2,7 +2,7 @@
 
 This module owns the structural verdict on one ``.safetensors`` file: it reads the 8-byte length prefix and
 the JSON header (never the tensor data), reimplements the official reader's checks in the same order
-(``SafeTensors::read_metadata`` in safetensors 0.8.0, steps 1-10 of ``reference/safetensors.md`` §1.2), and
+(``SafeTensors::read_metadata`` in safetensors 0.8.0, steps 1-10 of ``docs/safetensors.md`` §1.2), and
 then adds the strict checks the official reader lets through. It never reads tensor values (that is
 ``checks/tensors.py``), never diagnoses *what* a non-safetensors file is (that is ``checks/sniff.py``), never
 moves, fixes or deletes a file, and never raises on bad input: every problem is a :class:`~vcache.report.Finding`.
@@ -59,7 +59,7 @@ regular file. ``safetensors.internal_error`` (``fail``) is the guard that keeps 
 raising; it should never appear.
 
 Python's ``json`` is laxer than serde (NaN literals, duplicate keys, ``-0`` as an integer, lone surrogates,
-bools as integers, unbounded integers); the parser closes each gap (``reference/safetensors.md`` §6.2). The cost
+bools as integers, unbounded integers); the parser closes each gap (``docs/safetensors.md`` §6.2). The cost
 is linear in the header size; the garbage collector is paused while a header's objects are built, because
 its passes over millions of fresh containers otherwise triple the time.
 """

@@ -2,7 +2,7 @@
 
 This module owns the one pass over a safetensors file's data section that judges the *values*: it reads
 the bytes in fixed-size chunks into a reused buffer, views them as unsigned integers of the dtype's width
-and classifies them with the bit rules of ``reference/safetensors.md`` §4 (no framework decodes anything).
+and classifies them with the bit rules of ``docs/safetensors.md`` §4 (no framework decodes anything).
 Memory is O(chunk + columns of the widest checked matrix), whatever the file size.
 
 It reads with positioned ``readinto`` calls rather than an mmap: the resident set stays at one chunk (an
@@ -124,7 +124,7 @@ def default_allow_inf(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Bit rules per dtype (reference/safetensors.md §4).
+# Bit rules per dtype (docs/safetensors.md §4.2).
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Owns the public face of the test Hub: :class:`HubServer` (two listeners: the hub
 faults, request log and throttle, and the ``python -m vcache.testing.hub`` command. What a repo holds is
 modelled in :mod:`vcache.testing._hubrepo`, which fault a request gets is decided in
 :mod:`vcache.testing._hubfaults`, and the wire protocol lives in :mod:`vcache.testing._hubhttp`. The
-behaviour follows ``hub-protocol.md`` (huggingface_hub 2.4.0).
+behaviour follows ``docs/hub-protocol.md`` (huggingface_hub 2.4.0).
 
 It must never: contact anything but its own two listeners; compress a body; send an ``X-Xet-*`` header or
 ``xetHash`` (the official client would switch to Xet); redirect to a Hub origin such as huggingface.co;
