@@ -577,7 +577,7 @@ def _check_permissions(path: Path, writable: bool) -> list[Finding]:
             warn(
                 "cluster.permissions.lock_files",
                 f"{len(bad_locks)} lock files are not group-writable: {_examples(bad_locks)}; huggingface_hub "
-                "opens them read-write, so other users' downloads fail on them (docs/design.md §5.2). "
+                "opens them read-write, so other users' downloads fail on them. "
                 f"Run `vcache cluster init {path}`",
             )
         )
@@ -792,7 +792,7 @@ def _check_hub_settings(writable: bool) -> list[Finding]:
             warn(
                 "cluster.offline",
                 "the cache is read-only but HF_HUB_OFFLINE is not set: every process still asks the Hub for the "
-                "commit (429s at scale, docs/design.md §5.3). Set HF_HUB_OFFLINE=1 for jobs that only read it",
+                "commit (429s at scale). Set HF_HUB_OFFLINE=1 for jobs that only read it",
             )
         )
     else:
