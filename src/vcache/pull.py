@@ -72,13 +72,47 @@ class Progress:
         """Called once with what will be transferred (bytes not already in the cache)."""
 
     def advance(self, nbytes: int) -> None:
-        """Body bytes arrived (may be called from several threads)."""
+        """Planned bytes arrived (may be called from several threads); they never add up past ``planned``."""
+
+    def refetched(self, nbytes: int) -> None:
+        """Bytes fetched again (a damaged attempt, a restart from byte 0): not part of the planned total."""
 
     def file_done(self, report: FileReport) -> None:
         """A file is settled (published, cached, or failed)."""
 
     def message(self, text: str) -> None:
         """A human-readable event worth showing (a refetch, a quarantine)."""
+
+
+class _FileMeter:
+    """Splits one file's transfer progress into planned bytes (at most its size, once) and bytes fetched again.
+
+    The transfer reports deltas per attempt, negative when a restart drops bytes; whatever an attempt
+    receives below what the plan already counted for this file is a refetch.
+    """
+
+    def __init__(self, progress: Progress, size: int) -> None:
+        self._progress = progress
+        self._size = size
+        self._lock = threading.Lock()
+        self._attempt = 0  # bytes the current attempt holds
+        self._counted = 0  # bytes counted toward the plan: the attempts' high-water mark, capped at the size
+
+    def new_attempt(self) -> None:
+        """The next fetch starts from an empty partial, or resumes (its reused bytes are reported first)."""
+        with self._lock:
+            self._attempt = 0
+
+    def __call__(self, delta: int) -> None:
+        with self._lock:
+            self._attempt += delta
+            planned = max(0, min(self._attempt, self._size) - self._counted)
+            self._counted += planned
+            again = max(0, delta - planned)
+        if planned:
+            self._progress.advance(planned)
+        if again:
+            self._progress.refetched(again)
 
 
 @dataclass
@@ -429,14 +463,14 @@ class _Puller:
         result: FetchResult | None = None
         findings: list[Finding] = []
         changed_once = False
+        meter = _FileMeter(self.progress, f.size)
         n = 0
         while n < self.opts.max_integrity_attempts:
             n += 1
             try:
                 stream = StreamingCheck(f.path, f.size)  # the content scan rides on the digest's read
-                result = transfer.fetch(
-                    spec, repo.partials, fresh=n > 1, on_progress=self.progress.advance, observer=stream
-                )
+                meter.new_attempt()
+                result = transfer.fetch(spec, repo.partials, fresh=n > 1, on_progress=meter, observer=stream)
             except RemoteChanged:
                 if changed_once:
                     raise
