@@ -631,8 +631,9 @@ def snapshot_download(
     """Drop-in for ``huggingface_hub.snapshot_download`` that verifies every file; returns the snapshot path.
 
     Raises :class:`~vcache.errors.VerificationFailed` (a ``ValueError``) naming every failed file and its
-    findings, instead of returning a folder that holds bad or missing files. Extra keyword arguments
-    huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
+    findings, instead of returning a folder that holds bad or missing files. Hub refusals and offline
+    misses raise the errors huggingface_hub raises there too (see :mod:`vcache.errors`). Extra keyword
+    arguments huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
     """
     report = pull(
         repo_id,
@@ -691,19 +692,29 @@ def hf_hub_download(
 
 
 def raise_for_report(report: PullReport) -> None:
-    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings."""
+    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings.
+
+    Files that are only absent (offline, not in the cache) raise :class:`IncompleteSnapshot` instead, as
+    huggingface_hub raises its ``IncompleteSnapshotError`` there: nothing's bytes were judged bad.
+    """
     if report.errors and not report.failed:
         raise TransferError("; ".join(report.errors), repo_id=report.repo_id)
     failed = report.failed
+
+    def failing(fr: FileReport) -> list[Finding]:
+        return [
+            x
+            for x in fr.findings
+            if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)
+        ]
+
+    if failed and all(x.code == "snapshot.missing_file" for fr in failed for x in failing(fr)):
+        require_complete(report)
     if failed:
         lines = []
         findings: list[Finding] = []
         for fr in failed:
-            bad = [
-                x
-                for x in fr.findings
-                if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)
-            ]
+            bad = failing(fr)
             findings.extend(bad)
             where = f" (quarantined as {fr.quarantine_id})" if fr.quarantine_id else ""
             lines.append(f"  {fr.path}{where}: " + "; ".join(f"[{x.code}] {x.message}" for x in bad[:3]))
