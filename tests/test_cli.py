@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from vcache.cli import main
+from vcache.report import human_bytes
 from vcache.testing.hub import Fault, HubServer
 from vcache.testing.models import repo_from_folder
 
@@ -83,3 +88,93 @@ def test_demo_runs_offline() -> None:
     res = run("demo")
     assert res.exit_code == 0, res.output
     assert "Caught:" in res.output and "Verified snapshot:" in res.output
+
+
+# -- progress output: the bar's total is the plan, messages stand on their own lines ---------------------------
+_FRAME = re.compile(r"file\(s\):.*\|\s*([\d.]+\w*)/([\d.]+\w*) \[([^\]]*)\]")
+REFETCH_NOTE = f"{SHARD1}: attempt 1 failed verification"
+
+
+def _planned(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _frames(raw: str) -> list[re.Match[str]]:
+    """Every bar frame drawn, in order (frames are separated by carriage returns or newlines)."""
+    return [m for seg in re.split(r"[\r\n]", raw) if (m := _FRAME.search(seg))]
+
+
+def _assert_bar_kept_its_plan(raw: str, planned: int, refetched: int) -> None:
+    from tqdm import tqdm
+
+    frames = _frames(raw)
+    assert frames, raw
+    total = tqdm.format_sizeof(planned, divisor=1024)
+    assert {m.group(2) for m in frames} == {total}, raw  # never grown by the bytes fetched again
+    assert frames[-1].group(1) == total  # ... and filled exactly
+    assert f"refetched {human_bytes(refetched)}" in frames[-1].group(3)  # shown apart
+
+
+def test_progress_keeps_the_planned_total_and_prints_messages_on_their_own_line(
+    hub: Any, cache_dir: Path, llama_folder: Path
+) -> None:
+    hub.fault(REPO, SHARD1, Fault.flip_byte(100))
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 0, res.output
+    _assert_bar_kept_its_plan(res.stderr, _planned(llama_folder), (llama_folder / SHARD1).stat().st_size)
+    # stderr is not a terminal here (a log file, a notebook cell): carriage returns do not clear a line, so
+    # a message written after a frame would share the frame's line.
+    lines = [ln for ln in res.stderr.split("\n") if REFETCH_NOTE in ln]
+    assert len(lines) == 1 and lines[0].startswith(REFETCH_NOTE), res.stderr
+
+
+def _render(raw: str) -> list[str]:
+    """What a terminal shows for ``raw``: carriage return to column 0, newline down, CSI sequences ignored."""
+    screen, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]+", raw):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            if row == len(screen):
+                screen.append("")
+        elif not token.startswith("\x1b"):
+            line = screen[row].ljust(col)
+            screen[row] = line[:col] + token + line[col + len(token) :]
+            col += len(token)
+    return [ln.rstrip() for ln in screen]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_on_a_terminal_writes_messages_above_the_bar(
+    hub: Any, cache_dir: Path, llama_folder: Path
+) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    hub.fault(REPO, SHARD1, Fault.flip_byte(100))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint}
+    cmd = [sys.executable, "-m", "vcache", "pull", REPO, "--cache-dir", str(cache_dir)]
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=env) as proc:
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        assert proc.wait(timeout=60) == 0
+    raw = b"".join(chunks).decode()
+    _assert_bar_kept_its_plan(raw, _planned(llama_folder), (llama_folder / SHARD1).stat().st_size)
+    screen = [ln for ln in _render(raw) if ln]
+    notes = [ln for ln in screen if REFETCH_NOTE in ln]
+    assert len(notes) == 1 and notes[0].startswith(REFETCH_NOTE), screen
+    assert _FRAME.search(screen[-1]) and screen.index(notes[0]) < len(screen) - 1  # the bar stays below

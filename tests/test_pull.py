@@ -193,6 +193,61 @@ def test_range_ignored_restarts_cleanly(hub: Any, cache_dir: Path, llama_folder:
     assert (Path(report.snapshot_path or "") / SHARD1).read_bytes() == (llama_folder / SHARD1).read_bytes()
 
 
+class RecordingProgress(vcache.Progress):
+    """Adds up what a pull reports (from several threads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.planned_bytes = -1
+        self.advanced = 0
+        self.peak = 0
+        self.again = 0
+
+    def planned(self, total_bytes: int, files: int) -> None:
+        self.planned_bytes = total_bytes
+
+    def advance(self, nbytes: int) -> None:
+        with self.lock:
+            assert nbytes > 0
+            self.advanced += nbytes
+            self.peak = max(self.peak, self.advanced)
+
+    def refetched(self, nbytes: int) -> None:
+        with self.lock:
+            assert nbytes > 0
+            self.again += nbytes
+
+
+@pytest.mark.parametrize(
+    ("faults", "again"),
+    [
+        ((Fault.flip_byte(5000),), "shard"),  # damaged: the whole shard is fetched again
+        ((Fault.drop_after(200_000), Fault.ignore_range()), "some"),  # restart from byte 0
+        ((Fault.drop_after(200_000),), "none"),  # resumed: nothing is fetched twice
+    ],
+    ids=["refetch", "restart", "resume"],
+)
+def test_progress_counts_the_plan_once_and_bytes_fetched_again_apart(
+    hub: Any, cache_dir: Path, llama_folder: Path, faults: tuple[Fault, ...], again: str
+) -> None:
+    progress = RecordingProgress()
+    hub.fault(REPO, SHARD1, *faults)
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, progress=progress, options=fast_options())
+    assert report.ok
+    planned = sum(len(b) for b in _files(llama_folder).values())
+    assert progress.planned_bytes == planned
+    assert progress.advanced == progress.peak == planned  # never past the plan, never taken back
+    shard = (llama_folder / SHARD1).stat().st_size
+    if again == "shard":
+        assert progress.again == shard
+    elif again == "some":
+        assert 0 < progress.again <= 200_000
+    else:
+        assert progress.again == 0
+
+
 @pytest.mark.parametrize(("status", "retry_after"), [(503, None), (429, 7)])
 def test_503_and_429_are_retried(hub: Any, cache_dir: Path, status: int, retry_after: int | None) -> None:
     opts = fast_options()

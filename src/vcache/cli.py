@@ -91,6 +91,8 @@ class _TqdmProgress:
         self._quiet = quiet
         self._bar: Any = None
         self._lock = threading.Lock()
+        self._tty = False
+        self._again = 0  # bytes fetched again: shown beside the bar, never added to its planned total
         outer = self
 
         class _P(Progress):
@@ -99,6 +101,9 @@ class _TqdmProgress:
 
             def advance(self, nbytes: int) -> None:
                 outer._advance(nbytes)
+
+            def refetched(self, nbytes: int) -> None:
+                outer._refetched(nbytes)
 
             def message(self, text: str) -> None:
                 outer._message(text)
@@ -110,6 +115,7 @@ class _TqdmProgress:
             return
         from tqdm import tqdm
 
+        self._tty = sys.stderr.isatty()
         self._bar = tqdm(
             total=total,
             unit="B",
@@ -124,17 +130,28 @@ class _TqdmProgress:
     def _advance(self, n: int) -> None:
         if self._bar is not None:
             with self._lock:
-                if self._bar.n + n > self._bar.total:  # a damaged file is being fetched again
-                    self._bar.total = self._bar.n + n
                 self._bar.update(n)
+
+    def _refetched(self, n: int) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._again += n
+                self._bar.set_postfix_str(f"refetched {human_bytes(self._again)}", refresh=False)
+                self._bar.update(0)  # redraws at the bar's own rate, also when the plan is already complete
 
     def _message(self, text: str) -> None:
         if self._quiet:
             return
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
+        if self._bar is None:
             click.echo(text, err=True)
+        elif self._tty:
+            self._bar.write(text, file=sys.stderr)  # clears the bar, writes the line, draws the bar below it
+        else:
+            # A log file or a notebook cell does not clear a line on a carriage return: end the bar's line
+            # (its last frame stays as a record) so that the message starts a line of its own.
+            with self._bar.get_lock():
+                self._bar.fp.write(f"\n{text}\n")
+                self._bar.refresh(nolock=True)
 
     def close(self) -> None:
         if self._bar is not None:

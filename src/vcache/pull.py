@@ -72,13 +72,47 @@ class Progress:
         """Called once with what will be transferred (bytes not already in the cache)."""
 
     def advance(self, nbytes: int) -> None:
-        """Body bytes arrived (may be called from several threads)."""
+        """Planned bytes arrived (may be called from several threads); they never add up past ``planned``."""
+
+    def refetched(self, nbytes: int) -> None:
+        """Bytes fetched again (a damaged attempt, a restart from byte 0): not part of the planned total."""
 
     def file_done(self, report: FileReport) -> None:
         """A file is settled (published, cached, or failed)."""
 
     def message(self, text: str) -> None:
         """A human-readable event worth showing (a refetch, a quarantine)."""
+
+
+class _FileMeter:
+    """Splits one file's transfer progress into planned bytes (at most its size, once) and bytes fetched again.
+
+    The transfer reports deltas per attempt, negative when a restart drops bytes; whatever an attempt
+    receives below what the plan already counted for this file is a refetch.
+    """
+
+    def __init__(self, progress: Progress, size: int) -> None:
+        self._progress = progress
+        self._size = size
+        self._lock = threading.Lock()
+        self._attempt = 0  # bytes the current attempt holds
+        self._counted = 0  # bytes counted toward the plan: the attempts' high-water mark, capped at the size
+
+    def new_attempt(self) -> None:
+        """The next fetch starts from an empty partial, or resumes (its reused bytes are reported first)."""
+        with self._lock:
+            self._attempt = 0
+
+    def __call__(self, delta: int) -> None:
+        with self._lock:
+            self._attempt += delta
+            planned = max(0, min(self._attempt, self._size) - self._counted)
+            self._counted += planned
+            again = max(0, delta - planned)
+        if planned:
+            self._progress.advance(planned)
+        if again:
+            self._progress.refetched(again)
 
 
 @dataclass
@@ -429,14 +463,14 @@ class _Puller:
         result: FetchResult | None = None
         findings: list[Finding] = []
         changed_once = False
+        meter = _FileMeter(self.progress, f.size)
         n = 0
         while n < self.opts.max_integrity_attempts:
             n += 1
             try:
                 stream = StreamingCheck(f.path, f.size)  # the content scan rides on the digest's read
-                result = transfer.fetch(
-                    spec, repo.partials, fresh=n > 1, on_progress=self.progress.advance, observer=stream
-                )
+                meter.new_attempt()
+                result = transfer.fetch(spec, repo.partials, fresh=n > 1, on_progress=meter, observer=stream)
             except RemoteChanged:
                 if changed_once:
                     raise
@@ -597,8 +631,9 @@ def snapshot_download(
     """Drop-in for ``huggingface_hub.snapshot_download`` that verifies every file; returns the snapshot path.
 
     Raises :class:`~vcache.errors.VerificationFailed` (a ``ValueError``) naming every failed file and its
-    findings, instead of returning a folder that holds bad or missing files. Extra keyword arguments
-    huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
+    findings, instead of returning a folder that holds bad or missing files. Hub refusals and offline
+    misses raise the errors huggingface_hub raises there too (see :mod:`vcache.errors`). Extra keyword
+    arguments huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
     """
     report = pull(
         repo_id,
@@ -657,19 +692,29 @@ def hf_hub_download(
 
 
 def raise_for_report(report: PullReport) -> None:
-    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings."""
+    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings.
+
+    Files that are only absent (offline, not in the cache) raise :class:`IncompleteSnapshot` instead, as
+    huggingface_hub raises its ``IncompleteSnapshotError`` there: nothing's bytes were judged bad.
+    """
     if report.errors and not report.failed:
         raise TransferError("; ".join(report.errors), repo_id=report.repo_id)
     failed = report.failed
+
+    def failing(fr: FileReport) -> list[Finding]:
+        return [
+            x
+            for x in fr.findings
+            if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)
+        ]
+
+    if failed and all(x.code == "snapshot.missing_file" for fr in failed for x in failing(fr)):
+        require_complete(report)
     if failed:
         lines = []
         findings: list[Finding] = []
         for fr in failed:
-            bad = [
-                x
-                for x in fr.findings
-                if x.severity is Severity.FAIL or (report.strict and x.severity is Severity.WARN)
-            ]
+            bad = failing(fr)
             findings.extend(bad)
             where = f" (quarantined as {fr.quarantine_id})" if fr.quarantine_id else ""
             lines.append(f"  {fr.path}{where}: " + "; ".join(f"[{x.code}] {x.message}" for x in bad[:3]))

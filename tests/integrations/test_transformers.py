@@ -415,6 +415,33 @@ def test_zero_rows_shipped_by_the_publisher_warn_and_strict_refuses(
         from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
 
 
+def test_an_architecture_transformers_does_not_know_meets_vcache_first(
+    tiny_llama: TinyLlama, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    folder = tiny_llama.copy(tmp_path / "published")
+    zero_rows_in_place(folder / tiny_llama.shard_of(O_PROJ), O_PROJ, ZERO_ROWS)  # a warn-level finding
+    set_config(folder, model_type="vcache-unknown-arch", architectures=["VcacheUnknownForCausalLM"])
+    hub = serve(folder)
+    kw = hub_kwargs(hub, tmp_path)
+
+    # strict: vcache refuses before transformers parses the config it cannot read
+    with pytest.raises(VerificationFailed) as excinfo:
+        from_pretrained(AutoModelForCausalLM, REPO_ID, strict=True, **kw)
+    assert any(f.tensor == O_PROJ for f in excinfo.value.findings)
+    skipped = [f for f in excinfo.value.findings if f.code == "model.completeness_skipped"]
+    assert len(skipped) == 1 and "vcache-unknown-arch" in skipped[0].message
+
+    # not strict: vcache's warnings are out before transformers' own error
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="does not recognize this architecture") as raised:
+            from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
+    assert not isinstance(raised.value, VerificationFailed)
+    ours = [str(w.message) for w in record if issubclass(w.category, VcacheWarning)]
+    assert any(O_PROJ in m and "zero" in m for m in ours), ours
+    assert any("model.completeness_skipped" in m for m in ours), ours
+
+
 def test_zero_rows_are_reported_once_as_a_warning_and_on_the_log(
     tiny_llama: TinyLlama, serve: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -155,7 +155,8 @@ def from_pretrained(
        :class:`~vcache.errors.VerificationFailed` naming the files and findings; nothing is loaded.
     2. For model classes: :func:`check_model_completeness` on the snapshot, from headers only. A missing
        tensor, shard or layer, or a shape mismatch, raises ``VerificationFailed`` before any weight bytes are
-       read.
+       read. A config transformers cannot read (an architecture it does not know) skips the check with a
+       warning, so vcache's warnings (or its strict refusal) come before transformers' own error.
     3. ``cls.from_pretrained(<snapshot path>, local_files_only=True, **kwargs)``.
     4. Unless ``check_after_load=False``: :func:`check_loaded_model` (NaN/Inf, all-zero Linear rows).
 
@@ -215,20 +216,25 @@ def from_pretrained(
             subfolder = str(kwargs.get("subfolder") or "")
             # _config_for reads this one when no config is passed (the only case a verdict is remembered for)
             probed = [(snapshot / subfolder if subfolder else snapshot) / "config.json"]
-            config = _config_for(snapshot, kwargs)
-            completeness = _completeness(
-                snapshot,
-                config,
-                cls,
-                subfolder=subfolder,
-                variant=kwargs.get("variant"),
-                key_mapping=kwargs.get("key_mapping"),
-                use_safetensors=kwargs.get("use_safetensors"),
-                gguf_file=kwargs.get("gguf_file"),
-                trust_remote_code=kwargs.get("trust_remote_code"),
-                config_overrides=_config_overrides(config, kwargs) if "config" not in kwargs else None,
-                probed=probed,
-            )
+            try:
+                config = _config_for(snapshot, kwargs)
+            except Exception as exc:  # an architecture transformers does not know, say
+                # vcache's findings and a strict refusal come first; transformers raises its own error later
+                completeness = _Completeness([_config_unreadable(exc)])
+            else:
+                completeness = _completeness(
+                    snapshot,
+                    config,
+                    cls,
+                    subfolder=subfolder,
+                    variant=kwargs.get("variant"),
+                    key_mapping=kwargs.get("key_mapping"),
+                    use_safetensors=kwargs.get("use_safetensors"),
+                    gguf_file=kwargs.get("gguf_file"),
+                    trust_remote_code=kwargs.get("trust_remote_code"),
+                    config_overrides=_config_overrides(config, kwargs) if "config" not in kwargs else None,
+                    probed=probed,
+                )
             if slot is not None and unchanged is not None:
                 slot.remember(completeness, probed, unchanged)
     before = pull_warnings + completeness.findings
@@ -368,9 +374,13 @@ def _completeness(
         from transformers import AutoConfig
 
         probes.append(base / "config.json")
-        config = AutoConfig.from_pretrained(
-            str(base), local_files_only=True, trust_remote_code=trust_remote_code
-        )
+        try:
+            config = AutoConfig.from_pretrained(
+                str(base), local_files_only=True, trust_remote_code=trust_remote_code
+            )
+        except Exception as exc:  # an architecture transformers does not know, say
+            result.findings.append(_config_unreadable(exc))
+            return result
     if config_overrides:
         config = copy.deepcopy(config)
         for key, value in config_overrides.items():
@@ -812,6 +822,12 @@ def _skipped(reason: str) -> Finding:
         f"the completeness check did not run: {reason}. Missing weights would only show as transformers' "
         "'newly initialized' warning.",
     )
+
+
+def _config_unreadable(exc: Exception) -> Finding:
+    """The check cannot run because transformers cannot read the config (its error, first line, is named)."""
+    said = (str(exc).strip().splitlines() or [""])[0]
+    return _skipped(f"transformers cannot read the config ({type(exc).__name__}: {said or 'no message'})")
 
 
 def _add_variant(name: str, variant: str | None) -> str:
