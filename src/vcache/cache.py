@@ -10,6 +10,9 @@
     <cache>/<repo_folder>/trees/<commit>.json          (huggingface_hub's tree cache, for offline completeness)
     <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine}/   (vcache's own state, nowhere else)
 
+Every path :class:`CacheRepo` builds from a name (blob name, commit, ref, snapshot path) is refused with
+:class:`~vcache.errors.UnsafePath` when it would leave its folder, whoever supplied the name.
+
 Publishing is fsync + ``os.replace`` so a reader sees either nothing or the whole verified blob. This module
 never decides whether a file is good: callers publish only what passed its checks.
 """

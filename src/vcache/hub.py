@@ -2,8 +2,9 @@
 
 Everything the server says is untrusted input: paths are validated (:func:`validate_repo_path`) before any
 of them can name a file on disk, sizes and digests are type-checked, and errors are mapped from
-``X-Error-Code`` to vcache's own error tree. This module never writes to disk and never moves file bodies
-(that is ``transfer``); it only asks the API.
+``X-Error-Code`` to vcache's own error tree. The caller's repo id and revision are checked too
+(:func:`validate_repo_id`, :func:`validate_revision`), before any request. This module never writes to
+disk and never moves file bodies (that is ``transfer``); it only asks the API.
 """
 
 from __future__ import annotations
