@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from vcache.cli import main
@@ -262,6 +262,9 @@ def _cases(draw: st.DrawFn) -> tuple[str, str | None, Any, dict[str, bytes]]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_cases())
+@example(case=("evil/repo", f"{_UP}victim.txt", GOOD_COMMIT, {"config.json": b"{}"}))  # item 1 of the issue
+@example(case=("evil/repo\t", None, GOOD_COMMIT, {"config.json": b"{}"}))  # was an InvalidURL traceback
+@example(case=("evil/repo", None, GOOD_COMMIT, {"bad\udcffname": b""}))  # was a UnicodeEncodeError traceback
 def test_whatever_the_names_writes_stay_inside_the_cache_and_exit_codes_are_documented(
     hostile: tuple[str, Answers], case: tuple[str, str | None, Any, dict[str, bytes]]
 ) -> None:

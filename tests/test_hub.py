@@ -43,6 +43,7 @@ SHA256 = "b" * 64
         "C:evil",
         "a/.",
         "x\n",
+        "bad\udcffname",  # JSON can carry a lone surrogate: no file name and no URL can hold it
     ],
 )
 def test_unsafe_paths_are_refused(path: str) -> None:

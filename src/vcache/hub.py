@@ -72,7 +72,8 @@ def validate_repo_path(path: str) -> str:
     """Return ``path`` if it is a safe repo-relative file path, else raise :class:`UnsafePath`.
 
     Refused: empty paths, NUL or other control characters, backslashes, a leading ``/``, a Windows drive,
-    ``.`` or ``..`` segments, and empty segments. The server is not trusted to send only sane names.
+    text that is not valid UTF-8, ``.`` or ``..`` segments, and empty segments. The server is not trusted to
+    send only sane names.
     """
     reason = None
     if not path:
@@ -85,6 +86,8 @@ def validate_repo_path(path: str) -> str:
         reason = "it is absolute"
     elif _WINDOWS_DRIVE.match(path):
         reason = "it starts with a drive letter"
+    elif not _is_utf8(path):
+        reason = "it is not valid UTF-8"
     else:
         parts = path.split("/")
         if any(p in ("", ".", "..") for p in parts):
@@ -121,11 +124,8 @@ def validate_revision(revision: str) -> str:
         reason = "it ends with '.'"
     elif any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")):
         reason = "a '/'-separated part starts with '.' or ends with '.lock'"
-    else:
-        try:
-            revision.encode("utf-8")
-        except UnicodeEncodeError:
-            reason = "it is not valid UTF-8"
+    elif not _is_utf8(revision):
+        reason = "it is not valid UTF-8"
     if reason:
         raise UsageError(
             f"invalid revision {revision!r} (--revision): {reason}; give a branch, tag, commit id or "
@@ -158,6 +158,15 @@ def validate_repo_id(repo_id: str) -> str:
             repo_id=repo_id,
         )
     return repo_id
+
+
+def _is_utf8(name: str) -> bool:
+    # A lone surrogate (from JSON, or from undecodable bytes in argv) fits no URL and no file name.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def repo_url_prefix(repo_type: str) -> str:
