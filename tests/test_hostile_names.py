@@ -47,8 +47,6 @@ def _git_blob_id(data: bytes) -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    answers: Answers
-
     def do_GET(self) -> None:
         a = self.server.answers  # type: ignore[attr-defined]
         a.requests.append(self.path)
