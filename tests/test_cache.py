@@ -114,3 +114,89 @@ def test_repo_folder_is_huggingface_hubs_own_name(cache_dir: Path, repo_id: str,
 
     expected = repo_folder_name(repo_id=repo_id, repo_type=repo_type)
     assert CacheRepo(cache_dir, repo_id, repo_type).folder_name == expected
+
+
+def _tree_outside(root: Path, cache_dir: Path) -> set[str]:
+    return {
+        str(p.relative_to(root)) for p in root.rglob("*") if cache_dir != p and cache_dir not in p.parents
+    }
+
+
+_PATH_BUILDERS = {
+    "write_ref": lambda r, n: r.write_ref(n, "c" * 40),
+    "read_ref": lambda r, n: r.read_ref(n),
+    "blob_path": lambda r, n: r.blob_path(n),
+    "lock_path": lambda r, n: r.lock_path(n),
+    "snapshot_dir": lambda r, n: r.snapshot_dir(n),
+    "link_commit": lambda r, n: r.link(n, "a.txt", "e" * 40),
+    "link_etag": lambda r, n: r.link("c" * 40, "a.txt", n),
+    "write_tree": lambda r, n: r.write_tree(n, {"a.txt": (1, "e" * 40, None)}),
+    "read_tree": lambda r, n: r.read_tree(n),
+}
+
+
+@pytest.mark.parametrize(
+    ("builder", "name"),
+    [
+        ("write_ref", "../../../outside"),
+        ("write_ref", "../../../../made/dirs"),
+        ("write_ref", "/abs"),
+        ("write_ref", "a//b"),
+        ("read_ref", "../../../outside"),
+        ("blob_path", "../../../outside"),
+        ("blob_path", "sub/name"),
+        ("blob_path", ""),
+        ("lock_path", "../../../outside"),
+        ("snapshot_dir", ".."),
+        ("snapshot_dir", "../../../outside"),
+        ("link_commit", "../../../outside"),
+        ("link_etag", "../../../outside"),
+        ("write_tree", "../../../outside"),
+        ("read_tree", "../../../outside"),
+    ],
+)
+def test_every_path_the_cache_builds_stays_inside_the_repo_folder(
+    tmp_path: Path, builder: str, name: str
+) -> None:
+    """Defence in depth: whatever name reaches CacheRepo, it refuses to build a path outside its folder."""
+    from vcache.errors import UnsafePath
+
+    cache_dir = tmp_path / "deep" / "er" / "cache"
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    repo.ensure_layout()
+    (tmp_path / "outside").write_text("precious")
+    (tmp_path / "outside.json").write_text("{}")
+    before = _tree_outside(tmp_path, cache_dir)
+    with pytest.raises(UnsafePath) as err:
+        _PATH_BUILDERS[builder](repo, name)
+    assert repr(name) in str(err.value)
+    assert _tree_outside(tmp_path, cache_dir) == before
+    assert (tmp_path / "outside").read_text() == "precious"
+
+
+def test_ref_names_with_slashes_stay_nested_in_refs(cache_dir: Path) -> None:
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    repo.write_ref("refs/pr/1", "c" * 40)
+    assert (repo.root / "refs" / "refs" / "pr" / "1").read_text() == "c" * 40
+    assert repo.read_ref("refs/pr/1") == "c" * 40
+
+
+@pytest.mark.parametrize(
+    ("path", "blob_id"), [("a.txt", "../../../../outside"), ("../../outside", "e" * 40), ("a.txt", "x/y")]
+)
+def test_a_tree_file_naming_entries_outside_the_repo_folder_is_not_used(
+    cache_dir: Path, path: str, blob_id: str
+) -> None:
+    """``trees/<commit>.json`` is read back as it was written: a damaged one must not lead anywhere."""
+    import json
+
+    from huggingface_hub._tree_cache import TREE_CACHE_FORMAT_VERSION
+
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    (repo.root / "trees").mkdir(parents=True)
+    good = {"ok.txt": {"size": 1, "blob_id": "e" * 40}}
+    for commit, files in (("c" * 40, {**good, path: {"size": 1, "blob_id": blob_id}}), ("d" * 40, good)):
+        doc = {"format_version": TREE_CACHE_FORMAT_VERSION, "files": files}
+        (repo.root / "trees" / f"{commit}.json").write_text(json.dumps(doc))
+    assert repo.read_tree("c" * 40) is None
+    assert repo.read_tree("d" * 40) == {"ok.txt": (1, "e" * 40, None)}

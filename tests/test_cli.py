@@ -178,3 +178,61 @@ def test_progress_on_a_terminal_writes_messages_above_the_bar(
     notes = [ln for ln in screen if REFETCH_NOTE in ln]
     assert len(notes) == 1 and notes[0].startswith(REFETCH_NOTE), screen
     assert _FRAME.search(screen[-1]) and screen.index(notes[0]) < len(screen) - 1  # the bar stays below
+@pytest.mark.parametrize("repo_id", ["", "a/b/c", "/abs", "org/..", f"{REPO}\t", "acme/--x"])
+def test_invalid_repo_ids_exit_2_before_any_request(hub: Any, cache_dir: Path, repo_id: str) -> None:
+    res = run("pull", repo_id, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("vcache: error: invalid repo id")
+        and repr(repo_id) in lines[0]
+    )
+    assert hub.log == []  # refused locally: the server never heard of it
+    assert not cache_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "revision", ["../../../../../../victim.txt", "a/../../b", "..", "main\t", "x@{1}", ""]
+)
+def test_invalid_revisions_exit_2_before_any_request(hub: Any, cache_dir: Path, revision: str) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint}
+    res = run("pull", REPO, "--revision", revision, "--cache-dir", str(cache_dir), "--quiet", env=env)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vcache: error: invalid revision"), lines
+    assert hub.log == []
+    assert not cache_dir.exists()
+
+
+def test_crafted_revision_reads_no_ref_outside_the_cache_offline_or_in_verify(
+    hub: Any, tmp_path: Path
+) -> None:
+    """A file outside the cache that holds a real commit id must not be taken for ``refs/<revision>``."""
+    cache_dir = tmp_path / "cache"
+    assert (
+        run("pull", REPO, "--cache-dir", str(cache_dir), "-q", env={"HF_ENDPOINT": hub.endpoint}).exit_code
+        == 0
+    )
+    commit = (cache_dir / "models--acme--tiny-llama" / "refs" / "main").read_text()
+    (tmp_path / "outside").write_text(commit)
+    crafted = "../../../outside"  # refs/ -> repo folder -> cache -> tmp_path
+    assert (cache_dir / "models--acme--tiny-llama" / "refs" / crafted).resolve() == tmp_path / "outside"
+    res = run("verify", REPO, "--revision", crafted, "--cache-dir", str(cache_dir))
+    assert res.exit_code == 2 and "invalid revision" in res.output, res.output
+    res = run("pull", REPO, "--revision", crafted, "--cache-dir", str(cache_dir), env={"HF_HUB_OFFLINE": "1"})
+    assert res.exit_code == 2 and "invalid revision" in res.output, res.output
+
+
+def test_verify_accepts_a_one_segment_repo_id(cache_dir: Path, llama_folder: Path) -> None:
+    repo = repo_from_folder("gpt2", llama_folder)
+    with HubServer([repo]) as hub:
+        assert (
+            run(
+                "pull", "gpt2", "--cache-dir", str(cache_dir), "-q", env={"HF_ENDPOINT": hub.endpoint}
+            ).exit_code
+            == 0
+        )
+    res = run("verify", "gpt2", "--cache-dir", str(cache_dir))
+    assert res.exit_code == 0, res.output
+    assert "gpt2@" in res.output

@@ -13,8 +13,17 @@ from vcache.errors import (
     RepoNotFound,
     RevisionNotFound,
     UnsafePath,
+    UsageError,
 )
-from vcache.hub import error_from_response, parse_entries, resolve_url, same_origin, validate_repo_path
+from vcache.hub import (
+    error_from_response,
+    parse_entries,
+    resolve_url,
+    same_origin,
+    validate_repo_id,
+    validate_repo_path,
+    validate_revision,
+)
 
 SHA1 = "a" * 40
 SHA256 = "b" * 64
@@ -34,6 +43,7 @@ SHA256 = "b" * 64
         "C:evil",
         "a/.",
         "x\n",
+        "bad\udcffname",  # JSON can carry a lone surrogate: no file name and no URL can hold it
     ],
 )
 def test_unsafe_paths_are_refused(path: str) -> None:
@@ -47,6 +57,91 @@ def test_unsafe_paths_are_refused(path: str) -> None:
 )
 def test_safe_paths_pass(path: str) -> None:
     assert validate_repo_path(path) == path
+
+
+BAD_REVISIONS = [
+    "../../../../../../victim.txt",
+    "..",
+    ".",
+    "a/../b",
+    "a..b",
+    "/main",
+    "main/",
+    "a//b",
+    ".hidden",
+    "a/.hidden",
+    "main.lock",
+    "a.lock/b",
+    "main.",
+    "@",
+    "a@{1}",
+    "a b",
+    "a\tb",
+    "a\x00b",
+    "a\x7fb",
+    "a~1",
+    "a^2",
+    "a:b",
+    "a?b",
+    "a*b",
+    "a[b",
+    "a\\b",
+    "",
+    "bad\udcffbytes",
+]
+GOOD_REVISIONS = [
+    "main",
+    "v1.0",
+    "refs/pr/1",
+    "refs/convert/parquet",
+    "a" * 40,
+    "feature/x-y_z",
+    "r@1",
+    "ünï",
+]
+
+
+@pytest.mark.parametrize("revision", BAD_REVISIONS)
+def test_revision_names_follow_git_refname_rules(revision: str) -> None:
+    with pytest.raises(UsageError) as err:
+        validate_revision(revision)
+    assert "--revision" in str(err.value) and "branch, tag" in str(err.value)
+
+
+@pytest.mark.parametrize("revision", GOOD_REVISIONS)
+def test_valid_revision_names_pass(revision: str) -> None:
+    assert validate_revision(revision) == revision
+
+
+BAD_REPO_IDS = [
+    "",
+    "a/b/c",
+    "/abs",
+    "org/..",
+    "acme/model\t",
+    "acme/model\n",
+    "../x",
+    "a--b/c",
+    "x/.git",
+    "é/x",
+]
+
+
+@pytest.mark.parametrize("repo_id", BAD_REPO_IDS)
+def test_repo_ids_follow_huggingface_hubs_rules(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hf_validate_repo_id
+
+    with pytest.raises(HFValidationError):  # huggingface_hub refuses each one too
+        hf_validate_repo_id(repo_id)
+    with pytest.raises(UsageError) as err:
+        validate_repo_id(repo_id)
+    assert repr(repo_id) in str(err.value) and "org/name" in str(err.value)
+
+
+@pytest.mark.parametrize("repo_id", ["gpt2", "acme/tiny-llama", "org/name.with-dots_and-dashes", "A1/b"])
+def test_valid_repo_ids_pass(repo_id: str) -> None:
+    assert validate_repo_id(repo_id) == repo_id
 
 
 def test_parse_entries_lfs_regular_and_directories() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from vcache.cache import CacheRepo, iter_repo_folders
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
+from vcache.hub import validate_repo_id, validate_revision
 from vcache.report import PullReport
 from vcache.verify import resolve_cached_commit, verify_path, verify_snapshot
 
@@ -45,6 +46,8 @@ def verify(
     a file inside one (ledger-aware; failing blobs are quarantined), or any other file or folder (structure
     and content only; nothing is moved). No targets: every snapshot of every repo in the cache.
     """
+    if revision is not None:
+        validate_revision(revision)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     reports: list[PullReport] = []
     if not targets:
@@ -64,7 +67,7 @@ def verify(
             reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, only=only))
         elif path.exists():
             reports.append(verify_path(path, strict=strict))
-        elif isinstance(target, str) and 0 < target.count("/") <= 1 and not target.startswith(("/", ".")):
+        elif isinstance(target, str) and _is_repo_id(target):
             repo = CacheRepo(root, target, repo_type)
             if not repo.root.is_dir():
                 raise UsageError(f"{target!r} is neither a path nor a repo in the cache at {root}")
@@ -73,6 +76,14 @@ def verify(
         else:
             raise UsageError(f"{str(target)!r} is neither a path nor a repo id")
     return reports
+
+
+def _is_repo_id(target: str) -> bool:
+    try:
+        validate_repo_id(target)
+    except UsageError:
+        return False
+    return True
 
 
 def _files_under(snapshot: Path, rel: str) -> list[str]:

@@ -10,6 +10,9 @@
     <cache>/<repo_folder>/trees/<commit>.json          (huggingface_hub's tree cache, for offline completeness)
     <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine}/   (vcache's own state, nowhere else)
 
+Every path :class:`CacheRepo` builds from a name (blob name, commit, ref, snapshot path) is refused with
+:class:`~vcache.errors.UnsafePath` when it would leave its folder, whoever supplied the name.
+
 Publishing is fsync + ``os.replace`` so a reader sees either nothing or the whole verified blob. This module
 never decides whether a file is good: callers publish only what passed its checks.
 """
@@ -72,6 +75,28 @@ def translate_os_error(exc: OSError, what: str) -> OSError:
     return exc
 
 
+def _stays_inside(name: object, *, nested: bool = False) -> bool:
+    """True when ``name`` names an entry inside a folder: one plain name (``nested``: ``/``-separated ones)."""
+    if not isinstance(name, str) or "\0" in name:
+        return False
+    parts = name.split("/") if nested else (name,)
+    return not any(p in ("", ".", "..") or "/" in p for p in parts)
+
+
+def _checked(name: str, what: str, *, nested: bool = False) -> str:
+    """``name`` if it names an entry inside its folder (``nested``: a ``/``-separated relative path), else
+    :class:`UnsafePath`. Every path :class:`CacheRepo` builds from a name (a blob name, a commit, a ref)
+    passes here, and snapshot paths through :meth:`CacheRepo.snapshot_file`, so no caller can make it write
+    or read outside the repo folder."""
+    if not _stays_inside(name, nested=nested):
+        raise UnsafePath(
+            f"refusing {what} {name!r}: it would not name an entry inside the cache folder. Nothing was "
+            "written; the name came from a hostile server, a damaged cache, or a bad argument",
+            path=name,
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class CacheRepo:
     """One repo's folder in an HF cache, and the operations vcache performs on it."""
@@ -119,15 +144,23 @@ class CacheRepo:
 
     def blob_path(self, etag: str) -> Path:
         """``blobs/<etag>``."""
-        return self.blobs / etag
+        return self.blobs / _checked(etag, "blob name")
 
     def lock_path(self, etag: str) -> Path:
         """huggingface_hub's per-blob lock path, so the two tools never fetch one blob at once."""
-        return self.cache_dir / ".locks" / self.folder_name / f"{etag}.lock"
+        return self.cache_dir / ".locks" / self.folder_name / f"{_checked(etag, 'blob name')}.lock"
 
     def snapshot_dir(self, commit: str) -> Path:
         """``snapshots/<commit>``."""
-        return self.root / "snapshots" / commit
+        return self.root / "snapshots" / _checked(commit, "commit")
+
+    def ref_path(self, revision: str) -> Path:
+        """``refs/<revision>`` (a revision such as ``refs/pr/1`` nests, as in huggingface_hub)."""
+        return self.root / "refs" / _checked(revision, "revision", nested=True)
+
+    def tree_path(self, commit: str) -> Path:
+        """``trees/<commit>.json``."""
+        return self.root / "trees" / f"{_checked(commit, 'commit')}.json"
 
     def snapshot_file(self, commit: str, path: str) -> Path:
         """Where a repo file appears in a snapshot (``path`` must already be validated)."""
@@ -220,9 +253,9 @@ class CacheRepo:
 
     def write_ref(self, revision: str, commit: str) -> None:
         """Write ``refs/<revision>`` atomically (no trailing newline, like huggingface_hub)."""
+        ref = self.ref_path(revision)
         if revision == commit:
             return
-        ref = self.root / "refs" / revision
         try:
             ref.parent.mkdir(parents=True, exist_ok=True)
             if ref.exists() and ref.read_text() == commit:
@@ -234,7 +267,7 @@ class CacheRepo:
     def read_ref(self, revision: str) -> str | None:
         """The commit ``refs/<revision>`` holds, if any."""
         try:
-            return (self.root / "refs" / revision).read_text().strip() or None
+            return self.ref_path(revision).read_text().strip() or None
         except (OSError, UnicodeDecodeError):
             return None
 
@@ -242,6 +275,7 @@ class CacheRepo:
         """Write ``trees/<commit>.json`` in huggingface_hub's own format (path -> size, blob id, sha256)."""
         from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
 
+        tree_file = self.tree_path(commit)  # huggingface_hub builds the same path, unchecked
         tree = {
             path: TreeCacheEntry(size=size, blob_id=blob_id, lfs_sha256=sha, lfs_size=size if sha else None)
             for path, (size, blob_id, sha) in entries.items()
@@ -250,16 +284,24 @@ class CacheRepo:
         # huggingface_hub writes it through mkstemp (0600): give it the umask default so a shared
         # cache's group can read it too.
         with contextlib.suppress(OSError):
-            os.chmod(self.root / "trees" / f"{commit}.json", default_file_mode())
+            os.chmod(tree_file, default_file_mode())
 
     def read_tree(self, commit: str) -> dict[str, tuple[int, str, str | None]] | None:
-        """Read ``trees/<commit>.json`` (None when absent or unreadable)."""
+        """Read ``trees/<commit>.json`` (None when absent or unreadable, or when a name in it would lead
+        outside the repo folder)."""
         from huggingface_hub._tree_cache import read_tree_cache
 
+        self.tree_path(commit)  # refuses a commit that would lead outside; huggingface_hub does not check
         entries = read_tree_cache(str(self.root), commit)
         if entries is None:
             return None
-        return {p: (e.size, e.blob_id, e.lfs_sha256) for p, e in entries.items()}
+        tree = {p: (e.size, e.blob_id, e.lfs_sha256) for p, e in entries.items()}
+        if not all(
+            _stays_inside(p, nested=True) and _stays_inside(blob) and (sha is None or _stays_inside(sha))
+            for p, (_size, blob, sha) in tree.items()
+        ):
+            return None
+        return tree
 
     def snapshots(self) -> list[str]:
         """Commits that have a snapshot folder."""

@@ -2,8 +2,9 @@
 
 Everything the server says is untrusted input: paths are validated (:func:`validate_repo_path`) before any
 of them can name a file on disk, sizes and digests are type-checked, and errors are mapped from
-``X-Error-Code`` to vcache's own error tree. This module never writes to disk and never moves file bodies
-(that is ``transfer``); it only asks the API.
+``X-Error-Code`` to vcache's own error tree. The caller's repo id and revision are checked too
+(:func:`validate_repo_id`, :func:`validate_revision`), before any request. This module never writes to
+disk and never moves file bodies (that is ``transfer``); it only asks the API.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vcache.errors import (
     RevisionNotFound,
     TransferError,
     UnsafePath,
+    UsageError,
 )
 from vcache.hashing import Digest
 from vcache.retry import SYSTEM_CLOCK, Clock, RetryPolicy, parse_retry_after
@@ -36,6 +38,7 @@ from vcache.retry import SYSTEM_CLOCK, Clock, RetryPolicy, parse_retry_after
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+_REFNAME_BAD_CHAR = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ def validate_repo_path(path: str) -> str:
     """Return ``path`` if it is a safe repo-relative file path, else raise :class:`UnsafePath`.
 
     Refused: empty paths, NUL or other control characters, backslashes, a leading ``/``, a Windows drive,
-    ``.`` or ``..`` segments, and empty segments. The server is not trusted to send only sane names.
+    text that is not valid UTF-8, ``.`` or ``..`` segments, and empty segments. The server is not trusted to
+    send only sane names.
     """
     reason = None
     if not path:
@@ -82,6 +86,8 @@ def validate_repo_path(path: str) -> str:
         reason = "it is absolute"
     elif _WINDOWS_DRIVE.match(path):
         reason = "it starts with a drive letter"
+    elif not _is_utf8(path):
+        reason = "it is not valid UTF-8"
     else:
         parts = path.split("/")
         if any(p in ("", ".", "..") for p in parts):
@@ -93,6 +99,74 @@ def validate_repo_path(path: str) -> str:
             path=path,
         )
     return path
+
+
+def validate_revision(revision: str) -> str:
+    """Return ``revision`` if git would accept it as a ref name, else raise :class:`UsageError`.
+
+    The rules of ``git check-ref-format --allow-onelevel``: no ``..``, no ``/``-separated component that
+    starts with ``.`` or ends with ``.lock``, no control character, space, ``~^:?*[\\``, no ``@{``, not
+    ``@`` alone, no leading or trailing ``/`` and no ``//``, no trailing ``.``. Commit ids and
+    ``refs/pr/N`` pass. The name becomes ``refs/<revision>`` in the cache, so nothing else may reach it.
+    """
+    reason = None
+    if not revision:
+        reason = "it is empty"
+    elif _REFNAME_BAD_CHAR.search(revision):
+        reason = "it contains a control character, a space or one of ~^:?*[\\"
+    elif ".." in revision:
+        reason = "it contains '..'"
+    elif "@{" in revision or revision == "@":
+        reason = "it is '@' or contains '@{'"
+    elif revision.startswith("/") or revision.endswith("/") or "//" in revision:
+        reason = "it starts or ends with '/' or contains '//'"
+    elif revision.endswith("."):
+        reason = "it ends with '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")):
+        reason = "a '/'-separated part starts with '.' or ends with '.lock'"
+    elif not _is_utf8(revision):
+        reason = "it is not valid UTF-8"
+    if reason:
+        raise UsageError(
+            f"invalid revision {revision!r} (--revision): {reason}; give a branch, tag, commit id or "
+            "refs/pr/N as git names them",
+            revision=revision,
+        )
+    return revision
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """Return ``repo_id`` if huggingface_hub accepts it (``name`` or ``org/name``), else :class:`UsageError`.
+
+    The rules are huggingface_hub's own (``validate_repo_id``): one or two ``/``-separated parts of ASCII
+    letters, digits, ``-``, ``_`` and ``.``, not starting or ending with ``-`` or ``.``, no ``--`` or ``..``,
+    not ending in ``.git``, at most 96 characters each.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils._validators import validate_repo_id as hf_validate_repo_id
+
+    valid = isinstance(repo_id, str)
+    if valid:
+        try:
+            hf_validate_repo_id(repo_id)
+        except HFValidationError:
+            valid = False
+    if not valid:
+        raise UsageError(
+            f"invalid repo id {repo_id!r}: expected 'name' or 'org/name' made of ASCII letters, digits, "
+            "'-', '_' and '.' (no '--' or '..', no leading or trailing '-' or '.', no trailing '.git')",
+            repo_id=repo_id,
+        )
+    return repo_id
+
+
+def _is_utf8(name: str) -> bool:
+    # A lone surrogate (from JSON, or from undecodable bytes in argv) fits no URL and no file name.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def repo_url_prefix(repo_type: str) -> str:

@@ -44,7 +44,16 @@ from vcache.errors import (
     VcacheError,
     VerificationFailed,
 )
-from vcache.hub import COMMIT_RE, HubClient, HubUnreachable, RemoteFile, check_unique_paths, resolve_url
+from vcache.hub import (
+    COMMIT_RE,
+    HubClient,
+    HubUnreachable,
+    RemoteFile,
+    check_unique_paths,
+    resolve_url,
+    validate_repo_id,
+    validate_revision,
+)
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import quarantine_file
@@ -151,8 +160,12 @@ def pull(
     snapshot is verified from the ledger instead. ``files`` limits the pull to exact paths.
     Raises :class:`~vcache.errors.HubError` subclasses for repo/revision/file errors and
     :class:`~vcache.errors.TransferError` subclasses for disk problems; per-file verification failures are
-    in the report (``report.ok``), not raised.
+    in the report (``report.ok``), not raised. An invalid ``repo_id`` or ``revision`` raises
+    :class:`~vcache.errors.UsageError` before anything is asked or read.
     """
+    validate_repo_id(repo_id)
+    if revision is not None:
+        validate_revision(revision)
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     settings = resolve_settings(
