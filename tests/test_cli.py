@@ -83,3 +83,24 @@ def test_demo_runs_offline() -> None:
     res = run("demo")
     assert res.exit_code == 0, res.output
     assert "Caught:" in res.output and "Verified snapshot:" in res.output
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.status(403, times=None), Fault.status(404, times=None, error_code="RevisionNotFound", on="any")],
+    ids=["403_forever", "revision_vanished"],
+)
+def test_a_shard_that_cannot_be_fetched_exits_3_not_1(hub: Any, cache_dir: Path, fault: Fault) -> None:
+    hub.fault(REPO, SHARD1, fault)
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 3, res.output
+    assert "index.missing_shard" not in res.output
+    assert any(ln.strip().startswith(f"ERROR {SHARD1}:") for ln in res.output.splitlines())
+
+
+def test_bad_bytes_exit_1_even_when_another_file_cannot_be_fetched(hub: Any, cache_dir: Path) -> None:
+    hub.fault(REPO, SHARD1, Fault.flip_byte(100, times=None))
+    hub.fault(REPO, "model-00002-of-00002.safetensors", Fault.status(403, times=None))
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 1, res.output
+    assert "[digest_mismatch]" in res.output and "ERROR model-00002-of-00002.safetensors:" in res.output

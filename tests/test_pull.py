@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import vcache
 from vcache.cache import CacheRepo
 from vcache.errors import EntryNotFound, RepoNotFound, RevisionNotFound, VerificationFailed
 from vcache.pull import PullOptions, pull
-from vcache.report import Verdict
+from vcache.report import Severity, Verdict
 from vcache.testing.hub import Fault, HubServer, Repo
 from vcache.testing.models import repo_from_folder
 
@@ -415,3 +416,77 @@ def test_the_content_scan_rides_on_the_digest_read(
     cached = Path(report.snapshot_path or "") / "model.safetensors"
     fresh = check_file(cached, "model.safetensors", vouched=True)
     assert list(shard.findings) == list(fresh.findings)
+
+
+def _kill_when_requested(hub: Any, path: str) -> threading.Thread:
+    """Stop ``hub`` (both origins) as soon as a GET for ``path`` has been logged: a server killed mid-pull."""
+    import time
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(r.method == "GET" and r.file_path == path for r in hub.log):
+                break
+            time.sleep(0.005)
+        hub.stop()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    "case", ["403_forever", "503_forever", "revision_vanished", "reset_forever", "server_killed"]
+)
+def test_a_shard_that_cannot_be_fetched_is_a_transfer_error_not_a_verification_failure(
+    hub: Any, cache_dir: Path, case: str
+) -> None:
+    """Exit-code precedence: no file's bytes were judged bad, so the pull is a transfer failure (exit 3),
+    and the index check does not turn the shard that was never fetched into a failure of its own."""
+    from vcache.cli import EXIT_TRANSFER, _exit_code
+    from vcache.pull import raise_for_report
+
+    faults = {
+        "403_forever": Fault.status(403, times=None),
+        "503_forever": Fault.status(503, times=None),
+        # the revision is deleted between the resolve and the file's GET
+        "revision_vanished": Fault.status(404, times=None, error_code="RevisionNotFound", on="any"),
+        "reset_forever": Fault.drop_after(0, times=None),
+        "server_killed": Fault.stall(after=1000, seconds=30, times=None),
+    }
+    hub.fault(REPO, SHARD1, faults[case])
+    killer = _kill_when_requested(hub, SHARD1) if case == "server_killed" else None
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    if killer is not None:
+        killer.join()
+    assert report.errors and any(e.startswith(f"{SHARD1}:") for e in report.errors)
+    assert all({x.code for x in f.findings} == {"transfer.failed"} for f in report.failed)
+    assert SHARD1 in {f.path for f in report.failed}
+    index = next(f for f in report.files if f.path == "model.safetensors.index.json")
+    assert not any(x.code == "index.missing_shard" for x in index.findings)
+    if not any(x.code == "transfer.failed" for x in index.findings):  # the index itself arrived
+        note = next(x for x in index.findings if x.code == "index.shard_not_fetched")
+        assert note.severity is Severity.INFO and SHARD1 in note.message
+    assert _exit_code([report]) == EXIT_TRANSFER
+    with pytest.raises(vcache.TransferError) as err:
+        raise_for_report(report)
+    assert not isinstance(err.value, VerificationFailed) and SHARD1 in str(err.value)
+    assert not (CacheRepo(cache_dir, REPO).root / "refs" / "main").exists()
+
+
+def test_bad_bytes_in_one_shard_win_over_another_that_cannot_be_fetched(hub: Any, cache_dir: Path) -> None:
+    from vcache.cli import EXIT_FAILED, _exit_code
+    from vcache.pull import raise_for_report
+
+    shard2 = "model-00002-of-00002.safetensors"
+    hub.fault(REPO, SHARD1, Fault.flip_byte(5000, times=None))
+    hub.fault(REPO, shard2, Fault.status(403, times=None))
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    by_path = {f.path: f for f in report.failed}
+    assert by_path[SHARD1].quarantine_id and {x.code for x in by_path[shard2].findings} == {"transfer.failed"}
+    index = by_path["model.safetensors.index.json"]  # the quarantined shard is missing: its bytes were bad
+    missing = [x for x in index.findings if x.code == "index.missing_shard"]
+    assert len(missing) == 1 and SHARD1 in missing[0].message and shard2 not in missing[0].message
+    assert _exit_code([report]) == EXIT_FAILED
+    with pytest.raises(VerificationFailed):
+        raise_for_report(report)

@@ -37,15 +37,12 @@ def _die(exc: BaseException, code: int) -> NoReturn:
 
 
 def _exit_code(reports: Sequence[PullReport]) -> int:
-    if any(f.verdict is Verdict.FAIL and not _is_transport_error(f) for r in reports for f in r.files):
+    """1 when some file's bytes were judged bad; otherwise 3 when something could not be fetched; else 0."""
+    if any(r.judged_bad for r in reports):
         return EXIT_FAILED
     if any(r.errors for r in reports):
         return EXIT_TRANSFER
     return EXIT_OK
-
-
-def _is_transport_error(f: FileReport) -> bool:
-    return any(x.code == "transfer.failed" for x in f.findings)
 
 
 def _first_note(f: FileReport, strict: bool) -> str:

@@ -48,7 +48,17 @@ from vcache.hub import COMMIT_RE, HubClient, HubUnreachable, RemoteFile, check_u
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import quarantine_file
-from vcache.report import FileReport, Finding, PullReport, Severity, Verdict, fail, info, verdict_of
+from vcache.report import (
+    NOT_FETCHED,
+    FileReport,
+    Finding,
+    PullReport,
+    Severity,
+    Verdict,
+    fail,
+    info,
+    verdict_of,
+)
 from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
     assess_file,
@@ -260,6 +270,7 @@ class _Puller:
         for rep in reports.values():
             self.progress.file_done(rep)
         errors: list[str] = []
+        not_fetched: set[str] = set()
         if to_fetch:
             knobs = {**transfer_settings(), **self.opts.transfer}  # partial staleness = the lease length
             with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
@@ -275,9 +286,10 @@ class _Puller:
                             raise
                         except VcacheError as exc:
                             errors.append(f"{path}: {exc}")
+                            not_fetched.add(path)
                             rep = FileReport(
                                 path,
-                                findings=(fail("transfer.failed", f"{path}: {exc}"),),
+                                findings=(fail(NOT_FETCHED, f"{path}: {exc}"),),
                                 strict=self.opts.strict,
                             )
                         reports[path] = rep
@@ -285,7 +297,7 @@ class _Puller:
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
         ordered_reports = attach_repo_findings(
-            snapshot, ordered_reports, strict=self.opts.strict, headers=self.headers
+            snapshot, ordered_reports, strict=self.opts.strict, headers=self.headers, not_fetched=not_fetched
         )
         report = PullReport(
             repo_id=self.repo.repo_id,
@@ -657,8 +669,12 @@ def hf_hub_download(
 
 
 def raise_for_report(report: PullReport) -> None:
-    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings."""
-    if report.errors and not report.failed:
+    """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings.
+
+    Same precedence as the CLI's exit codes: :class:`VerificationFailed` when some file's bytes were judged
+    bad, otherwise :class:`TransferError` when some file could not be fetched.
+    """
+    if report.errors and not report.judged_bad:
         raise TransferError("; ".join(report.errors), repo_id=report.repo_id)
     failed = report.failed
     if failed:

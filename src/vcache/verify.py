@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -509,10 +509,13 @@ def attach_repo_findings(
     *,
     strict: bool,
     headers: Mapping[str, SafetensorsHeader | None] | None = None,
+    not_fetched: Collection[str] = (),
 ) -> list[FileReport]:
     """Run the sharded-index / config coherence checks over ``folder`` and attach them to the index's report.
 
     ``headers`` are shard headers already parsed by this run (keyed by repo path), so none is parsed twice.
+    ``not_fetched`` are repo paths a pull could not download: their absence is its transfer error, not a
+    failure of the index (see :func:`~vcache.checks.index.check_index`).
     """
     from dataclasses import replace
 
@@ -523,7 +526,7 @@ def attach_repo_findings(
     config = _read_json(folder / "config.json")
     for i, r in enumerate(out):
         if r.path.endswith(INDEX_SUFFIX) and "/" not in r.path and r.verdict.value != "fail":
-            extra = check_index(folder, r.path, config=config, headers=headers)
+            extra = check_index(folder, r.path, config=config, headers=headers, not_fetched=not_fetched)
             if extra:
                 out[i] = replace(r, findings=r.findings + tuple(extra))
     if (
