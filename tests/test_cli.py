@@ -104,3 +104,17 @@ def test_bad_bytes_exit_1_even_when_another_file_cannot_be_fetched(hub: Any, cac
     res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
     assert res.exit_code == 1, res.output
     assert "[digest_mismatch]" in res.output and "ERROR model-00002-of-00002.safetensors:" in res.output
+
+
+def test_an_include_pattern_that_matches_nothing_exits_2_and_writes_nothing(
+    hub: Any, cache_dir: Path
+) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint}
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--include", "[", "--quiet", env=env)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vcache: error:") and "'['" in lines[0]
+    assert "snapshot:" not in res.output
+    assert not cache_dir.exists()  # no refs/main, no trees/, no snapshot folder
+    assert run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env=env).exit_code == 0
+    assert run("verify", REPO, "--cache-dir", str(cache_dir)).exit_code == 0

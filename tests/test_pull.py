@@ -490,3 +490,43 @@ def test_bad_bytes_in_one_shard_win_over_another_that_cannot_be_fetched(hub: Any
     assert _exit_code([report]) == EXIT_FAILED
     with pytest.raises(VerificationFailed):
         raise_for_report(report)
+
+
+@pytest.mark.parametrize(
+    ("allow", "ignore"), [("[", None), (["*.bin", "nothing/*"], None), (None, "*"), ("*.json", "*.json")]
+)
+def test_patterns_that_select_no_file_are_a_usage_error_and_write_nothing(
+    hub: Any, cache_dir: Path, allow: Any, ignore: Any
+) -> None:
+    with pytest.raises(vcache.UsageError) as err:
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns=allow, ignore_patterns=ignore)
+    for pattern in [allow, ignore]:
+        for p in [pattern] if isinstance(pattern, str) else pattern or []:
+            assert repr(p) in str(err.value)
+    assert REPO in str(err.value)
+    assert not cache_dir.exists()
+    with pytest.raises(vcache.UsageError):
+        vcache.snapshot_download(
+            REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns=allow, ignore_patterns=ignore
+        )
+    assert not cache_dir.exists()
+
+
+def test_an_empty_file_list_is_a_usage_error_and_a_missing_file_stays_entry_not_found(
+    hub: Any, cache_dir: Path
+) -> None:
+    with pytest.raises(vcache.UsageError):
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, files=[])
+    with pytest.raises(EntryNotFound):
+        vcache.hf_hub_download(REPO, "missing.txt", endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert not cache_dir.exists()
+
+
+def test_offline_patterns_that_select_no_cached_file_are_a_usage_error(
+    hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(vcache.UsageError) as err:
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns="[")
+    assert "'['" in str(err.value)

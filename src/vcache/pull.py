@@ -41,6 +41,7 @@ from vcache.errors import (
     IncompleteSnapshot,
     RemoteChanged,
     TransferError,
+    UsageError,
     VcacheError,
     VerificationFailed,
 )
@@ -129,6 +130,8 @@ def pull(
     :class:`~vcache.errors.TransferError` subclasses for disk problems; per-file verification failures are
     in the report (``report.ok``), not raised.
     """
+    if files is not None and not files:
+        raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     settings = resolve_settings(
@@ -164,6 +167,8 @@ def _pull_offline(
         only = list(
             filter_repo_objects(tree.keys(), allow_patterns=_pat(allow), ignore_patterns=_pat(ignore))
         )
+        if not only:
+            raise _selects_nothing(f"{repo.repo_id}@{revision or commit[:12]}", allow, ignore, len(tree))
     writable = os.access(repo.root, os.W_OK)
     report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
     if only is not None:
@@ -186,6 +191,24 @@ def _pat(p: str | Sequence[str] | None) -> list[str] | None:
     if p is None:
         return None
     return [p] if isinstance(p, str) else list(p)
+
+
+def _selects_nothing(
+    where: str, allow: str | Sequence[str] | None, ignore: str | Sequence[str] | None, total: int
+) -> UsageError:
+    """The error for include/exclude patterns that leave no file of the ``total`` listed at ``where``."""
+    parts = []
+    if allow:
+        parts.append(f"--include/allow_patterns {', '.join(map(repr, _pat(allow) or []))}")
+    if ignore:
+        parts.append(f"--exclude/ignore_patterns {', '.join(map(repr, _pat(ignore) or []))}")
+    return UsageError(
+        f"{' with '.join(parts)} select none of the {total} file(s) of {where}; nothing was downloaded or "
+        "written. Patterns are globs matched against the whole path in the repo (e.g. '*.safetensors', "
+        "'sub/*'); check their spelling.",
+        allow_patterns=_pat(allow),
+        ignore_patterns=_pat(ignore),
+    )
 
 
 class _Puller:
@@ -250,6 +273,9 @@ class _Puller:
                         key=lambda f: f.path,
                     )
                 )
+                if not remote and (allow or ignore):
+                    where = f"{self.repo.repo_id}@{revision or commit[:12]}"
+                    raise _selects_nothing(where, allow, ignore, len(listing))
         check_unique_paths(remote)
         plan = [(f, self._cached_report(commit, f)) for f in remote]
         to_fetch = [f for f, rep in plan if rep is None]
