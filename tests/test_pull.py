@@ -530,3 +530,37 @@ def test_offline_patterns_that_select_no_cached_file_are_a_usage_error(
     with pytest.raises(vcache.UsageError) as err:
         pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns="[")
     assert "'['" in str(err.value)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_partial_shorter_than_its_sidecar_is_discarded(
+    big_shard_hub: Any, cache_dir: Path, dead_writer_partial: Any, force: bool
+) -> None:
+    from vcache.partial import list_partials
+
+    hub, folder = big_shard_hub
+    data = (folder / "model.safetensors").read_bytes()
+    old = dead_writer_partial(cache_dir, "acme/big", "model.safetensors", data, 9 << 20)
+    os.truncate(old / "data", 1 << 20)  # the sidecar claims 9 MiB
+    report = pull(
+        "acme/big", endpoint=hub.endpoint, cache_dir=cache_dir, force_download=force, options=fast_options()
+    )
+    assert report.ok
+    assert not old.exists() and list_partials(CacheRepo(cache_dir, "acme/big").partials) == []
+
+
+def test_force_fetches_the_whole_file_again_and_clears_its_partials(
+    big_shard_hub: Any, cache_dir: Path, dead_writer_partial: Any
+) -> None:
+    from vcache.partial import list_partials
+
+    hub, folder = big_shard_hub
+    assert pull("acme/big", endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    data = (folder / "model.safetensors").read_bytes()
+    old = dead_writer_partial(cache_dir, "acme/big", "model.safetensors", data, 5 << 20)
+    hub.clear_log()
+    report = pull("acme/big", endpoint=hub.endpoint, cache_dir=cache_dir, force_download=True)
+    assert report.ok
+    (req,) = hub.body_requests("acme/big", "model.safetensors")
+    assert req.range is None  # from byte 0, not resumed from the earlier partial
+    assert not old.exists() and list_partials(CacheRepo(cache_dir, "acme/big").partials) == []

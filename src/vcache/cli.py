@@ -163,7 +163,11 @@ def main(verbose: int) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Files fetched in parallel (default 8).")
 @click.option("--token", help="Hub token (default: HF_TOKEN / the stored login).")
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
-@click.option("--force", is_flag=True, help="Fetch again even if verified blobs are cached.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Fetch every file again from byte 0, ignoring verified blobs and partial downloads.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pull(

@@ -472,8 +472,13 @@ class _Puller:
             n += 1
             try:
                 stream = StreamingCheck(f.path, f.size)  # the content scan rides on the digest's read
+                # --force starts over: the file's earlier partials are cleared, not resumed.
                 result = transfer.fetch(
-                    spec, repo.partials, fresh=n > 1, on_progress=self.progress.advance, observer=stream
+                    spec,
+                    repo.partials,
+                    fresh=n > 1 or self.force,
+                    on_progress=self.progress.advance,
+                    observer=stream,
                 )
             except RemoteChanged:
                 if changed_once:
