@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +61,42 @@ def hub(llama_folder: Path) -> Iterator[object]:
     repo = repo_from_folder("acme/tiny-llama", llama_folder)
     with HubServer([repo]) as server:
         yield server
+
+
+@pytest.fixture
+def dead_writer_partial() -> Callable[..., Path]:
+    """Make a pull process that was killed mid-download: ``(cache_dir, repo_id, path, data, upto)`` leaves the
+    partial of ``path`` (content ``data``, LFS etag = its sha256) holding its first ``upto`` bytes, with a
+    checkpointed sidecar, written by a real process that then dies; returns the partial's directory."""
+    import hashlib
+    import multiprocessing as mp
+    import os
+
+    from vcache.cache import CacheRepo
+    from vcache.hashing import Digest
+    from vcache.partial import PartialMeta, RangeSet, list_partials, open_partial
+
+    def make(
+        cache_dir: Path, repo_id: str, path: str, data: bytes, upto: int, commit: str = "0" * 40
+    ) -> Path:
+        sha = hashlib.sha256(data).hexdigest()
+        meta = PartialMeta(sha, len(data), Digest("sha256", sha), commit, path)
+        partials = CacheRepo(cache_dir, repo_id).partials
+
+        def write_and_die() -> None:
+            part = open_partial(partials, meta)
+            os.pwrite(part.fd, data[:upto], 0)
+            part.save(RangeSet([(0, upto)]))
+            os._exit(0)  # no cleanup, like SIGKILL
+
+        proc = mp.get_context("fork").Process(target=write_and_die)
+        proc.start()
+        proc.join()
+        assert proc.exitcode == 0
+        (info,) = [
+            p for p in list_partials(partials) if p.etag == sha and p.writer_id.startswith(f"{proc.pid}-")
+        ]
+        assert info.valid and info.completed == upto
+        return info.path
+
+    return make

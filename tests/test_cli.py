@@ -236,3 +236,36 @@ def test_verify_accepts_a_one_segment_repo_id(cache_dir: Path, llama_folder: Pat
     res = run("verify", "gpt2", "--cache-dir", str(cache_dir))
     assert res.exit_code == 0, res.output
     assert "gpt2@" in res.output
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.status(403, times=None), Fault.status(404, times=None, error_code="RevisionNotFound", on="any")],
+    ids=["403_forever", "revision_vanished"],
+)
+def test_a_shard_that_cannot_be_fetched_exits_3_not_1(hub: Any, cache_dir: Path, fault: Fault) -> None:
+    hub.fault(REPO, SHARD1, fault)
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 3, res.output
+    assert "index.missing_shard" not in res.output
+    assert any(ln.strip().startswith(f"ERROR {SHARD1}:") for ln in res.output.splitlines())
+
+
+def test_bad_bytes_exit_1_even_when_another_file_cannot_be_fetched(hub: Any, cache_dir: Path) -> None:
+    hub.fault(REPO, SHARD1, Fault.flip_byte(100, times=None))
+    hub.fault(REPO, "model-00002-of-00002.safetensors", Fault.status(403, times=None))
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.exit_code == 1, res.output
+    assert "[digest_mismatch]" in res.output and "ERROR model-00002-of-00002.safetensors:" in res.output
+
+
+def test_an_include_pattern_that_matches_nothing_exits_2_and_writes_nothing(
+    hub: Any, cache_dir: Path
+) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint}
+    res = run("pull", REPO, "--cache-dir", str(cache_dir), "--include", "[", "--quiet", env=env)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vcache: error:") and "'['" in lines[0]
+    assert "snapshot:" not in res.output
+    assert not cache_dir.exists()  # no refs/main, no trees/, no snapshot folder
+    assert run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env=env).exit_code == 0
+    assert run("verify", REPO, "--cache-dir", str(cache_dir)).exit_code == 0

@@ -398,3 +398,29 @@ def test_a_dead_writer_on_this_host_is_resumed_at_once(tmp_path: Path) -> None:
         assert adopted.adopted_from == info.writer_id and adopted.completed.total == 300
     finally:
         adopted.close()
+
+
+def _write_part_and_die(directory: str, upto: int) -> None:
+    part = open_partial(Path(directory), META, stale_after=math.inf)
+    os.pwrite(part.fd, bytes(i % 251 for i in range(upto)), 0)
+    part.save(RangeSet([(0, upto)]))
+    os._exit(0)  # no cleanup, like SIGKILL
+
+
+@pytest.mark.parametrize("corrupt", ["short_data", "other_digest"])
+def test_a_dead_writers_untrustworthy_partial_is_removed_at_once(tmp_path: Path, corrupt: str) -> None:
+    """Its writer is gone, so nothing will ever make it match its sidecar: it goes on the next open."""
+    proc = mp.get_context("fork").Process(target=_write_part_and_die, args=(str(tmp_path), 600))
+    proc.start()
+    proc.join()
+    (old,) = list_partials(tmp_path)
+    if corrupt == "short_data":
+        os.truncate(old.data_path, 100)  # the sidecar claims 600 bytes
+    else:
+        doc = json.loads(old.sidecar_path.read_text())
+        doc["expected"] = "sha256:" + "cd" * 32
+        old.sidecar_path.write_text(json.dumps(doc))
+    fresh = open_partial(tmp_path, META, stale_after=3600)  # fresh by the clock, but its writer is dead
+    fresh.close()
+    assert fresh.adopted_from is None and fresh.completed.total == 0
+    assert [p.name for p in tmp_path.iterdir()] == [fresh.path.name]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import vcache
 from vcache.cache import CacheRepo
 from vcache.errors import EntryNotFound, RepoNotFound, RevisionNotFound, VerificationFailed
 from vcache.pull import PullOptions, pull
-from vcache.report import Verdict
+from vcache.report import Severity, Verdict
 from vcache.testing.hub import Fault, HubServer, Repo
 from vcache.testing.models import repo_from_folder
 
@@ -470,3 +471,151 @@ def test_the_content_scan_rides_on_the_digest_read(
     cached = Path(report.snapshot_path or "") / "model.safetensors"
     fresh = check_file(cached, "model.safetensors", vouched=True)
     assert list(shard.findings) == list(fresh.findings)
+
+
+def _kill_when_requested(hub: Any, path: str) -> threading.Thread:
+    """Stop ``hub`` (both origins) as soon as a GET for ``path`` has been logged: a server killed mid-pull."""
+    import time
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(r.method == "GET" and r.file_path == path for r in hub.log):
+                break
+            time.sleep(0.005)
+        hub.stop()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    "case", ["403_forever", "503_forever", "revision_vanished", "reset_forever", "server_killed"]
+)
+def test_a_shard_that_cannot_be_fetched_is_a_transfer_error_not_a_verification_failure(
+    hub: Any, cache_dir: Path, case: str
+) -> None:
+    """Exit-code precedence: no file's bytes were judged bad, so the pull is a transfer failure (exit 3),
+    and the index check does not turn the shard that was never fetched into a failure of its own."""
+    from vcache.cli import EXIT_TRANSFER, _exit_code
+    from vcache.pull import raise_for_report
+
+    faults = {
+        "403_forever": Fault.status(403, times=None),
+        "503_forever": Fault.status(503, times=None),
+        # the revision is deleted between the resolve and the file's GET
+        "revision_vanished": Fault.status(404, times=None, error_code="RevisionNotFound", on="any"),
+        "reset_forever": Fault.drop_after(0, times=None),
+        "server_killed": Fault.stall(after=1000, seconds=30, times=None),
+    }
+    hub.fault(REPO, SHARD1, faults[case])
+    killer = _kill_when_requested(hub, SHARD1) if case == "server_killed" else None
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    if killer is not None:
+        killer.join()
+    assert report.errors and any(e.startswith(f"{SHARD1}:") for e in report.errors)
+    assert all({x.code for x in f.findings} == {"transfer.failed"} for f in report.failed)
+    assert SHARD1 in {f.path for f in report.failed}
+    index = next(f for f in report.files if f.path == "model.safetensors.index.json")
+    assert not any(x.code == "index.missing_shard" for x in index.findings)
+    if not any(x.code == "transfer.failed" for x in index.findings):  # the index itself arrived
+        note = next(x for x in index.findings if x.code == "index.shard_not_fetched")
+        assert note.severity is Severity.INFO and SHARD1 in note.message
+    assert _exit_code([report]) == EXIT_TRANSFER
+    with pytest.raises(vcache.TransferError) as err:
+        raise_for_report(report)
+    assert not isinstance(err.value, VerificationFailed) and SHARD1 in str(err.value)
+    assert not (CacheRepo(cache_dir, REPO).root / "refs" / "main").exists()
+
+
+def test_bad_bytes_in_one_shard_win_over_another_that_cannot_be_fetched(hub: Any, cache_dir: Path) -> None:
+    from vcache.cli import EXIT_FAILED, _exit_code
+    from vcache.pull import raise_for_report
+
+    shard2 = "model-00002-of-00002.safetensors"
+    hub.fault(REPO, SHARD1, Fault.flip_byte(5000, times=None))
+    hub.fault(REPO, shard2, Fault.status(403, times=None))
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+    by_path = {f.path: f for f in report.failed}
+    assert by_path[SHARD1].quarantine_id and {x.code for x in by_path[shard2].findings} == {"transfer.failed"}
+    index = by_path["model.safetensors.index.json"]  # the quarantined shard is missing: its bytes were bad
+    missing = [x for x in index.findings if x.code == "index.missing_shard"]
+    assert len(missing) == 1 and SHARD1 in missing[0].message and shard2 not in missing[0].message
+    assert _exit_code([report]) == EXIT_FAILED
+    with pytest.raises(VerificationFailed):
+        raise_for_report(report)
+
+
+@pytest.mark.parametrize(
+    ("allow", "ignore"), [("[", None), (["*.bin", "nothing/*"], None), (None, "*"), ("*.json", "*.json")]
+)
+def test_patterns_that_select_no_file_are_a_usage_error_and_write_nothing(
+    hub: Any, cache_dir: Path, allow: Any, ignore: Any
+) -> None:
+    with pytest.raises(vcache.UsageError) as err:
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns=allow, ignore_patterns=ignore)
+    for pattern in [allow, ignore]:
+        for p in [pattern] if isinstance(pattern, str) else pattern or []:
+            assert repr(p) in str(err.value)
+    assert REPO in str(err.value)
+    assert not cache_dir.exists()
+    with pytest.raises(vcache.UsageError):
+        vcache.snapshot_download(
+            REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns=allow, ignore_patterns=ignore
+        )
+    assert not cache_dir.exists()
+
+
+def test_an_empty_file_list_is_a_usage_error_and_a_missing_file_stays_entry_not_found(
+    hub: Any, cache_dir: Path
+) -> None:
+    with pytest.raises(vcache.UsageError):
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, files=[])
+    with pytest.raises(EntryNotFound):
+        vcache.hf_hub_download(REPO, "missing.txt", endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert not cache_dir.exists()
+
+
+def test_offline_patterns_that_select_no_cached_file_are_a_usage_error(
+    hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(vcache.UsageError) as err:
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, allow_patterns="[")
+    assert "'['" in str(err.value)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_partial_shorter_than_its_sidecar_is_discarded(
+    big_shard_hub: Any, cache_dir: Path, dead_writer_partial: Any, force: bool
+) -> None:
+    from vcache.partial import list_partials
+
+    hub, folder = big_shard_hub
+    data = (folder / "model.safetensors").read_bytes()
+    old = dead_writer_partial(cache_dir, "acme/big", "model.safetensors", data, 9 << 20)
+    os.truncate(old / "data", 1 << 20)  # the sidecar claims 9 MiB
+    report = pull(
+        "acme/big", endpoint=hub.endpoint, cache_dir=cache_dir, force_download=force, options=fast_options()
+    )
+    assert report.ok
+    assert not old.exists() and list_partials(CacheRepo(cache_dir, "acme/big").partials) == []
+
+
+def test_force_fetches_the_whole_file_again_and_clears_its_partials(
+    big_shard_hub: Any, cache_dir: Path, dead_writer_partial: Any
+) -> None:
+    from vcache.partial import list_partials
+
+    hub, folder = big_shard_hub
+    assert pull("acme/big", endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    data = (folder / "model.safetensors").read_bytes()
+    old = dead_writer_partial(cache_dir, "acme/big", "model.safetensors", data, 5 << 20)
+    hub.clear_log()
+    report = pull("acme/big", endpoint=hub.endpoint, cache_dir=cache_dir, force_download=True)
+    assert report.ok
+    (req,) = hub.body_requests("acme/big", "model.safetensors")
+    assert req.range is None  # from byte 0, not resumed from the earlier partial
+    assert not old.exists() and list_partials(CacheRepo(cache_dir, "acme/big").partials) == []

@@ -16,7 +16,7 @@ from vcache.cache import CacheRepo
 from vcache.cli import main
 from vcache.pull import pull
 from vcache.report import Verdict
-from vcache.testing.hub import Fault, HubServer
+from vcache.testing.hub import Fault, HubServer, Repo
 from vcache.testing.models import LlamaShape, repo_from_folder, tensor_location, write_llama_checkpoint
 
 REPO = "acme/tiny-llama"
@@ -217,3 +217,48 @@ def test_a_snapshot_relinked_to_another_verified_blob_fails(hub: Any, cache_dir:
     (rep,) = vcache.verify([REPO], cache_dir=cache_dir)
     bad = next(f for f in rep.files if f.path == SHARD1)
     assert bad.verdict is Verdict.FAIL and bad.findings[0].code == "snapshot.wrong_blob"
+
+
+def test_scan_tells_orphaned_partials_from_resumable_ones(
+    tmp_path: Path, cache_dir: Path, dead_writer_partial: Any
+) -> None:
+    """A killed pull leaves a partial; the repo then moves on to a new version of the file. Only a partial
+    some pull would resume is called resumable; the others are orphaned, with how to remove them."""
+    from vcache.partial import list_partials
+
+    v1, v2 = b"\x01" * 300_000, b"\x02" * 300_000
+    repo = Repo("acme/moving")
+    c1 = repo.commit({"config.json": b"{}", "weights.bin": v1})
+    interrupted = dead_writer_partial(cache_dir, "acme/moving", "weights.bin", v1, 100_000, commit=c1)
+
+    # Nothing else is cached yet: the next pull of this revision resumes it.
+    res = run("scan", "--cache-dir", str(cache_dir))
+    assert res.exit_code == 0, res.output
+    assert "cache.orphaned_partial" not in res.output
+    doc = json.loads(run("scan", "--cache-dir", str(cache_dir), "--json").output)
+    (note,) = [x for f in doc["files"] for x in f["findings"] if x["code"] == "cache.partial"]
+    assert "resumes it" in note["message"] and c1 in note["message"]
+
+    # The file changes on the Hub and the new revision is pulled: no pull resumes the old version now.
+    repo.commit({"weights.bin": v2})
+    with HubServer([repo]) as hub:
+        assert pull("acme/moving", endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    # Partials no pull can resume: one of the version now in blobs/, and one whose data is shorter than its
+    # sidecar says.
+    done = dead_writer_partial(cache_dir, "acme/moving", "weights.bin", v2, 200_000)
+    short = dead_writer_partial(cache_dir, "acme/moving", "other.bin", b"\x03" * 50_000, 40_000)
+    os.truncate(short / "data", 10_000)
+    assert len(list_partials(CacheRepo(cache_dir, "acme/moving").partials)) == 3
+
+    res = run("scan", "--cache-dir", str(cache_dir))
+    assert res.exit_code == 0, res.output  # leftovers are warnings, not damage
+    lines = [ln for ln in res.output.splitlines() if "cache.orphaned_partial" in ln]
+    assert len(lines) == 3 and all(ln.startswith("WARN") for ln in lines), res.output
+    for partial, why in [
+        (interrupted, "another version"),
+        (done, "already in the cache"),
+        (short, "shorter"),
+    ]:
+        (line,) = [ln for ln in lines if partial.name in ln]
+        assert why in line and f"rm -r {partial}" in line
+    assert "`vcache pull" not in res.output  # no partial is said to be resumed

@@ -37,15 +37,12 @@ def _die(exc: BaseException, code: int) -> NoReturn:
 
 
 def _exit_code(reports: Sequence[PullReport]) -> int:
-    if any(f.verdict is Verdict.FAIL and not _is_transport_error(f) for r in reports for f in r.files):
+    """1 when some file's bytes were judged bad; otherwise 3 when something could not be fetched; else 0."""
+    if any(r.judged_bad for r in reports):
         return EXIT_FAILED
     if any(r.errors for r in reports):
         return EXIT_TRANSFER
     return EXIT_OK
-
-
-def _is_transport_error(f: FileReport) -> bool:
-    return any(x.code == "transfer.failed" for x in f.findings)
 
 
 def _first_note(f: FileReport, strict: bool) -> str:
@@ -183,7 +180,11 @@ def main(verbose: int) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Files fetched in parallel (default 8).")
 @click.option("--token", help="Hub token (default: HF_TOKEN / the stored login).")
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
-@click.option("--force", is_flag=True, help="Fetch again even if verified blobs are cached.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Fetch every file again from byte 0, ignoring verified blobs and partial downloads.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pull(

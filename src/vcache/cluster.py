@@ -736,8 +736,8 @@ def _check_stale_state(path: Path, lease: float) -> list[Finding]:
             warn(
                 "cluster.stale_partials",
                 f"{len(partials)} unfinished downloads ({human_bytes(total)}) nobody is writing: "
-                f"{_examples([name for name, _ in partials])}. The next pull of those files resumes them; "
-                "`vcache scan` lists them",
+                f"{_examples([name for name, _ in partials])}. A pull of a revision that has those file versions "
+                "resumes them; `vcache scan` lists them and says which no pull will resume (orphaned)",
             )
         )
     else:

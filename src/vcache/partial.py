@@ -31,7 +31,8 @@ Trust rules (everything on disk may be the leftover of a crash):
   It is used only when its writer and boot id match the sidecar's, and anything unreadable in it is
   ignored (a torn write can only happen at a power cut, which changes the boot id anyway);
 * a sidecar that does not parse, does not match the expected etag / size / digest, claims ranges outside
-  the file, or whose data file is shorter than its ranges claim, is ignored (and removed once stale);
+  the file, or whose data file is shorter than its ranges claim, is ignored (and removed once stale, or at
+  once when its writer is known dead);
 * the final digest check (by the caller) is the real guarantee; this module only saves work.
 
 This module owns naming, the sidecar format and adoption. It never talks to the network, never hashes
@@ -598,9 +599,10 @@ def open_partial(
 ) -> Partial:
     """Open a partial for ``meta``: adopt the best stale, valid partial of the same etag, or create one.
 
-    Invalid partials of this etag are removed once stale, and so are valid ones that lost to a better
-    candidate. ``fresh=True`` adopts nothing (after a digest mismatch the bytes on disk are suspect) and
-    removes the stale partials of this etag.
+    Invalid partials of this etag are removed once stale (at once when their writer is known dead), and so
+    are valid ones that lost to a better candidate. ``fresh=True`` adopts nothing (after a digest mismatch
+    the bytes on disk are suspect, and ``--force`` starts over) and removes every partial of this etag that
+    no live writer may still be writing.
 
     Raises :class:`~vcache.errors.CacheNotWritable` / :class:`~vcache.errors.DiskFull` when the directory
     cannot be written.
@@ -616,6 +618,7 @@ def open_partial(
     for _, writer in _writers(pdir, meta.etag):
         directory = pdir / f"{meta.etag}.{writer}"
         recorded: float | None = None
+        doc = None
         try:
             doc = _read_sidecar(directory / SIDECAR_NAME)
             recorded = _recorded_time(doc)
@@ -628,7 +631,10 @@ def open_partial(
             _discard_dir(directory)
             continue
         except (_SidecarError, OSError):
-            if now - _last_sign_of_life(directory, writer, recorded) >= stale_after:
+            # Untrustworthy: gone once stale, or at once when its writer is known dead (nothing will ever
+            # make it match its sidecar, and no later open of this etag may come to remove it).
+            dead = doc is not None and _writer_dead(doc)
+            if dead or now - _last_sign_of_life(directory, writer, recorded) >= stale_after:
                 _discard_dir(directory)
             continue
         if not _writer_dead(doc) and now - _last_sign_of_life(directory, writer, recorded) < stale_after:

@@ -41,6 +41,7 @@ from vcache.errors import (
     IncompleteSnapshot,
     RemoteChanged,
     TransferError,
+    UsageError,
     VcacheError,
     VerificationFailed,
 )
@@ -57,7 +58,17 @@ from vcache.hub import (
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import quarantine_file
-from vcache.report import FileReport, Finding, PullReport, Severity, Verdict, fail, info, verdict_of
+from vcache.report import (
+    NOT_FETCHED,
+    FileReport,
+    Finding,
+    PullReport,
+    Severity,
+    Verdict,
+    fail,
+    info,
+    verdict_of,
+)
 from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
     assess_file,
@@ -166,6 +177,8 @@ def pull(
     validate_repo_id(repo_id)
     if revision is not None:
         validate_revision(revision)
+    if files is not None and not files:
+        raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     settings = resolve_settings(
@@ -201,6 +214,8 @@ def _pull_offline(
         only = list(
             filter_repo_objects(tree.keys(), allow_patterns=_pat(allow), ignore_patterns=_pat(ignore))
         )
+        if not only:
+            raise _selects_nothing(f"{repo.repo_id}@{revision or commit[:12]}", allow, ignore, len(tree))
     writable = os.access(repo.root, os.W_OK)
     report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
     if only is not None:
@@ -223,6 +238,24 @@ def _pat(p: str | Sequence[str] | None) -> list[str] | None:
     if p is None:
         return None
     return [p] if isinstance(p, str) else list(p)
+
+
+def _selects_nothing(
+    where: str, allow: str | Sequence[str] | None, ignore: str | Sequence[str] | None, total: int
+) -> UsageError:
+    """The error for include/exclude patterns that leave no file of the ``total`` listed at ``where``."""
+    parts = []
+    if allow:
+        parts.append(f"--include/allow_patterns {', '.join(map(repr, _pat(allow) or []))}")
+    if ignore:
+        parts.append(f"--exclude/ignore_patterns {', '.join(map(repr, _pat(ignore) or []))}")
+    return UsageError(
+        f"{' with '.join(parts)} select none of the {total} file(s) of {where}; nothing was downloaded or "
+        "written. Patterns are globs matched against the whole path in the repo (e.g. '*.safetensors', "
+        "'sub/*'); check their spelling.",
+        allow_patterns=_pat(allow),
+        ignore_patterns=_pat(ignore),
+    )
 
 
 class _Puller:
@@ -287,6 +320,9 @@ class _Puller:
                         key=lambda f: f.path,
                     )
                 )
+                if not remote and (allow or ignore):
+                    where = f"{self.repo.repo_id}@{revision or commit[:12]}"
+                    raise _selects_nothing(where, allow, ignore, len(listing))
         check_unique_paths(remote)
         plan = [(f, self._cached_report(commit, f)) for f in remote]
         to_fetch = [f for f, rep in plan if rep is None]
@@ -307,6 +343,7 @@ class _Puller:
         for rep in reports.values():
             self.progress.file_done(rep)
         errors: list[str] = []
+        not_fetched: set[str] = set()
         if to_fetch:
             knobs = {**transfer_settings(), **self.opts.transfer}  # partial staleness = the lease length
             with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
@@ -322,9 +359,10 @@ class _Puller:
                             raise
                         except VcacheError as exc:
                             errors.append(f"{path}: {exc}")
+                            not_fetched.add(path)
                             rep = FileReport(
                                 path,
-                                findings=(fail("transfer.failed", f"{path}: {exc}"),),
+                                findings=(fail(NOT_FETCHED, f"{path}: {exc}"),),
                                 strict=self.opts.strict,
                             )
                         reports[path] = rep
@@ -332,7 +370,7 @@ class _Puller:
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
         ordered_reports = attach_repo_findings(
-            snapshot, ordered_reports, strict=self.opts.strict, headers=self.headers
+            snapshot, ordered_reports, strict=self.opts.strict, headers=self.headers, not_fetched=not_fetched
         )
         report = PullReport(
             repo_id=self.repo.repo_id,
@@ -483,7 +521,10 @@ class _Puller:
             try:
                 stream = StreamingCheck(f.path, f.size)  # the content scan rides on the digest's read
                 meter.new_attempt()
-                result = transfer.fetch(spec, repo.partials, fresh=n > 1, on_progress=meter, observer=stream)
+                # --force starts over: the file's earlier partials are cleared, not resumed.
+                result = transfer.fetch(
+                    spec, repo.partials, fresh=n > 1 or self.force, on_progress=meter, observer=stream
+                )
             except RemoteChanged:
                 if changed_once:
                     raise
@@ -707,10 +748,12 @@ def hf_hub_download(
 def raise_for_report(report: PullReport) -> None:
     """Raise :class:`VerificationFailed` (or the transfer error) when the report has failures; log warnings.
 
-    Files that are only absent (offline, not in the cache) raise :class:`IncompleteSnapshot` instead, as
-    huggingface_hub raises its ``IncompleteSnapshotError`` there: nothing's bytes were judged bad.
+    Same precedence as the CLI's exit codes: :class:`VerificationFailed` when some file's bytes were judged
+    bad, otherwise :class:`TransferError` when some file could not be fetched. Files that are only absent
+    (offline, not in the cache) raise :class:`IncompleteSnapshot` instead, as huggingface_hub raises its
+    ``IncompleteSnapshotError`` there: nothing's bytes were judged bad.
     """
-    if report.errors and not report.failed:
+    if report.errors and not report.judged_bad:
         raise TransferError("; ".join(report.errors), repo_id=report.repo_id)
     failed = report.failed
 

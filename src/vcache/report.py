@@ -31,6 +31,10 @@ class Verdict(enum.StrEnum):
     FAIL = "fail"
 
 
+#: The finding code of a file a pull could not download (its error is also in ``PullReport.errors``).
+NOT_FETCHED = "transfer.failed"
+
+
 @dataclass(frozen=True)
 class Finding:
     """One observation about a file.
@@ -181,6 +185,15 @@ class PullReport:
     def failed(self) -> tuple[FileReport, ...]:
         """The files whose verdict is ``fail``."""
         return tuple(f for f in self.files if f.verdict is Verdict.FAIL)
+
+    @property
+    def judged_bad(self) -> tuple[FileReport, ...]:
+        """The failed files whose bytes (or the repo checks) failed, not those that could not be fetched.
+
+        Their presence makes a pull a verification failure (CLI exit 1) even when other files could not
+        be fetched (``errors``, exit 3 otherwise).
+        """
+        return tuple(f for f in self.failed if not any(x.code == NOT_FETCHED for x in f.findings))
 
     def to_json(self) -> dict[str, Any]:
         """The README's JSON document for ``--json``."""

@@ -9,10 +9,11 @@ a user's own folder is only reported on).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,14 @@ from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
 from vcache.hashing import Digest, hash_file
 from vcache.hub import COMMIT_RE
 from vcache.ledger import EntryState, Ledger, entry_state
+from vcache.partial import PartialInfo
 from vcache.report import (
     FileReport,
     Finding,
     PullReport,
     fail,
     findings_from_json,
+    human_bytes,
     info,
     verdict_of,
     warn,
@@ -509,10 +512,13 @@ def attach_repo_findings(
     *,
     strict: bool,
     headers: Mapping[str, SafetensorsHeader | None] | None = None,
+    not_fetched: Collection[str] = (),
 ) -> list[FileReport]:
     """Run the sharded-index / config coherence checks over ``folder`` and attach them to the index's report.
 
     ``headers`` are shard headers already parsed by this run (keyed by repo path), so none is parsed twice.
+    ``not_fetched`` are repo paths a pull could not download: their absence is its transfer error, not a
+    failure of the index (see :func:`~vcache.checks.index.check_index`).
     """
     from dataclasses import replace
 
@@ -523,7 +529,7 @@ def attach_repo_findings(
     config = _read_json(folder / "config.json")
     for i, r in enumerate(out):
         if r.path.endswith(INDEX_SUFFIX) and "/" not in r.path and r.verdict.value != "fail":
-            extra = check_index(folder, r.path, config=config, headers=headers)
+            extra = check_index(folder, r.path, config=config, headers=headers, not_fetched=not_fetched)
             if extra:
                 out[i] = replace(r, findings=r.findings + tuple(extra))
     if (
@@ -645,22 +651,87 @@ def _hygiene(repo: CacheRepo) -> tuple[FileReport, ...]:
         partials = list_partials(repo.partials)
     except (ImportError, OSError):
         partials = []
-    for p in partials:
-        out.append(
-            FileReport(
-                f".vcache/partials/{p.path.name}",
-                p.size,
-                findings=(
-                    info(
-                        "cache.partial",
-                        f"{repo.folder_name}: resumable partial for {p.etag[:12]} "
-                        f"({p.completed} of {p.size} bytes); the next `vcache pull` resumes it",
-                    ),
-                ),
-                location=str(p.path),
-            )
-        )
+    if partials:
+        used, by_path = _cached_versions(repo)
+        out.extend(_partial_report(repo, p, used, by_path) for p in partials)
     return tuple(out)
+
+
+def _cached_versions(repo: CacheRepo) -> tuple[set[str], dict[str, set[str]]]:
+    """The blob etags the cached revisions use (tree listings and snapshot links), and each path's etags."""
+    commits = set(repo.snapshots())
+    with contextlib.suppress(OSError):
+        commits.update(p.stem for p in (repo.root / "trees").glob("*.json") if COMMIT_RE.fullmatch(p.stem))
+    used: set[str] = set()
+    by_path: dict[str, set[str]] = {}
+    for commit in sorted(commits):
+        try:
+            tree = repo.read_tree(commit) or {}
+        except (OSError, ValueError):
+            tree = {}
+        for path, (_size, blob_id, sha) in tree.items():
+            used.add(sha or blob_id)
+            by_path.setdefault(path, set()).add(sha or blob_id)
+        snap = repo.snapshot_dir(commit)
+        for dirpath, _dirs, names in os.walk(snap):
+            for n in names:
+                rel = (Path(dirpath) / n).relative_to(snap).as_posix()
+                etag = repo.linked_etag(commit, rel)
+                if etag:
+                    used.add(etag)
+                    by_path.setdefault(rel, set()).add(etag)
+    return used, by_path
+
+
+def _partial_report(
+    repo: CacheRepo, p: PartialInfo, used: set[str], by_path: Mapping[str, set[str]]
+) -> FileReport:
+    """``cache.partial`` (info) for a partial a pull resumes or is writing; ``cache.orphaned_partial`` (warn)
+    for one no pull will ever resume, saying how to remove it."""
+    import shlex
+    import time
+
+    from vcache.locks import lease_seconds
+
+    what = p.repo_path or f"blob {p.etag[:12]}"
+    where = f"{repo.folder_name}: partial download of {what} ({p.etag[:12]}"
+    age = time.time() - p.updated_at
+    orphaned: str | None = None
+    if not p.valid:
+        orphaned = f"it cannot be resumed ({p.problem})"
+    elif repo.blob_path(p.etag).exists():
+        orphaned = (
+            f"this version of {what} is already in the cache (blobs/{p.etag[:12]}…), so no pull fetches it"
+        )
+    elif p.etag not in used and by_path.get(p.repo_path or "", set()) - {p.etag}:
+        newer = ", ".join(sorted(e[:12] for e in by_path[p.repo_path or ""] - {p.etag}))
+        orphaned = (
+            f"the cached revisions have another version of {what} ({newer}), so no pull of them resumes it"
+        )
+    if orphaned is not None and age >= lease_seconds():
+        try:
+            held = os.stat(p.data_path).st_size
+        except OSError:
+            held = 0
+        finding = warn(
+            "cache.orphaned_partial",
+            f"{where}, {human_bytes(held)} on disk) is orphaned: {orphaned}. It only takes space; remove it "
+            f"with `rm -r {shlex.quote(str(p.path))}`",
+        )
+        return FileReport(f".vcache/partials/{p.path.name}", held, findings=(finding,), location=str(p.path))
+    done = f"{p.completed} of {p.size} bytes" if p.size is not None else "size unknown"
+    if age < lease_seconds():
+        message = f"{where}, {done}) is being written (last written {age:.0f}s ago)"
+    else:
+        rtype = "" if repo.repo_type == "model" else f" --repo-type {repo.repo_type}"
+        revision = f" --revision {p.commit}" if p.commit and COMMIT_RE.fullmatch(p.commit) else ""
+        message = f"{where}, {done}); `vcache pull {repo.repo_id}{rtype}{revision}` resumes it"
+    return FileReport(
+        f".vcache/partials/{p.path.name}",
+        p.size,
+        findings=(info("cache.partial", message),),
+        location=str(p.path),
+    )
 
 
 def require_complete(report: PullReport) -> None:

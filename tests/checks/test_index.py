@@ -529,3 +529,17 @@ def test_config_check_for_a_single_file_model(tmp_path: Path) -> None:
     assert hdr is not None
     (f,) = check_config_coherence({"num_hidden_layers": 4}, (t.name for t in hdr.tensors))
     assert f.code == "config.layer_count_mismatch" and "missing layers 3" in f.message
+
+
+def test_a_shard_the_caller_could_not_fetch_is_noted_not_failed(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path)
+    (tmp_path / SHARDS[1]).unlink()
+    findings = check_index(tmp_path, not_fetched={SHARDS[1]}, config={"num_hidden_layers": LAYERS})
+    f = only(findings, "index.shard_not_fetched")
+    assert f.severity is Severity.INFO and SHARDS[1] in f.message
+    assert f.detail is not None and f.detail["count"] == 6
+    assert codes(findings) == {"index.shard_not_fetched"}  # no config mismatch or total_size from its absence
+    # A shard that was fetched but is absent all the same, or that is present, is judged as usual.
+    assert codes(check_index(tmp_path, not_fetched={SHARDS[0]})) == {"index.missing_shard"}
+    write_checkpoint(tmp_path)
+    assert codes(check_index(tmp_path, not_fetched={SHARDS[1]})) == set()

@@ -21,6 +21,7 @@ Finding codes (each message names the index, the shard file and the tensor conce
 ``index.missing_metadata``         fail  ``metadata`` absent or not an object (transformers needs it)
 ``index.unsafe_shard_name``        fail  a shard name that is not a bare ``*.safetensors`` file name
 ``index.missing_shard``            fail  a listed shard is not in the folder
+``index.shard_not_fetched``        info  a listed shard is absent because this pull could not fetch it
 ``index.invalid_shard``            fail  a listed shard failed the structural check
 ``index.tensor_missing``           fail  a tensor listed for shard S is not in S's header
 ``index.tensor_in_multiple_shards``  fail  one tensor name in several shards' headers
@@ -48,12 +49,12 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path, PureWindowsPath
 from typing import Any, Final
 
 from vcache.checks.safetensors import SafetensorsHeader, read_header
-from vcache.report import Finding, Severity, fail, warn
+from vcache.report import Finding, Severity, fail, info, warn
 
 __all__ = ["INDEX_NAME", "check_config_coherence", "check_index"]
 
@@ -98,15 +99,18 @@ def check_index(
     *,
     headers: Mapping[str, SafetensorsHeader | None] | None = None,
     config: Mapping[str, Any] | None = None,
+    not_fetched: Collection[str] = (),
 ) -> list[Finding]:
     """Check the sharded index ``folder/index_name`` against its shards (and ``config`` when given).
 
     ``headers`` maps shard file names (as written in the weight map) to headers the caller already parsed,
     ``None`` meaning the shard failed its structural check; shards missing from it are read with
     :func:`~vcache.checks.safetensors.read_header`. ``config`` is the parsed ``config.json``; when given,
-    :func:`check_config_coherence` runs on every tensor the index and the shards name. Never raises.
+    :func:`check_config_coherence` runs on every tensor the index and the shards name. ``not_fetched`` names
+    shards the caller could not download: when absent, they are noted (``index.shard_not_fetched``, info),
+    not failed, since the transfer error is the caller's to report. Never raises.
     """
-    return _IndexCheck(Path(folder), index_name, headers or {}).run(config)
+    return _IndexCheck(Path(folder), index_name, headers or {}, not_fetched).run(config)
 
 
 def check_config_coherence(config: Mapping[str, Any], tensor_names: Iterable[str]) -> list[Finding]:
@@ -217,11 +221,16 @@ class _IndexCheck:
     """One run of the index checks; holds what the steps share."""
 
     def __init__(
-        self, folder: Path, index_name: str, headers: Mapping[str, SafetensorsHeader | None]
+        self,
+        folder: Path,
+        index_name: str,
+        headers: Mapping[str, SafetensorsHeader | None],
+        not_fetched: Collection[str] = (),
     ) -> None:
         self.folder = folder
         self.index_name = index_name
         self.given = headers
+        self.not_fetched = frozenset(not_fetched)
         self.findings: list[Finding] = []
 
     def _fail(self, code: str, message: str, *, tensor: str | None = None, **detail: Any) -> None:
@@ -415,6 +424,19 @@ class _IndexCheck:
                 hdr, codes, first = self.given[shard], [], ""  # its findings are on its own report
             else:
                 path = self.folder / shard
+                if not path.exists() and shard in self.not_fetched:
+                    self.findings.append(
+                        info(
+                            "index.shard_not_fetched",
+                            f"{self.index_name}: {shard} (listed for {_n(len(tensors), 'tensor')}) could not be "
+                            "fetched, so the index was checked without it; the error for that file says why. "
+                            "Run `vcache pull` again to fetch it.",
+                            tensor=tensors[0],
+                            shard=shard,
+                            count=len(tensors),
+                        )
+                    )
+                    continue
                 if not path.exists():
                     self._fail(
                         "index.missing_shard",
