@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,32 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def entry_kind(path: str | os.PathLike[str]) -> str | None:
+    """What is at ``path``, symlinks not followed: None when nothing is, ``"file"`` for a regular file, else
+    ``"symlink"``, ``"directory"``, ``"fifo"``, ``"socket"``, ``"device"`` or ``"special file"``.
+
+    A blob is trusted only as a regular file inside the cache: anything else can change what a reader gets
+    without the blob's own stat changing. Raises :class:`OSError` when it cannot tell (no permission).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        return "device"
+    return "special file"
 
 
 def translate_os_error(exc: OSError, what: str) -> OSError:

@@ -29,7 +29,7 @@ from typing import Any
 
 from huggingface_hub.utils._paths import filter_repo_objects
 
-from vcache.cache import CacheRepo, translate_os_error
+from vcache.cache import CacheRepo, entry_kind, translate_os_error
 from vcache.checks import StreamingCheck, check_file
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.cluster import start_jitter, transfer_settings
@@ -53,6 +53,7 @@ from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
     assess_file,
     attach_repo_findings,
+    blob_not_regular,
     digest_mismatch,
     require_complete,
     resolve_cached_commit,
@@ -371,11 +372,35 @@ class _Puller:
                     timeout=lock_timeout(),
                     what=what,
                 )
-            if blob.exists() and not self.force:
+            kind = entry_kind(blob)
+            if kind not in (None, "file"):
+                self._set_aside(commit, f, blob, kind)
+            elif kind == "file" and not self.force:
                 settled = self._adopt_existing_blob(commit, f, blob)
                 if settled is not None:
                     return settled
             return self._download(transfer, commit, f)
+
+    def _set_aside(self, commit: str, f: RemoteFile, blob: Path, kind: str) -> None:
+        """A blob that is not a regular file (a symlink, maybe to outside the cache; a directory): never
+        followed or trusted. It is quarantined as it is (the link itself moves; whatever it points to is left
+        alone) and the file is fetched again."""
+        finding = blob_not_regular(self.repo, f.path, f.etag, kind)
+        self.repo.unlink(commit, f.path)  # no reader gets what it leads to meanwhile
+        entry = quarantine_file(
+            self.repo,
+            blob,
+            path=f.path,
+            commit=commit,
+            etag=f.etag,
+            expected_digest=str(f.digest),
+            actual_digest=None,
+            findings=[finding],
+            source="cache",
+        )
+        self.progress.message(
+            f"{f.path}: its blob is a {kind}, not a regular file; set aside as {entry.id}, fetching again"
+        )
 
     def _adopt_existing_blob(self, commit: str, f: RemoteFile, blob: Path) -> FileReport | None:
         """A blob is already there (another process, or huggingface_hub): trust it only after checking it."""
