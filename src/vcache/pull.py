@@ -57,6 +57,7 @@ from vcache.verify import (
     digest_mismatch,
     require_complete,
     resolve_cached_commit,
+    verify_in_place,
     verify_snapshot,
 )
 
@@ -192,6 +193,7 @@ class _Puller:
         self.force = force
         self.ledger = Ledger(repo.ledger_dir)
         self.headers: dict[str, SafetensorsHeader | None] = {}
+        self.read_only = False
 
     def run(
         self,
@@ -242,11 +244,15 @@ class _Puller:
                     )
                 )
         check_unique_paths(remote)
+        self.read_only = not (is_writable_dir(self.repo.cache_dir) and is_writable_dir(self.repo.root))
         plan = [(f, self._cached_report(commit, f)) for f in remote]
         to_fetch = [f for f, rep in plan if rep is None]
-        if to_fetch:
-            # Only now: a read-only cache that already holds everything is answered without a single write.
-            if not is_writable_dir(self.repo.cache_dir):
+        if to_fetch and self.read_only:
+            # Nothing can be written here (no ledger record, ref, lock or link): what is present is hashed and
+            # checked where it is, and only what is absent is missing.
+            plan = [(f, rep or self._verified_in_place(commit, f)) for f, rep in plan]
+            to_fetch = [f for f, rep in plan if rep is None]
+            if to_fetch:
                 raise CacheNotWritable(
                     f"the cache at {self.repo.cache_dir} is read-only and lacks "
                     f"{', '.join(f.path for f in to_fetch[:5])}{' ...' if len(to_fetch) > 5 else ''} of "
@@ -255,6 +261,7 @@ class _Puller:
                     repo_id=self.repo.repo_id,
                     missing=[f.path for f in to_fetch],
                 )
+        if to_fetch:
             self.repo.ensure_layout()
         self.progress.planned(sum(f.size for f in to_fetch), len(to_fetch))
         reports: dict[str, FileReport] = {f.path: rep for f, rep in plan if rep is not None}
@@ -299,8 +306,8 @@ class _Puller:
             strict=self.opts.strict,
             errors=tuple(errors),
         )
-        if report.ok:
-            # Written only when they change, so that a verified read-only cache is never written to.
+        if report.ok and not self.read_only:
+            # Written only when they change (a cache shared read-only by its readers is not written to).
             tree = (
                 {f.path: (f.size, f.blob_id, f.lfs_sha256) for f in listing} if listing is not None else None
             )
@@ -344,6 +351,8 @@ class _Puller:
         if rec is None:
             return None  # present but not verified by vcache: _fetch_one verifies it locally first
         if self.repo.linked_etag(commit, f.path) != f.etag:
+            if self.read_only:
+                return None  # cannot link it: only what the snapshot serves counts
             self.repo.link(commit, f.path, f.etag)
         return FileReport(
             f.path,
@@ -354,6 +363,14 @@ class _Puller:
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
         )
+
+    def _verified_in_place(self, commit: str, f: RemoteFile) -> FileReport | None:
+        """On a read-only cache: the file the snapshot serves, hashed against the listing's digest and checked
+        where it is (nothing written or moved); None when the snapshot does not serve it."""
+        rep = verify_in_place(self.repo, commit, f.path, size=f.size, etag=f.etag, strict=self.opts.strict)
+        if any(x.code in ("snapshot.missing_file", "snapshot.broken_link") for x in rep.findings):
+            return None
+        return rep
 
     # -- one file ---------------------------------------------------------------------------------------------
     def _fetch_one(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:

@@ -388,6 +388,23 @@ def _attach_remembered(
     return out, {"key": key, "folder": before, "extra": added}
 
 
+def verify_in_place(
+    repo: CacheRepo, commit: str, path: str, *, size: int | None, etag: str, strict: bool
+) -> FileReport:
+    """One file of a cached snapshot, hashed against the digest ``etag`` names and checked where it is (as
+    :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved: for a cache vcache
+    cannot write to. A file that is absent gets ``snapshot.missing_file`` or ``snapshot.broken_link``."""
+    return _verify_cached_file(
+        repo,
+        Ledger(repo.ledger_dir),
+        commit,
+        _Expected(path, size, etag),
+        deep=False,
+        strict=strict,
+        quarantine=False,
+    )
+
+
 def _verify_cached_file(
     repo: CacheRepo,
     ledger: Ledger,
