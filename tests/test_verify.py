@@ -220,25 +220,32 @@ def test_a_snapshot_relinked_to_another_verified_blob_fails(hub: Any, cache_dir:
     assert bad.verdict is Verdict.FAIL and bad.findings[0].code == "snapshot.wrong_blob"
 
 
-@pytest.mark.parametrize("kind", ["symlink", "directory"])
+@pytest.mark.parametrize("swap", ["symlink_to_copy", "symlink_to_moved", "directory"])
 def test_a_blob_that_is_not_a_regular_file_fails_verify_and_scan_and_pull_replaces_it(
-    hub: Any, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    hub: Any, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
 ) -> None:
     """A blob swapped for a symlink to an identical file outside the cache (any member of a group-writable
-    cache can do it), or for a directory: never trusted, whatever the bytes behind it say."""
+    cache can do it; or to the verified file itself, moved out), or for a directory: never trusted, whatever
+    the bytes behind it say, also where a verify of the unchanged snapshot was remembered."""
     from vcache.quarantine import list_entries
 
     report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
     snap = Path(report.snapshot_path or "")
     blob = (snap / SHARD1).resolve()
     good = blob.read_bytes()
+    assert run("verify", REPO, "--cache-dir", str(cache_dir)).exit_code == 0  # remembered: snapshot record
     outside = tmp_path / "elsewhere" / "weights.safetensors"
     outside.parent.mkdir()
-    blob.unlink()
-    if kind == "symlink":
+    kind = swap.split("_")[0]
+    if swap == "symlink_to_copy":
+        blob.unlink()
         outside.write_bytes(good)
         os.symlink(outside, blob)  # the same bytes, outside the cache
+    elif swap == "symlink_to_moved":
+        os.rename(blob, outside)
+        os.symlink(outside, blob)  # the very inode that was verified, now outside the cache
     else:
+        blob.unlink()
         blob.mkdir()
 
     def assert_refused(res: Any) -> None:
