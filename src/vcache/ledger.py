@@ -16,9 +16,10 @@ snapshot, never any hashing (each is only a shortcut to what the per-blob record
   set of architecture-relevant arguments.
 
 Each names the files its content was derived from with their :func:`entry_state` (link target, stat token
-and whether it leads straight to a regular file, or absent), and is trusted only while every one of them is unchanged, and only by the same vcache version and
-``CHECKS_VERSION`` that wrote it (:meth:`Ledger.read_derived` refuses anything else). Whoever writes one
-captures the states before and after deriving the content, and writes nothing when they differ.
+and whether it leads straight to a regular file, or absent), and is trusted only while every one of them is
+unchanged, and only by the same vcache version and ``CHECKS_VERSION`` that wrote it
+(:meth:`Ledger.read_derived` refuses anything else). Whoever writes one captures the states before and after
+deriving the content, and writes nothing when they differ.
 """
 
 from __future__ import annotations

@@ -155,8 +155,9 @@ def verify_snapshot(
 
     Files the tree listing names but the snapshot lacks are failures (``snapshot.missing_file``), and so are
     blobs that are not regular files (``cache.blob_not_regular``: reported, never hashed or moved; a pull sets
-    them aside and fetches the file again). Blobs without a valid record (written by another tool, changed since, or ``deep``) are re-hashed against their
-    blob name and re-checked, and the record is written when they pass.
+    them aside and fetches the file again). Blobs without a valid record (written by another tool, changed
+    since, or ``deep``) are re-hashed against their blob name and re-checked, and the record is written when
+    they pass.
 
     Unless ``deep``, the snapshot record (``.vcache/ledger/snapshots/<commit>.json``) answers for every file
     whose link, blob and per-blob record are all unchanged since it was written, and remembers the repo
@@ -392,8 +393,9 @@ def verify_in_place(
     repo: CacheRepo, commit: str, path: str, *, size: int | None, etag: str, strict: bool
 ) -> FileReport:
     """One file of a cached snapshot, hashed against the digest ``etag`` names and checked where it is (as
-    :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved: for a cache vcache
-    cannot write to. A file that is absent gets ``snapshot.missing_file`` or ``snapshot.broken_link``."""
+    :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved or quarantined (a
+    ledger record is written only where the cache is writable): for a cache vcache cannot write to. A file
+    that is absent gets ``snapshot.missing_file`` or ``snapshot.broken_link``."""
     return _verify_cached_file(
         repo,
         Ledger(repo.ledger_dir),
