@@ -9,7 +9,7 @@ import pytest
 
 from vcache.cache import CacheRepo, iter_repo_folders
 from vcache.hashing import git_blob_sha1
-from vcache.ledger import Ledger, StatToken
+from vcache.ledger import Ledger, StatToken, entry_state
 from vcache.report import warn
 
 
@@ -98,6 +98,54 @@ def test_ledger_trusts_only_unchanged_blobs(cache_dir: Path) -> None:
     (repo.ledger_dir / f"{etag}.json").write_text("{not json")
     assert ledger.lookup(etag, blob) is None
     assert StatToken.of(blob).size == 100
+
+
+def test_ledger_notices_bytes_changed_in_place_with_the_mtime_put_back(cache_dir: Path) -> None:
+    """``os.utime`` can put size and mtime back, not ``st_ctime``: the unchanged-file test includes it."""
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "a" * 40
+    etag = _publish(repo, commit, "w.bin", b"x" * 100)
+    ledger = Ledger(repo.ledger_dir)
+    blob = repo.blob_path(etag)
+    ledger.record(etag, blob, "gitsha1:" + etag, [])
+    link = repo.snapshot_dir(commit) / "w.bin"
+    before = entry_state(link)
+    st = os.stat(blob)
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.write(b"y")
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(blob).st_size, os.stat(blob).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert ledger.lookup(etag, blob) is None
+    assert entry_state(link) != before  # the derived records (snapshot, transformers verdicts) see it too
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_ledger_trusts_only_regular_files(cache_dir: Path, tmp_path: Path, kind: str) -> None:
+    """A blob replaced by something that is not a regular file is never vouched for, even when it leads to
+    the very inode that was verified (moved outside the cache, a symlink left in its place)."""
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "b" * 40
+    etag = _publish(repo, commit, "w.bin", b"x" * 100)
+    ledger = Ledger(repo.ledger_dir)
+    blob = repo.blob_path(etag)
+    ledger.record(etag, blob, "gitsha1:" + etag, [])
+    link = repo.snapshot_dir(commit) / "w.bin"
+    before = entry_state(link)
+    if kind == "symlink":
+        moved = tmp_path / "moved.bin"
+        os.rename(blob, moved)
+        os.symlink(moved, blob)
+    elif kind == "fifo":
+        blob.unlink()
+        os.mkfifo(blob)
+    else:
+        blob.unlink()
+        blob.mkdir()
+    assert ledger.lookup(etag, blob) is None
+    assert entry_state(link) != before
+    with pytest.raises(OSError, match="not a regular file"):
+        ledger.record(etag, blob, "gitsha1:" + etag, [])
 
 
 def test_iter_repo_folders(cache_dir: Path) -> None:

@@ -619,3 +619,54 @@ def test_force_fetches_the_whole_file_again_and_clears_its_partials(
     (req,) = hub.body_requests("acme/big", "model.safetensors")
     assert req.range is None  # from byte 0, not resumed from the earlier partial
     assert not old.exists() and list_partials(CacheRepo(cache_dir, "acme/big").partials) == []
+# A pull in a child process whose audit hook records every name it creates: symlinks made, files opened for
+# writing, and renames (os.replace).
+AUDITED_PULL = r"""
+import json, os, sys
+events = []
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+def audit(event, args):
+    if event == "os.symlink":
+        events.append(["created", os.fsdecode(args[1])])
+    elif event == "os.rename":
+        events.append(["renamed", os.fsdecode(args[0]), os.fsdecode(args[1])])
+    elif event == "open" and not isinstance(args[0], int):
+        path, mode, flags = args
+        if (isinstance(flags, int) and flags & WRITE_FLAGS) or (isinstance(mode, str) and set(mode) & set("wax+")):
+            events.append(["created", os.path.abspath(os.fsdecode(os.fspath(path)))])
+
+sys.addaudithook(audit)
+import vcache
+report = vcache.pull(sys.argv[1], cache_dir=sys.argv[2], endpoint=sys.argv[3])
+print(json.dumps({"ok": report.ok, "events": events}))
+"""
+
+
+@pytest.mark.parametrize("symlinks", [True, False])
+def test_readers_never_see_a_temporary_name_in_snapshots_or_refs(
+    hub: Any, cache_dir: Path, llama_folder: Path, symlinks: bool
+) -> None:
+    """Snapshot links (or copies) and refs are made elsewhere in the repo folder and renamed into place: a
+    reader listing ``snapshots/<commit>/`` or ``refs/`` during a pull sees only final names."""
+    env = dict(os.environ)
+    if not symlinks:
+        env["HF_HUB_DISABLE_SYMLINKS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", AUDITED_PULL, REPO, str(cache_dir), hub.endpoint],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["ok"]
+    repo = CacheRepo(cache_dir, REPO)
+    watched = [str(repo.root / "snapshots") + os.sep, str(repo.root / "refs") + os.sep]
+    final = sorted(str(p) for folder in watched for p in Path(folder).rglob("*") if not p.is_dir())
+    assert len(final) == len(_files(llama_folder)) + 1  # every file, and refs/main
+    appeared = [e[-1] for e in out["events"] if e[-1].startswith(tuple(watched))]
+    assert sorted(appeared) == final  # each final name appeared once, and no other name did
+    made_there = [e for e in out["events"] if e[0] == "created" and e[1].startswith(tuple(watched))]
+    assert made_there == []  # every entry arrived by one rename from outside those folders

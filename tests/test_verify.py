@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,9 @@ def test_verify_deep_quarantine_refetch_restore_purge(hub: Any, cache_dir: Path,
     start, _end, _dt, _shape = tensor_location(blob, "model.layers.0.self_attn.o_proj.weight")
     _damage_keep_stat(blob, start, b"\x7f\xc0\x00\x00" * 16)  # NaNs, same size, same mtime
 
-    shallow = vcache.verify([REPO], cache_dir=cache_dir)
-    assert shallow[0].verdict is Verdict.OK  # the ledger vouches for an unchanged stat token
-
-    res = run("verify", REPO, "--cache-dir", str(cache_dir), "--deep", "--json")
+    # No ledger shortcut: the mtime is back, but st_ctime (which utime cannot set) changed, so even a
+    # verify without --deep hashes the file again.
+    res = run("verify", REPO, "--cache-dir", str(cache_dir), "--json")
     assert res.exit_code == 1, res.output
     doc = json.loads(res.output)
     bad = next(f for f in doc["files"] if f["path"] == SHARD1)
@@ -66,6 +66,7 @@ def test_verify_deep_quarantine_refetch_restore_purge(hub: Any, cache_dir: Path,
     again = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
     assert again.ok and [r.file_path for r in hub.body_requests()] == [SHARD1]
     assert (snap / SHARD1).read_bytes() == (llama_folder / SHARD1).read_bytes()
+    assert run("verify", REPO, "--cache-dir", str(cache_dir), "--deep").exit_code == 0
 
     # restore refuses while a good blob is in place; --to copies the bytes out; purge deletes.
     res = run("quarantine", "restore", bad["quarantine_id"], "--cache-dir", str(cache_dir))
@@ -262,3 +263,66 @@ def test_scan_tells_orphaned_partials_from_resumable_ones(
         (line,) = [ln for ln in lines if partial.name in ln]
         assert why in line and f"rm -r {partial}" in line
     assert "`vcache pull" not in res.output  # no partial is said to be resumed
+@pytest.mark.parametrize("swap", ["symlink_to_copy", "symlink_to_moved", "directory"])
+def test_a_blob_that_is_not_a_regular_file_fails_verify_and_scan_and_pull_replaces_it(
+    hub: Any, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    """A blob swapped for a symlink to an identical file outside the cache (any member of a group-writable
+    cache can do it; or to the verified file itself, moved out), or for a directory: never trusted, whatever
+    the bytes behind it say, also where a verify of the unchanged snapshot was remembered."""
+    from vcache.quarantine import list_entries
+
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    snap = Path(report.snapshot_path or "")
+    blob = (snap / SHARD1).resolve()
+    good = blob.read_bytes()
+    assert run("verify", REPO, "--cache-dir", str(cache_dir)).exit_code == 0  # remembered: snapshot record
+    outside = tmp_path / "elsewhere" / "weights.safetensors"
+    outside.parent.mkdir()
+    kind = swap.split("_")[0]
+    if swap == "symlink_to_copy":
+        blob.unlink()
+        outside.write_bytes(good)
+        os.symlink(outside, blob)  # the same bytes, outside the cache
+    elif swap == "symlink_to_moved":
+        os.rename(blob, outside)
+        os.symlink(outside, blob)  # the very inode that was verified, now outside the cache
+    else:
+        blob.unlink()
+        blob.mkdir()
+
+    def assert_refused(res: Any) -> None:
+        assert res.exit_code == 1, res.output
+        doc = json.loads(res.output)
+        bad = next(f for f in doc["files"] if f["path"] == SHARD1)
+        assert bad["verdict"] == "fail" and bad["findings"][0]["code"] == "cache.blob_not_regular", bad
+        message = bad["findings"][0]["message"]
+        assert f"blobs/{blob.name}" in message and kind in message and "vcache pull" in message
+
+    assert_refused(run("verify", REPO, "--cache-dir", str(cache_dir), "--json"))
+    if kind == "symlink":
+        # Changed in place with its mtime put back: still refused (it was never trusted).
+        _damage_keep_stat(outside, 100, b"\xff")
+        assert_refused(run("verify", REPO, "--cache-dir", str(cache_dir), "--json"))
+    assert_refused(run("scan", "--cache-dir", str(cache_dir), "--json"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = pull(REPO, cache_dir=cache_dir)
+    assert not offline.ok
+    assert next(f for f in offline.files if f.path == SHARD1).findings[0].code == "cache.blob_not_regular"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert (snap / SHARD1).resolve() == blob.resolve()  # verify and scan only report; nothing moved
+
+    hub.clear_log()
+    again = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert again.ok and [r.file_path for r in hub.body_requests()] == [SHARD1]
+    assert stat.S_ISREG(os.lstat(blob).st_mode) and blob.read_bytes() == good
+    assert (snap / SHARD1).read_bytes() == good
+    (entry,) = list_entries(cache_dir)  # the odd entry is kept aside, never deleted
+    assert entry.path == SHARD1 and entry.findings[0].code == "cache.blob_not_regular"
+    if kind == "symlink":
+        assert os.readlink(entry.data) == str(outside) and outside.exists()  # the outside file is left alone
+    else:
+        assert entry.data.is_dir()
+    res = run("quarantine", "restore", entry.id, "--cache-dir", str(cache_dir))
+    assert res.exit_code == 2 and "nothing to restore" in res.output  # not put back as a blob
+    assert run("verify", REPO, "--cache-dir", str(cache_dir)).exit_code == 0

@@ -8,12 +8,14 @@
     <cache>/<repo_folder>/refs/<revision>              (commit, no newline; written only for whole snapshots)
     <cache>/<repo_folder>/snapshots/<commit>/<path>    (relative symlink to ../../blobs/<etag>)
     <cache>/<repo_folder>/trees/<commit>.json          (huggingface_hub's tree cache, for offline completeness)
-    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine}/   (vcache's own state, nowhere else)
+    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine,tmp}/   (vcache's own state, nowhere else)
 
 Every path :class:`CacheRepo` builds from a name (blob name, commit, ref, snapshot path) is refused with
 :class:`~vcache.errors.UnsafePath` when it would leave its folder, whoever supplied the name.
 
-Publishing is fsync + ``os.replace`` so a reader sees either nothing or the whole verified blob. This module
+Publishing is fsync + ``os.replace`` so a reader sees either nothing or the whole verified blob. Snapshot
+entries and refs are made in ``.vcache/tmp/`` (same repo folder, so the rename stays atomic) and renamed into
+place: a reader listing ``snapshots/<commit>/`` or ``refs/`` never sees a temporary name. This module
 never decides whether a file is good: callers publish only what passed its checks.
 """
 
@@ -23,6 +25,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -61,6 +64,32 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def entry_kind(path: str | os.PathLike[str]) -> str | None:
+    """What is at ``path``, symlinks not followed: None when nothing is, ``"file"`` for a regular file, else
+    ``"symlink"``, ``"directory"``, ``"fifo"``, ``"socket"``, ``"device"`` or ``"special file"``.
+
+    A blob is trusted only as a regular file inside the cache: anything else can change what a reader gets
+    without the blob's own stat changing. Raises :class:`OSError` when it cannot tell (no permission).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        return "device"
+    return "special file"
 
 
 def translate_os_error(exc: OSError, what: str) -> OSError:
@@ -138,6 +167,11 @@ class CacheRepo:
         return self.state / "ledger"
 
     @property
+    def tmp_dir(self) -> Path:
+        """Where snapshot entries and refs are made before they are renamed into place."""
+        return self.state / "tmp"
+
+    @property
     def quarantine_dir(self) -> Path:
         """Files that failed verification, kept with their reports."""
         return self.state / "quarantine"
@@ -211,9 +245,10 @@ class CacheRepo:
         """
         target = self.snapshot_file(commit, path)
         blob = self.blob_path(etag)
+        tmp = self.tmp_dir / f"{target.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
             if _symlinks_disabled():
                 shutil.copyfile(blob, tmp)
             else:
@@ -225,6 +260,8 @@ class CacheRepo:
                     shutil.copyfile(blob, tmp)
             os.replace(tmp, target)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise translate_os_error(exc, f"linking {path}") from exc
         return target
 
@@ -260,7 +297,8 @@ class CacheRepo:
             ref.parent.mkdir(parents=True, exist_ok=True)
             if ref.exists() and ref.read_text() == commit:
                 return
-            write_atomic(ref, commit.encode())
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(ref, commit.encode(), tmp_dir=self.tmp_dir)
         except OSError as exc:
             raise translate_os_error(exc, f"writing ref {revision}") from exc
 
@@ -315,9 +353,10 @@ def _symlinks_disabled() -> bool:
     return os.environ.get("HF_HUB_DISABLE_SYMLINKS", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a small file atomically: temp file in the same folder, fsync, ``os.replace``."""
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+    """Write a small file atomically: temp file (in ``tmp_dir``, which must be on the same filesystem, else in
+    the same folder), fsync, ``os.replace``."""
+    tmp = (tmp_dir or path.parent) / f"{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(data)

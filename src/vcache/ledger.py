@@ -1,9 +1,11 @@
 """Per-blob verification records, so a later verify or load of an unchanged blob need not re-hash it.
 
 One JSON file per blob under ``<repo_folder>/.vcache/ledger/<etag>.json``, written atomically. A record is
-trusted only while the blob's *stat token* (device, inode, size, mtime) is unchanged and the record was
-written by checks at least as new as these (``CHECKS_VERSION``); anything else means "verify again". This
-module never decides a verdict; it remembers one.
+trusted only while the blob is a regular file whose *stat token* (inode, size, mtime, ctime) is unchanged and
+the record was written by checks at least as new as these (``CHECKS_VERSION``); anything else means "verify
+again". A blob that is a symlink (to a file that may sit outside the cache and change at will), a directory or
+anything else is never vouched for. ``st_ctime`` is in the token because ``os.utime`` can put size and mtime
+back after an in-place edit, never the ctime. This module never decides a verdict; it remembers one.
 
 Two derived kinds of record save the work that is done again on every offline verify or load of an unchanged
 snapshot, never any hashing (each is only a shortcut to what the per-blob records and the files say):
@@ -13,10 +15,11 @@ snapshot, never any hashing (each is only a shortcut to what the per-blob record
 - ``.vcache/ledger/models/<key>.json``: the transformers completeness verdict for one commit, class and
   set of architecture-relevant arguments.
 
-Each names the files its content was derived from with their :func:`entry_state` (link target and stat token,
-or absent), and is trusted only while every one of them is unchanged, and only by the same vcache version and
-``CHECKS_VERSION`` that wrote it (:meth:`Ledger.read_derived` refuses anything else). Whoever writes one
-captures the states before and after deriving the content, and writes nothing when they differ.
+Each names the files its content was derived from with their :func:`entry_state` (link target, stat token
+and whether it leads straight to a regular file, or absent), and is trusted only while every one of them is
+unchanged, and only by the same vcache version and ``CHECKS_VERSION`` that wrote it
+(:meth:`Ledger.read_derived` refuses anything else). Whoever writes one captures the states before and after
+deriving the content, and writes nothing when they differ.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vcache._version import __version__
-from vcache.cache import write_atomic
+from vcache.cache import entry_kind, write_atomic
 from vcache.report import Finding, findings_from_json
 
 #: Bump when the checks change in a way that should make old records untrusted.
@@ -40,14 +44,15 @@ CHECKS_VERSION = 1
 #: Bump when the layout of the derived (snapshot, model) records changes.
 DERIVED_FORMAT = 1
 
-#: ``[link target or None, dev, ino, size, mtime_ns]`` (stat fields None when the target is missing); the
-#: JSON form is the same list, so a state read from a record compares equal to a fresh one.
+#: ``[link target or None, ino, size, mtime_ns, ctime_ns, regular]`` (stat fields None when the target is
+#: missing); the JSON form is the same list, so a state read from a record compares equal to a fresh one.
 EntryState = list[Any]
 
 
 @dataclass(frozen=True)
 class StatToken:
-    """What must not change for a record to stay valid.
+    """What must not change for a record to stay valid: inode, size, mtime and ctime (``os.utime`` can put
+    the mtime back after an in-place edit; nothing but the kernel sets the ctime).
 
     The device number is kept for diagnosis but not compared: NFS/Lustre clients see different ``st_dev``
     for the same file, and comparing it would make every node of a shared cache re-verify every blob.
@@ -57,17 +62,26 @@ class StatToken:
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, path: Path) -> StatToken:
-        """The token of the file ``path`` points to (symlinks followed)."""
-        st = os.stat(path)
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        """The token of the regular file at ``path`` (a symlink is not followed).
+
+        Raises :class:`OSError` when ``path`` is missing or is not a regular file: only a regular file's own
+        stat says whether its bytes changed.
+        """
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({entry_kind(path)})", str(path))
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
-    """What is at ``path`` now: None when nothing is, else its link target (None when it is not a symlink) and
-    the stat token of what it resolves to (stat fields None for a dangling link).
+    """What is at ``path`` now: None when nothing is, else its link target (None when it is not a symlink), the
+    stat token of what it resolves to (stat fields None for a dangling link), and whether that is a regular file
+    reached in at most one hop (a snapshot link straight to a blob that is a regular file; False when the blob
+    is itself a symlink, even to the very inode that was verified).
 
     Raises :class:`OSError` when it cannot tell (no permission, a link loop): callers then trust nothing.
     """
@@ -79,11 +93,17 @@ def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
         if exc.errno != errno.EINVAL:  # EINVAL: there is something, and it is not a symlink
             raise
         link = None
+    # The link's one hop, resolved by the kernel from the folder the link is in (not normalised: ".." after
+    # a symlinked folder must mean what it means to the kernel).
+    hop = path if link is None else os.path.join(os.path.dirname(path), link)
     try:
-        st = os.stat(path)
+        st = os.lstat(hop)
+        regular = stat.S_ISREG(st.st_mode)
+        if not regular:
+            st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return None if link is None else [link, None, None, None]
-    return [link, st.st_ino, st.st_size, st.st_mtime_ns]  # no st_dev: see StatToken
+        return None if link is None else [link, None, None, None, None, False]
+    return [link, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, regular]  # no st_dev: see StatToken
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,7 @@ class LedgerRecord:
                 "ino": self.stat.ino,
                 "size": self.stat.size,
                 "mtime_ns": self.stat.mtime_ns,
+                "ctime_ns": self.stat.ctime_ns,
             },
             "findings": [f.to_json() for f in self.findings],
             "vcache_version": self.vcache_version,
@@ -121,13 +142,16 @@ class LedgerRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerRecord:
-        """Parse the on-disk form (raises KeyError/TypeError/ValueError when malformed)."""
+        """Parse the on-disk form (raises KeyError/TypeError/ValueError when malformed, or written before the
+        token held the ctime: such a record is not trusted, the blob is verified again)."""
         st = data["stat"]
         return cls(
             etag=str(data["etag"]),
             digest=str(data["digest"]),
             size=int(data["size"]),
-            stat=StatToken(int(st["dev"]), int(st["ino"]), int(st["size"]), int(st["mtime_ns"])),
+            stat=StatToken(
+                int(st["dev"]), int(st["ino"]), int(st["size"]), int(st["mtime_ns"]), int(st["ctime_ns"])
+            ),
             findings=findings_from_json(data.get("findings", [])),
             vcache_version=str(data.get("vcache_version", "")),
             checks_version=int(data.get("checks_version", 0)),
@@ -148,7 +172,10 @@ class Ledger:
     def record(
         self, etag: str, blob: Path, digest: str, findings: Sequence[Finding], *, restored: bool = False
     ) -> LedgerRecord:
-        """Remember that ``blob`` (now at its final path) was verified with these findings."""
+        """Remember that ``blob`` (now at its final path) was verified with these findings.
+
+        Raises :class:`OSError` when ``blob`` is not a regular file: nothing else is ever vouched for.
+        """
         stat = StatToken.of(blob)
         rec = LedgerRecord(
             etag=etag,
@@ -173,7 +200,8 @@ class Ledger:
             return None
 
     def lookup(self, etag: str, blob: Path) -> LedgerRecord | None:
-        """The record for ``etag`` if it still describes ``blob`` exactly; None means verify again."""
+        """The record for ``etag`` if it still describes ``blob`` exactly (a regular file with the same stat
+        token); None means verify again."""
         rec = self.get(etag)
         if rec is None or rec.etag != etag or rec.checks_version < CHECKS_VERSION:
             return None
@@ -196,7 +224,7 @@ class Ledger:
             st = os.stat(os.path.join(self.directory, f"{etag}.json"))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return [None, st.st_ino, st.st_size, st.st_mtime_ns]
+        return [None, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISREG(st.st_mode)]
 
     # -- derived records (snapshots/, models/) -------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from huggingface_hub.utils._paths import filter_repo_objects
 
-from vcache.cache import CacheRepo, translate_os_error
+from vcache.cache import CacheRepo, entry_kind, translate_os_error
 from vcache.checks import StreamingCheck, check_file
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.cluster import start_jitter, transfer_settings
@@ -73,9 +73,11 @@ from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
     assess_file,
     attach_repo_findings,
+    blob_not_regular,
     digest_mismatch,
     require_complete,
     resolve_cached_commit,
+    verify_in_place,
     verify_snapshot,
 )
 
@@ -271,6 +273,7 @@ class _Puller:
         self.force = force
         self.ledger = Ledger(repo.ledger_dir)
         self.headers: dict[str, SafetensorsHeader | None] = {}
+        self.read_only = False
 
     def run(
         self,
@@ -324,11 +327,15 @@ class _Puller:
                     where = f"{self.repo.repo_id}@{revision or commit[:12]}"
                     raise _selects_nothing(where, allow, ignore, len(listing))
         check_unique_paths(remote)
+        self.read_only = not (is_writable_dir(self.repo.cache_dir) and is_writable_dir(self.repo.root))
         plan = [(f, self._cached_report(commit, f)) for f in remote]
         to_fetch = [f for f, rep in plan if rep is None]
-        if to_fetch:
-            # Only now: a read-only cache that already holds everything is answered without a single write.
-            if not is_writable_dir(self.repo.cache_dir):
+        if to_fetch and self.read_only:
+            # Nothing can be written here (no ledger record, ref, lock or link): what is present is hashed and
+            # checked where it is, and only what is absent is missing.
+            plan = [(f, rep or self._verified_in_place(commit, f)) for f, rep in plan]
+            to_fetch = [f for f, rep in plan if rep is None]
+            if to_fetch:
                 raise CacheNotWritable(
                     f"the cache at {self.repo.cache_dir} is read-only and lacks "
                     f"{', '.join(f.path for f in to_fetch[:5])}{' ...' if len(to_fetch) > 5 else ''} of "
@@ -337,6 +344,7 @@ class _Puller:
                     repo_id=self.repo.repo_id,
                     missing=[f.path for f in to_fetch],
                 )
+        if to_fetch:
             self.repo.ensure_layout()
         self.progress.planned(sum(f.size for f in to_fetch), len(to_fetch))
         reports: dict[str, FileReport] = {f.path: rep for f, rep in plan if rep is not None}
@@ -383,8 +391,8 @@ class _Puller:
             strict=self.opts.strict,
             errors=tuple(errors),
         )
-        if report.ok:
-            # Written only when they change, so that a verified read-only cache is never written to.
+        if report.ok and not self.read_only:
+            # Written only when they change (a cache shared read-only by its readers is not written to).
             tree = (
                 {f.path: (f.size, f.blob_id, f.lfs_sha256) for f in listing} if listing is not None else None
             )
@@ -428,6 +436,8 @@ class _Puller:
         if rec is None:
             return None  # present but not verified by vcache: _fetch_one verifies it locally first
         if self.repo.linked_etag(commit, f.path) != f.etag:
+            if self.read_only:
+                return None  # cannot link it: only what the snapshot serves counts
             self.repo.link(commit, f.path, f.etag)
         return FileReport(
             f.path,
@@ -438,6 +448,14 @@ class _Puller:
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
         )
+
+    def _verified_in_place(self, commit: str, f: RemoteFile) -> FileReport | None:
+        """On a read-only cache: the file the snapshot serves, hashed against the listing's digest and checked
+        where it is (nothing written or moved); None when the snapshot does not serve it."""
+        rep = verify_in_place(self.repo, commit, f.path, size=f.size, etag=f.etag, strict=self.opts.strict)
+        if any(x.code in ("snapshot.missing_file", "snapshot.broken_link") for x in rep.findings):
+            return None
+        return rep
 
     # -- one file ---------------------------------------------------------------------------------------------
     def _fetch_one(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
@@ -456,11 +474,35 @@ class _Puller:
                     timeout=lock_timeout(),
                     what=what,
                 )
-            if blob.exists() and not self.force:
+            kind = entry_kind(blob)
+            if kind not in (None, "file"):
+                self._set_aside(commit, f, blob, kind)
+            elif kind == "file" and not self.force:
                 settled = self._adopt_existing_blob(commit, f, blob)
                 if settled is not None:
                     return settled
             return self._download(transfer, commit, f)
+
+    def _set_aside(self, commit: str, f: RemoteFile, blob: Path, kind: str) -> None:
+        """A blob that is not a regular file (a symlink, maybe to outside the cache; a directory): never
+        followed or trusted. It is quarantined as it is (the link itself moves; whatever it points to is left
+        alone) and the file is fetched again."""
+        finding = blob_not_regular(self.repo, f.path, f.etag, kind)
+        self.repo.unlink(commit, f.path)  # no reader gets what it leads to meanwhile
+        entry = quarantine_file(
+            self.repo,
+            blob,
+            path=f.path,
+            commit=commit,
+            etag=f.etag,
+            expected_digest=str(f.digest),
+            actual_digest=None,
+            findings=[finding],
+            source="cache",
+        )
+        self.progress.message(
+            f"{f.path}: its blob is a {kind}, not a regular file; set aside as {entry.id}, fetching again"
+        )
 
     def _adopt_existing_blob(self, commit: str, f: RemoteFile, blob: Path) -> FileReport | None:
         """A blob is already there (another process, or huggingface_hub): trust it only after checking it."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcache.cache import CacheRepo, iter_repo_folders, translate_os_error, write_atomic
+from vcache.cache import CacheRepo, entry_kind, iter_repo_folders, translate_os_error, write_atomic
 from vcache.errors import UsageError
 from vcache.ledger import Ledger
 from vcache.report import Finding, findings_from_json
@@ -91,7 +91,7 @@ def quarantine_file(
     folder = repo.quarantine_dir / qid
     try:
         folder.mkdir(parents=True)
-        size = os.stat(data_path).st_size
+        size = os.lstat(data_path).st_size  # a symlink is moved as it is, never followed
         os.replace(data_path, folder / DATA_NAME)
     except OSError as exc:
         raise translate_os_error(exc, f"quarantining {path}") from exc
@@ -164,9 +164,16 @@ def restore(cache_dir: Path, qid: str, *, to: Path | None = None) -> Path:
 
     With ``to``, copy the bytes out to that path (the entry stays). Without, move them back to
     ``blobs/<etag>``, relink the snapshot path and record the override in the ledger — refused when a
-    blob is already in place (a good copy was fetched since; purge the entry instead).
+    blob is already in place (a good copy was fetched since; purge the entry instead), and for an entry that
+    holds no file's bytes (a blob that was a symlink or a directory, set aside by a pull).
     """
     entry = find_entry(cache_dir, qid)
+    kind = entry_kind(entry.data)
+    if kind != "file":
+        raise UsageError(
+            f"entry {entry.id} holds a {kind or 'nothing'} where {entry.path}'s blob was, not a file's bytes; "
+            f"nothing to restore (it stays in {entry.folder} until `vcache quarantine purge {entry.id}`)"
+        )
     if to is not None:
         dest = to / Path(entry.path).name if to.is_dir() else to
         shutil.copyfile(entry.data, dest)

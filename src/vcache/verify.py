@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.cache import CacheRepo, entry_kind, iter_repo_folders
 from vcache.checks import check_file
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
@@ -84,6 +84,24 @@ def digest_mismatch(name: str, expected: Digest, actual: Digest) -> Finding:
     )
 
 
+def blob_not_regular(repo: CacheRepo, path: str, etag: str, kind: str) -> Finding:
+    """The finding for a blob that is not a regular file (a symlink, a directory, a fifo...): never trusted,
+    whatever it leads to, since what a symlink points to can change without the blob's stat changing."""
+    blob = repo.blob_path(etag)
+    what = kind
+    if kind == "symlink":
+        with contextlib.suppress(OSError):
+            what = f"symlink to {os.readlink(blob)}"
+    return fail(
+        "cache.blob_not_regular",
+        f"{path}: its blob {repo.folder_name}/blobs/{etag} is a {what}, not a regular file, so vcache does not "
+        f"trust it (what it holds or points to can change unseen); run `vcache pull {repo.repo_id}` to set it "
+        "aside and replace it with a verified copy",
+        blob=str(blob),
+        kind=kind,
+    )
+
+
 @dataclass(frozen=True)
 class _Expected:
     path: str
@@ -137,9 +155,11 @@ def verify_snapshot(
 ) -> PullReport:
     """Verify a cached snapshot offline: trust unchanged ledger records unless ``deep``; quarantine failures.
 
-    Files the tree listing names but the snapshot lacks are failures (``snapshot.missing_file``). Blobs
-    without a valid record (written by another tool, changed since, or ``deep``) are re-hashed against their
-    blob name and re-checked, and the record is written when they pass.
+    Files the tree listing names but the snapshot lacks are failures (``snapshot.missing_file``), and so are
+    blobs that are not regular files (``cache.blob_not_regular``: reported, never hashed or moved; a pull sets
+    them aside and fetches the file again). Blobs without a valid record (written by another tool, changed
+    since, or ``deep``) are re-hashed against their blob name and re-checked, and the record is written when
+    they pass.
 
     Unless ``deep``, the snapshot record (``.vcache/ledger/snapshots/<commit>.json``) answers for every file
     whose link, blob and per-blob record are all unchanged since it was written, and remembers the repo
@@ -371,6 +391,24 @@ def _attach_remembered(
     return out, {"key": key, "folder": before, "extra": added}
 
 
+def verify_in_place(
+    repo: CacheRepo, commit: str, path: str, *, size: int | None, etag: str, strict: bool
+) -> FileReport:
+    """One file of a cached snapshot, hashed against the digest ``etag`` names and checked where it is (as
+    :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved or quarantined (a
+    ledger record is written only where the cache is writable): for a cache vcache cannot write to. A file
+    that is absent gets ``snapshot.missing_file`` or ``snapshot.broken_link``."""
+    return _verify_cached_file(
+        repo,
+        Ledger(repo.ledger_dir),
+        commit,
+        _Expected(path, size, etag),
+        deep=False,
+        strict=strict,
+        quarantine=False,
+    )
+
+
 def _verify_cached_file(
     repo: CacheRepo,
     ledger: Ledger,
@@ -436,6 +474,16 @@ def _verify_cached_file(
         )
     etag = linked or exp.etag
     blob = repo.blob_path(etag) if etag and linked else snap
+    kind = entry_kind(blob)
+    if linked and kind != "file":
+        return FileReport(
+            exp.path,
+            exp.size,
+            findings=(blob_not_regular(repo, exp.path, linked, str(kind)),),
+            location=location,
+            strict=strict,
+            cached=True,
+        )
     expected = _digest_for(etag)
     if etag and not deep:
         rec = ledger.lookup(etag, blob)
@@ -467,7 +515,8 @@ def _verify_cached_file(
         qid = entry.id
         ledger.forget(etag or "")
         _unlink_all(repo, etag or "")
-    elif etag and expected is not None and actual == expected and _writable(repo):
+    elif etag and expected is not None and actual == expected and kind == "file" and _writable(repo):
+        # (a snapshot entry that is a symlink elsewhere, not a copy, has no record: it is hashed every time)
         ledger.record(etag, blob, str(actual), findings)
     return FileReport(
         exp.path,

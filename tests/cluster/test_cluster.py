@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -248,9 +249,10 @@ def test_start_jitter_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
 # Runs as a separate process, on a read-only view of the cache: a read-only bind mount in a private mount
 # namespace where that works, else (``simulate``) with every write under the cache refused by an audit hook,
 # as a read-only filesystem would. Either way the audit hook records every attempt to write there.
-READ_ONLY_CONSUMER = """
+# In ``simulate`` mode ``os.access`` also answers as on a read-only filesystem (audit hooks cannot change it).
+_READ_ONLY_PRELUDE = """
 import errno, json, os, sys
-cache, endpoint, full_repo, partial_repo, missing, mode = sys.argv[1:7]
+cache, mode = sys.argv[1:3]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 WRITE_EVENTS = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink", "os.link", "os.chmod",
                 "os.chown", "os.truncate", "os.utime", "tempfile.mkstemp", "tempfile.mkdtemp"}
@@ -283,7 +285,19 @@ if mode == "mount":
     except OSError as exc:
         assert exc.errno == errno.EROFS, exc
     attempts.clear()
+else:
+    _access = os.access
+    def _read_only_access(path, how, **kwargs):
+        if how & os.W_OK and not isinstance(path, int) and under_cache(path):
+            return False
+        return _access(path, how, **kwargs)
+    os.access = _read_only_access
+"""
 
+READ_ONLY_CONSUMER = (
+    _READ_ONLY_PRELUDE
+    + """
+endpoint, full_repo, partial_repo, missing = sys.argv[3:7]
 import vcache
 from transformers import AutoModelForCausalLM
 from vcache.cluster import doctor
@@ -306,6 +320,21 @@ step("missing_offline", lambda: vcache.hf_hub_download(partial_repo, missing, ca
 step("doctor", lambda: [[f.code, f.severity.value, f.message] for f in doctor(cache)])
 print(json.dumps(out))
 """
+)
+
+
+def _run_read_only(cache: Path, script: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run ``script`` (which starts with ``_READ_ONLY_PRELUDE``) on a read-only view of ``cache``: a read-only
+    bind mount where one can be made, else simulated. Returns the JSON its last output line holds."""
+    mode = "mount" if _read_only_mount_works(cache.parent) else "simulate"
+    if mode == "mount":
+        script_args = [str(cache), mode, *args]
+        shell = 'mount --bind -o ro "$0" "$0" && exec "$1" -c "$2" "$0" "${@:3}"'
+        cmd = ["unshare", "-m", "bash", "-c", shell, str(cache), sys.executable, script, *script_args[1:]]
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    else:
+        child = spawn(script, str(cache), mode, *args, env=env)
+    return json.loads(finish(child, timeout=120).splitlines()[-1])
 
 
 def _read_only_mount_works(tmp_path: Path) -> bool:
@@ -338,26 +367,8 @@ def test_read_only_cache_serves_verify_and_load_and_writes_nothing(
             "acme/part", cache_dir=cache, endpoint=hub.endpoint, ignore_patterns=["notes/*"]
         ).ok
         before = tree_listing(cache)
-        mode = "mount" if _read_only_mount_works(shared_root) else "simulate"
-        args = [str(cache), hub.endpoint, "acme/full", "acme/part", missing, mode]
-        if mode == "mount":
-            script = 'mount --bind -o ro "$0" "$0" && exec "$1" -c "$2" "$0" "${@:3}"'
-            cmd = [
-                "unshare",
-                "-m",
-                "bash",
-                "-c",
-                script,
-                str(cache),
-                sys.executable,
-                READ_ONLY_CONSUMER,
-                *args[1:],
-            ]
-            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        else:
-            child = spawn(READ_ONLY_CONSUMER, *args)
         t0 = time.monotonic()
-        out = json.loads(finish(child, timeout=120))
+        out = _run_read_only(cache, READ_ONLY_CONSUMER, hub.endpoint, "acme/full", "acme/part", missing)
         assert time.monotonic() - t0 < 60  # nothing waited on a lock it could not take
         hub_requests = len(hub.log)
     assert hub_requests > 0  # the online pull did ask the Hub, and answered from the ledger
@@ -379,6 +390,86 @@ def test_read_only_cache_serves_verify_and_load_and_writes_nothing(
     for key, value in out.items():
         if key.endswith(".attempts"):
             assert value == [], (key, value)
+    assert tree_listing(cache) == before
+
+
+# ``vcache pull REPO`` (the CLI, in-process) for each repo named, on the read-only view: exit code, output and
+# the write attempts of each.
+READ_ONLY_PULL = (
+    _READ_ONLY_PRELUDE
+    + """
+import contextlib, io
+from vcache.cli import main
+out = {}
+for repo in sys.argv[3:]:
+    before = len(attempts)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main(["pull", repo, "--cache-dir", cache, "--json"])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    out[repo] = {"exit": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+                 "attempts": attempts[before:]}
+print(json.dumps(out))
+"""
+)
+
+
+def test_a_copied_read_only_cache_is_verified_in_place_by_hashing(
+    shared_root: Path, llama_folder: Path, shared_env: None
+) -> None:
+    """A complete cache copied to a read-only place (new inodes: no ledger record describes its blobs), or
+    one huggingface_hub wrote (no records at all): what is there is hashed against the Hub's listing and
+    checked where it is, nothing is written, and the pull succeeds; bad bytes fail (exit 1) and only what is
+    really absent is reported missing (exit 3)."""
+    from huggingface_hub import snapshot_download
+
+    import vcache
+    from vcache.cache import CacheRepo
+    from vcache.testing.hub import HubServer, Repo
+    from vcache.testing.models import repo_from_folder
+
+    shard = "model-00001-of-00002.safetensors"
+    part = Repo("acme/part")
+    part.commit({"config.json": llama_folder / "config.json", "notes/extra.bin": b"\x01" * 4096})
+    repos = [repo_from_folder(name, llama_folder) for name in ("acme/vcache", "acme/hf", "acme/damaged")]
+    written = shared_root / "written"
+    cache = shared_root / "copy"
+    with HubServer([*repos, part]) as hub:
+        for name in ("acme/vcache", "acme/damaged"):
+            assert vcache.pull(name, cache_dir=written, endpoint=hub.endpoint).ok
+        assert vcache.pull(
+            "acme/part", cache_dir=written, endpoint=hub.endpoint, ignore_patterns=["notes/*"]
+        ).ok
+        snapshot_download("acme/hf", cache_dir=written, endpoint=hub.endpoint)
+        shutil.copytree(written, cache, symlinks=True)
+        damaged_repo = CacheRepo(cache, "acme/damaged")
+        blob = (damaged_repo.snapshot_dir(damaged_repo.read_ref("main") or "") / shard).resolve()
+        data = bytearray(blob.read_bytes())
+        data[-1] ^= 0xFF
+        blob.chmod(0o644)
+        blob.write_bytes(bytes(data))
+        before = tree_listing(cache)
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint}
+        out = _run_read_only(
+            cache, READ_ONLY_PULL, "acme/vcache", "acme/hf", "acme/damaged", "acme/part", env=env
+        )
+
+    for name in ("acme/vcache", "acme/hf"):
+        assert out[name]["exit"] == 0, out[name]
+        doc = json.loads(out[name]["stdout"])
+        assert doc["verdict"] == "ok" and len(doc["files"]) == len(list(llama_folder.rglob("*.*")))
+    damaged = out["acme/damaged"]  # the copy's bytes were hashed, not taken on the copied records' word
+    assert damaged["exit"] == 1, damaged
+    bad = next(f for f in json.loads(damaged["stdout"])["files"] if f["path"] == shard)
+    assert "digest_mismatch" in {x["code"] for x in bad["findings"]} and not bad.get("quarantine_id")
+    missing = out["acme/part"]
+    assert missing["exit"] == 3 and "read-only and lacks notes/extra.bin of acme/part" in missing["stderr"]
+    assert "config.json" not in missing["stderr"]  # present: verified, not reported missing
+    for name, result in out.items():
+        assert result["attempts"] == [], (name, result["attempts"])  # no ledger record, ref, lock or link
     assert tree_listing(cache) == before
 
 

@@ -793,7 +793,9 @@ def _shape_changed_shard(path: Path, tensor: str) -> bytes:
     return bytes(save(tensors, metadata={"format": "pt"}))
 
 
-@pytest.mark.parametrize("change", ["blob_touched", "config_changed", "shard_replaced", "class_differs"])
+@pytest.mark.parametrize(
+    "change", ["blob_touched", "blob_ctime_changed", "config_changed", "shard_replaced", "class_differs"]
+)
 def test_the_remembered_verdict_is_not_trusted_when_what_decides_it_changed(
     tiny_llama: TinyLlama,
     serve: Callable[..., Any],
@@ -816,6 +818,11 @@ def test_the_remembered_verdict_is_not_trusted_when_what_decides_it_changed(
         blob = (snapshot / shard).resolve()
         st = blob.stat()
         os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    elif change == "blob_ctime_changed":  # what an in-place edit with its mtime put back leaves to see
+        blob = (snapshot / shard).resolve()
+        mode = blob.stat().st_mode
+        os.chmod(blob, 0o600)
+        os.chmod(blob, mode)
     elif change == "config_changed":
         config = json.loads((snapshot / "config.json").read_text())
         config["intermediate_size"] = 96  # every MLP weight now has the wrong shape for this config
