@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     from vcache.cache import CacheRepo
-    from vcache.integrations.transformers import (
+    from vcache.integrations.transformers._completeness import (
         _RememberedVerdict,
         _scanned_by_pull,
         check_loaded_model,
