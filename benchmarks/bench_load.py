@@ -109,13 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     from vcache.cache import CacheRepo
-    from vcache.integrations.transformers import (
-        _RememberedVerdict,
-        _scanned_by_pull,
-        check_loaded_model,
-        check_model_completeness,
-        from_pretrained,
-    )
+    from vcache.integrations.transformers import check_loaded_model, check_model_completeness, from_pretrained
+    from vcache.integrations.transformers._after_load import _scanned_by_pull
+    from vcache.integrations.transformers._remembered import _RememberedVerdict
     from vcache.pull import pull
     from vcache.testing.hub import HubServer, Repo
 

@@ -32,6 +32,9 @@ Every error carries context where it has any (``repo_id``, ``path``, ``url``, ``
 message says what happened, to which file, and what to do next. Tokens never appear in messages.
 The huggingface_hub HTTP errors' own attributes (``response``, ``request_id``, ``server_message``) are
 ``None``: vcache raises them without an HTTP response at hand.
+
+Warnings are not errors: :class:`VcacheWarning` (a ``UserWarning``) is what the verified
+``from_pretrained`` issues for a warning finding it loads anyway; ``finding`` is the finding behind it.
 """
 
 from __future__ import annotations
@@ -166,6 +169,14 @@ class IncompleteSnapshot(VcacheError, _hf.IncompleteSnapshotError):
     snapshot_path: str | None = None  # type: ignore[assignment]
 
 
+class VcacheWarning(UserWarning):
+    """A verification warning from vcache; ``finding`` is the :class:`~vcache.report.Finding` behind it."""
+
+    def __init__(self, message: str, finding: Finding | None = None) -> None:
+        super().__init__(message)
+        self.finding = finding
+
+
 __all__ = [
     "AuthError",
     "CacheNotWritable",
@@ -186,5 +197,6 @@ __all__ = [
     "UnsafePath",
     "UsageError",
     "VcacheError",
+    "VcacheWarning",
     "VerificationFailed",
 ]

@@ -271,7 +271,7 @@ def test_after_load_check_has_no_false_alarm_when_an_fp16_row_sum_overflows() ->
 def test_small_parameters_checked_together_give_the_same_findings_in_the_same_order(
     tiny_llama: TinyLlama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vcache.integrations.transformers as integration
+    import vcache.integrations.transformers._after_load as integration
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama.folder)
     with torch.no_grad():
@@ -490,7 +490,7 @@ def test_a_cast_that_overflows_is_caught_after_load(
 def test_weights_the_pull_scanned_are_not_scanned_again(
     tiny_llama: TinyLlama, serve: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vcache.integrations.transformers as integration
+    import vcache.integrations.transformers._load as integration
 
     skipped: list[set[str]] = []
     real = integration.check_loaded_model
@@ -664,7 +664,8 @@ def test_importing_vcache_does_not_import_torch_or_transformers() -> None:
 @pytest.fixture
 def spy_completeness(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count what computing the completeness verdict does: config loads, header reads, meta-model builds."""
-    import vcache.integrations.transformers as integration
+    import vcache.integrations.transformers._completeness as completeness
+    import vcache.integrations.transformers._load as integration
 
     counts = {"config": 0, "header": 0, "meta": 0}
 
@@ -676,8 +677,8 @@ def spy_completeness(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return spy
 
     monkeypatch.setattr(integration, "_config_for", counting("config", integration._config_for))
-    monkeypatch.setattr(integration, "_read_header", counting("header", integration._read_header))
-    monkeypatch.setattr(integration, "_build_meta_model", counting("meta", integration._build_meta_model))
+    monkeypatch.setattr(completeness, "_read_header", counting("header", completeness._read_header))
+    monkeypatch.setattr(completeness, "_build_meta_model", counting("meta", completeness._build_meta_model))
     return counts
 
 
@@ -727,7 +728,7 @@ def test_an_unchanged_snapshot_reuses_the_remembered_verdict(
     logits_of: Callable[[Any], Any],
 ) -> None:
     import vcache.hashing
-    import vcache.integrations.transformers as integration
+    import vcache.integrations.transformers._load as integration
     import vcache.ledger
 
     hub = serve(tiny_llama.folder)
