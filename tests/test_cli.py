@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,35 @@ from vcache.testing.models import repo_from_folder
 
 REPO = "acme/tiny-llama"
 SHARD1 = "model-00001-of-00002.safetensors"
+#: JSON nested deeper than Python's parser goes (it raises RecursionError near 1000 levels).
+DEEP_JSON = "[" * 990 + "]" * 990
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def vcache(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``vcache ARGS`` in a process of its own, as a user runs it: the real exit code, stdout and stderr.
+
+    Whatever happens, it must not end in a Python traceback.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "vcache", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single ``vcache: error:`` line a failed command prints on stderr."""
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vcache: error:"), done.stderr
+    return lines[0]
 
 
 def test_pull_exit_0_table_and_json(hub: Any, cache_dir: Path) -> None:
@@ -83,3 +112,36 @@ def test_demo_runs_offline() -> None:
     res = run("demo")
     assert res.exit_code == 0, res.output
     assert "Caught:" in res.output and "Verified snapshot:" in res.output
+
+
+# ---- no tracebacks: hostile JSON, unreadable state, a Hub that is not one, bad --to targets --------------
+
+
+def test_json_nested_too_deeply_is_a_finding_in_pull_verify_and_scan(
+    llama_folder: Path, tmp_path: Path
+) -> None:
+    from huggingface_hub import snapshot_download
+
+    deep = tmp_path / "deep"
+    shutil.copytree(llama_folder, deep)
+    (deep / "config.json").write_text(DEEP_JSON)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    with HubServer([repo_from_folder("acme/deep", deep), repo_from_folder(REPO, llama_folder)]) as hub:
+        res = vcache(
+            "pull", "acme/deep", "--cache-dir", str(ours), "--quiet", env={"HF_ENDPOINT": hub.endpoint}
+        )
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert any("config.json" in ln and "[sniff.invalid_json]" in ln for ln in res.stdout.splitlines())
+        for repo_id in ("acme/deep", REPO):  # huggingface_hub checks nothing on the way in
+            snapshot_download(repo_id, cache_dir=theirs, endpoint=hub.endpoint)
+
+    res = vcache("scan", "--cache-dir", str(theirs))
+    assert res.returncode == 1, res.stdout + res.stderr
+    (problem,) = [ln for ln in res.stdout.splitlines() if ln.startswith(("FAIL", "WARN"))]
+    assert "acme/deep@" in problem and "config.json: [sniff.invalid_json]" in problem
+    assert "scanned 2 repo(s)" in res.stdout  # the scan went on to the other repo
+
+    for args in (("verify", str(deep)), ("verify", "acme/deep", "--cache-dir", str(theirs))):
+        res = vcache(*args)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert any("config.json" in ln and "[sniff.invalid_json]" in ln for ln in res.stdout.splitlines())
