@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from vcache.api import verify
+from vcache.cache import CacheRepo
 from vcache.cli import main
+from vcache.hashing import Digest
+from vcache.ledger import Ledger
+from vcache.partial import PartialMeta, RangeSet, open_partial
+from vcache.pull import pull
+from vcache.quarantine import quarantine_file
 from vcache.testing.hub import Fault, HubServer
 from vcache.testing.models import repo_from_folder
 
@@ -145,3 +152,65 @@ def test_json_nested_too_deeply_is_a_finding_in_pull_verify_and_scan(
         res = vcache(*args)
         assert res.returncode == 1, res.stdout + res.stderr
         assert any("config.json" in ln and "[sniff.invalid_json]" in ln for ln in res.stdout.splitlines())
+
+
+OWN_STATE = ["ledger record", "snapshot record", "tree", "quarantine report", "sidecar", "progress"]
+
+
+@pytest.mark.parametrize("which", OWN_STATE)
+def test_own_state_too_deep_to_read_is_ignored_with_a_warning(hub: Any, cache_dir: Path, which: str) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint}
+    cache = ("--cache-dir", str(cache_dir))
+    assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    assert verify([REPO], cache_dir=cache_dir)[0].ok  # remembers the snapshot's verify
+    repo = CacheRepo(cache_dir, REPO)
+    commit = repo.read_ref("main")
+    assert commit is not None
+    etag = repo.linked_etag(commit, SHARD1)
+    assert etag is not None
+    commands: list[tuple[tuple[str, ...], dict[str, str]]] = [
+        (("pull", REPO, "--quiet"), {**env, "HF_HUB_OFFLINE": "1"}),
+        (("verify", REPO), env),
+        (("scan",), env),
+        (("quarantine", "list"), env),
+        (("pull", REPO, "--quiet"), env),
+    ]
+    if which == "ledger record":
+        target = repo.ledger_dir / f"{etag}.json"
+    elif which == "snapshot record":
+        target = Ledger(repo.ledger_dir).snapshot_record_path(commit)
+    elif which == "tree":
+        target = repo.root / "trees" / f"{commit}.json"
+    elif which == "quarantine report":
+        evidence = repo.root / "evidence.bin"
+        evidence.write_bytes(b"kept for the record")
+        entry = quarantine_file(
+            repo,
+            evidence,
+            path="notes.bin",
+            commit=commit,
+            etag=None,
+            expected_digest=None,
+            actual_digest=None,
+            findings=[],
+            source="cache",
+        )
+        target = entry.folder / "report.json"
+    else:  # a resumable partial of the shard, as a killed pull leaves it; `pull --force` fetches that file
+        size = repo.blob_path(etag).stat().st_size
+        meta = PartialMeta(etag, size, Digest("sha256", etag), commit, SHARD1)
+        partial = open_partial(repo.partials, meta)
+        partial.save(RangeSet([(0, 100)]), durable=RangeSet())
+        partial.note_progress(RangeSet([(0, 200)]))
+        partial.close()
+        target = partial.sidecar_path if which == "sidecar" else partial.path / "progress.json"
+        commands = [(("scan",), env), (("pull", REPO, "--force", "--quiet"), env)]
+    assert target.is_file()
+    target.write_text(DEEP_JSON)
+
+    stderr = ""
+    for args, command_env in commands:
+        res = vcache(*args, *cache, env=command_env)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        stderr += res.stderr
+    assert str(target) in stderr  # the warning names the file it ignored

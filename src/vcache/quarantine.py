@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcache.cache import CacheRepo, iter_repo_folders, translate_os_error, write_atomic
+from vcache.cache import CacheRepo, iter_repo_folders, read_state, translate_os_error, write_atomic
 from vcache.errors import UsageError
 from vcache.ledger import Ledger
 from vcache.report import Finding, findings_from_json
@@ -115,8 +115,10 @@ def quarantine_file(
 
 
 def _load(folder: Path) -> QuarantineEntry | None:
+    data = read_state(folder / REPORT_NAME)
+    if data is None:
+        return None
     try:
-        data = json.loads((folder / REPORT_NAME).read_text())
         return QuarantineEntry(
             id=str(data["id"]),
             folder=folder,
@@ -132,7 +134,7 @@ def _load(folder: Path) -> QuarantineEntry | None:
             quarantined_at=float(data.get("quarantined_at", 0.0)),
             source=str(data.get("source", "")),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
