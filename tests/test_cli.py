@@ -214,3 +214,11 @@ def test_own_state_too_deep_to_read_is_ignored_with_a_warning(hub: Any, cache_di
         assert res.returncode == 0, (args, res.stdout, res.stderr)
         stderr += res.stderr
     assert str(target) in stderr  # the warning names the file it ignored
+
+
+def test_a_hub_answer_that_is_not_json_exits_3_naming_the_url_and_type(hub: Any, cache_dir: Path) -> None:
+    hub.fault(REPO, "*", Fault.html_page(on="api"))  # a login proxy's page, 200 text/html
+    res = vcache("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.returncode == 3
+    line = one_error_line(res)
+    assert f"{hub.endpoint}/api/models/{REPO}/revision/main" in line and "text/html" in line
