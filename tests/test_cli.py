@@ -222,3 +222,60 @@ def test_a_hub_answer_that_is_not_json_exits_3_naming_the_url_and_type(hub: Any,
     assert res.returncode == 3
     line = one_error_line(res)
     assert f"{hub.endpoint}/api/models/{REPO}/revision/main" in line and "text/html" in line
+
+
+def test_quarantine_restore_to_folders_and_bad_targets(cache_dir: Path, tmp_path: Path) -> None:
+    payload = b"quarantined bytes"
+    repo = CacheRepo(cache_dir, REPO)
+    repo.ensure_layout()
+    evidence = repo.root / "evidence.bin"
+    evidence.write_bytes(payload)
+    entry = quarantine_file(
+        repo,
+        evidence,
+        path="sub/model.safetensors",
+        commit=None,
+        etag=None,
+        expected_digest=None,
+        actual_digest=None,
+        findings=[],
+        source="cache",
+    )
+
+    def restore_to(to: str) -> subprocess.CompletedProcess[str]:
+        return vcache("quarantine", "restore", entry.id, "--to", to, "--cache-dir", str(cache_dir))
+
+    # an existing folder (with or without the slash): the file goes inside, under its own name
+    out = tmp_path / "out"
+    out.mkdir()
+    for to in (str(out), f"{out}/"):
+        res = restore_to(to)
+        assert res.returncode == 0, res.stderr
+        assert (out / "model.safetensors").read_bytes() == payload
+        (out / "model.safetensors").unlink()
+    # a file path in an existing folder: that file
+    assert restore_to(str(tmp_path / "copy.bin")).returncode == 0
+    assert (tmp_path / "copy.bin").read_bytes() == payload
+
+    # a folder that does not exist, named as a folder: refused, and no file of that name appears
+    res = restore_to(f"{tmp_path / 'missing_dir'}/")
+    assert res.returncode == 2 and "missing_dir" in one_error_line(res)
+    assert not (tmp_path / "missing_dir").exists()
+    # a file in a folder that does not exist, or under a file
+    (tmp_path / "afile").write_bytes(b"mine")
+    for to in (tmp_path / "nope" / "x.bin", tmp_path / "afile" / "x.bin"):
+        res = restore_to(str(to))
+        assert res.returncode == 2 and str(to.parent) in one_error_line(res)
+    assert not (tmp_path / "nope").exists() and (tmp_path / "afile").read_bytes() == b"mine"
+    # a folder nothing may be written to (sysfs refuses new files, even to root)
+    res = restore_to("/sys/")
+    assert res.returncode == 3 and "/sys" in one_error_line(res)
+
+    # quarantine never deletes: the entry and its bytes are all still there
+    assert entry.data.read_bytes() == payload
+    assert entry.id in vcache("quarantine", "list", "--cache-dir", str(cache_dir)).stdout
+    # an entry whose bytes are gone: said so, and nothing is written at the target
+    entry.data.unlink()
+    res = restore_to(str(out))
+    assert res.returncode == 3 and "quarantined bytes" in one_error_line(res)
+    assert list(out.iterdir()) == []
