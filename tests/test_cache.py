@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from vcache.cache import CacheRepo, iter_repo_folders
+import vcache.cache
+from vcache.cache import CacheRepo, iter_repo_folders, read_state
 from vcache.hashing import git_blob_sha1
 from vcache.ledger import Ledger, StatToken, entry_state
 from vcache.report import warn
@@ -97,6 +100,13 @@ def test_ledger_trusts_only_unchanged_blobs(cache_dir: Path) -> None:
     assert ledger.lookup(etag, blob) is not None
     (repo.ledger_dir / f"{etag}.json").write_text("{not json")
     assert ledger.lookup(etag, blob) is None
+    (repo.ledger_dir / f"{etag}.json").write_text("[" * 990 + "]" * 990)  # too deep for Python's json
+    assert ledger.lookup(etag, blob) is None
+    derived = ledger.snapshot_record_path("a" * 40)
+    assert ledger.write_derived(derived, {"files": {}})
+    assert ledger.read_derived(derived) is not None
+    derived.write_text("[" * 990 + "]" * 990)
+    assert ledger.read_derived(derived) is None
     assert StatToken.of(blob).size == 100
 
 
@@ -146,6 +156,66 @@ def test_ledger_trusts_only_regular_files(cache_dir: Path, tmp_path: Path, kind:
     assert entry_state(link) != before
     with pytest.raises(OSError, match="not a regular file"):
         ledger.record(etag, blob, "gitsha1:" + etag, [])
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"[" * 990 + b"]" * 990, "nested too deeply"),
+        (b'{"etag": ' + b"[" * 100_000, "nested too deeply"),
+        (b'{"size": ' + b"7" * 5000 + b"}", "not valid JSON"),  # int() refuses over 4300 digits
+        (b'{"torn', "not valid JSON"),
+        (b'{"a": "\xff"}', "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"{" + b" " * 100 + b"}", "larger than 64 bytes"),
+    ],
+)
+def test_own_state_that_cannot_be_used_is_absent_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes, why: str
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="vcache.cache"):
+        assert read_state(path, max_bytes=64 if why.startswith("larger") else 1 << 20) is None
+    (record,) = caplog.records
+    assert str(path) in record.getMessage() and why in record.getMessage()
+    assert path.read_bytes() == content  # nothing deleted
+
+
+def test_absent_state_is_absent_without_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "file").write_bytes(b"{}")
+    with caplog.at_level(logging.WARNING):
+        assert read_state(tmp_path / "missing.json") is None
+        assert read_state(tmp_path / "file" / "below-a-file.json") is None
+        assert read_state(tmp_path / "file") == {}
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        [["config.json", 1]],
+        {"config.json": {"size": "12", "blob_id": "a" * 40}},
+        {"config.json": {"size": 12, "blob_id": None}},
+        {"m.safetensors": {"size": 12, "blob_id": "a" * 40, "lfs_sha256": ["b" * 64]}},
+    ],
+)
+def test_a_tree_file_of_the_wrong_shape_is_absent_with_a_warning(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture, files: object
+) -> None:
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "c" * 40
+    repo.write_tree(commit, {"config.json": (12, "a" * 40, None), "m.safetensors": (9, "d" * 40, "b" * 64)})
+    assert repo.read_tree(commit) == {
+        "config.json": (12, "a" * 40, None),
+        "m.safetensors": (9, "d" * 40, "b" * 64),
+    }
+    path = repo.root / "trees" / f"{commit}.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "files": files}))
+    with caplog.at_level(logging.WARNING, logger=vcache.cache.__name__):
+        assert repo.read_tree(commit) is None
+    assert str(path) in caplog.text
 
 
 def test_iter_repo_folders(cache_dir: Path) -> None:

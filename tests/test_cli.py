@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,49 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from vcache.api import verify
+from vcache.cache import CacheRepo
 from vcache.cli import main
+from vcache.hashing import Digest
+from vcache.ledger import Ledger
+from vcache.partial import PartialMeta, RangeSet, open_partial
+from vcache.pull import pull
+from vcache.quarantine import quarantine_file
 from vcache.report import human_bytes
 from vcache.testing.hub import Fault, HubServer
 from vcache.testing.models import repo_from_folder
 
 REPO = "acme/tiny-llama"
 SHARD1 = "model-00001-of-00002.safetensors"
+#: JSON nested deeper than Python's parser goes (it raises RecursionError near 1000 levels).
+DEEP_JSON = "[" * 990 + "]" * 990
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def vcache(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``vcache ARGS`` in a process of its own, as a user runs it: the real exit code, stdout and stderr.
+
+    Whatever happens, it must not end in a Python traceback.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "vcache", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single ``vcache: error:`` line a failed command prints on stderr."""
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vcache: error:"), done.stderr
+    return lines[0]
 
 
 def test_pull_exit_0_table_and_json(hub: Any, cache_dir: Path) -> None:
@@ -178,6 +211,8 @@ def test_progress_on_a_terminal_writes_messages_above_the_bar(
     notes = [ln for ln in screen if REFETCH_NOTE in ln]
     assert len(notes) == 1 and notes[0].startswith(REFETCH_NOTE), screen
     assert _FRAME.search(screen[-1]) and screen.index(notes[0]) < len(screen) - 1  # the bar stays below
+
+
 @pytest.mark.parametrize("repo_id", ["", "a/b/c", "/abs", "org/..", f"{REPO}\t", "acme/--x"])
 def test_invalid_repo_ids_exit_2_before_any_request(hub: Any, cache_dir: Path, repo_id: str) -> None:
     res = run("pull", repo_id, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
@@ -236,6 +271,8 @@ def test_verify_accepts_a_one_segment_repo_id(cache_dir: Path, llama_folder: Pat
     res = run("verify", "gpt2", "--cache-dir", str(cache_dir))
     assert res.exit_code == 0, res.output
     assert "gpt2@" in res.output
+
+
 @pytest.mark.parametrize(
     "fault",
     [Fault.status(403, times=None), Fault.status(404, times=None, error_code="RevisionNotFound", on="any")],
@@ -269,3 +306,163 @@ def test_an_include_pattern_that_matches_nothing_exits_2_and_writes_nothing(
     assert not cache_dir.exists()  # no refs/main, no trees/, no snapshot folder
     assert run("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env=env).exit_code == 0
     assert run("verify", REPO, "--cache-dir", str(cache_dir)).exit_code == 0
+
+
+# ---- no tracebacks: hostile JSON, unreadable state, a Hub that is not one, bad --to targets --------------
+
+
+def test_json_nested_too_deeply_is_a_finding_in_pull_verify_and_scan(
+    llama_folder: Path, tmp_path: Path
+) -> None:
+    from huggingface_hub import snapshot_download
+
+    deep = tmp_path / "deep"
+    shutil.copytree(llama_folder, deep)
+    (deep / "config.json").write_text(DEEP_JSON)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    with HubServer([repo_from_folder("acme/deep", deep), repo_from_folder(REPO, llama_folder)]) as hub:
+        res = vcache(
+            "pull", "acme/deep", "--cache-dir", str(ours), "--quiet", env={"HF_ENDPOINT": hub.endpoint}
+        )
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert any("config.json" in ln and "[sniff.invalid_json]" in ln for ln in res.stdout.splitlines())
+        for repo_id in ("acme/deep", REPO):  # huggingface_hub checks nothing on the way in
+            snapshot_download(repo_id, cache_dir=theirs, endpoint=hub.endpoint)
+
+    res = vcache("scan", "--cache-dir", str(theirs))
+    assert res.returncode == 1, res.stdout + res.stderr
+    (problem,) = [ln for ln in res.stdout.splitlines() if ln.startswith(("FAIL", "WARN"))]
+    assert "acme/deep@" in problem and "config.json: [sniff.invalid_json]" in problem
+    assert "scanned 2 repo(s)" in res.stdout  # the scan went on to the other repo
+
+    for args in (("verify", str(deep)), ("verify", "acme/deep", "--cache-dir", str(theirs))):
+        res = vcache(*args)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert any("config.json" in ln and "[sniff.invalid_json]" in ln for ln in res.stdout.splitlines())
+
+
+OWN_STATE = ["ledger record", "snapshot record", "tree", "quarantine report", "sidecar", "progress"]
+
+
+@pytest.mark.parametrize("which", OWN_STATE)
+def test_own_state_too_deep_to_read_is_ignored_with_a_warning(hub: Any, cache_dir: Path, which: str) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint}
+    cache = ("--cache-dir", str(cache_dir))
+    assert pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir).ok
+    assert verify([REPO], cache_dir=cache_dir)[0].ok  # remembers the snapshot's verify
+    repo = CacheRepo(cache_dir, REPO)
+    commit = repo.read_ref("main")
+    assert commit is not None
+    etag = repo.linked_etag(commit, SHARD1)
+    assert etag is not None
+    commands: list[tuple[tuple[str, ...], dict[str, str]]] = [
+        (("pull", REPO, "--quiet"), {**env, "HF_HUB_OFFLINE": "1"}),
+        (("verify", REPO), env),
+        (("scan",), env),
+        (("quarantine", "list"), env),
+        (("pull", REPO, "--quiet"), env),
+    ]
+    if which == "ledger record":
+        target = repo.ledger_dir / f"{etag}.json"
+    elif which == "snapshot record":
+        target = Ledger(repo.ledger_dir).snapshot_record_path(commit)
+    elif which == "tree":
+        target = repo.root / "trees" / f"{commit}.json"
+    elif which == "quarantine report":
+        evidence = repo.root / "evidence.bin"
+        evidence.write_bytes(b"kept for the record")
+        entry = quarantine_file(
+            repo,
+            evidence,
+            path="notes.bin",
+            commit=commit,
+            etag=None,
+            expected_digest=None,
+            actual_digest=None,
+            findings=[],
+            source="cache",
+        )
+        target = entry.folder / "report.json"
+    else:  # a resumable partial of the shard, as a killed pull leaves it; `pull --force` fetches that file
+        size = repo.blob_path(etag).stat().st_size
+        meta = PartialMeta(etag, size, Digest("sha256", etag), commit, SHARD1)
+        partial = open_partial(repo.partials, meta)
+        partial.save(RangeSet([(0, 100)]), durable=RangeSet())
+        partial.note_progress(RangeSet([(0, 200)]))
+        partial.close()
+        target = partial.sidecar_path if which == "sidecar" else partial.path / "progress.json"
+        commands = [(("scan",), env), (("pull", REPO, "--force", "--quiet"), env)]
+    assert target.is_file()
+    target.write_text(DEEP_JSON)
+
+    stderr = ""
+    for args, command_env in commands:
+        res = vcache(*args, *cache, env=command_env)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        stderr += res.stderr
+    assert str(target) in stderr  # the warning names the file it ignored
+
+
+def test_a_hub_answer_that_is_not_json_exits_3_naming_the_url_and_type(hub: Any, cache_dir: Path) -> None:
+    hub.fault(REPO, "*", Fault.html_page(on="api"))  # a login proxy's page, 200 text/html
+    res = vcache("pull", REPO, "--cache-dir", str(cache_dir), "--quiet", env={"HF_ENDPOINT": hub.endpoint})
+    assert res.returncode == 3
+    line = one_error_line(res)
+    assert f"{hub.endpoint}/api/models/{REPO}/revision/main" in line and "text/html" in line
+
+
+def test_quarantine_restore_to_folders_and_bad_targets(cache_dir: Path, tmp_path: Path) -> None:
+    payload = b"quarantined bytes"
+    repo = CacheRepo(cache_dir, REPO)
+    repo.ensure_layout()
+    evidence = repo.root / "evidence.bin"
+    evidence.write_bytes(payload)
+    entry = quarantine_file(
+        repo,
+        evidence,
+        path="sub/model.safetensors",
+        commit=None,
+        etag=None,
+        expected_digest=None,
+        actual_digest=None,
+        findings=[],
+        source="cache",
+    )
+
+    def restore_to(to: str) -> subprocess.CompletedProcess[str]:
+        return vcache("quarantine", "restore", entry.id, "--to", to, "--cache-dir", str(cache_dir))
+
+    # an existing folder (with or without the slash): the file goes inside, under its own name
+    out = tmp_path / "out"
+    out.mkdir()
+    for to in (str(out), f"{out}/"):
+        res = restore_to(to)
+        assert res.returncode == 0, res.stderr
+        assert (out / "model.safetensors").read_bytes() == payload
+        (out / "model.safetensors").unlink()
+    # a file path in an existing folder: that file
+    assert restore_to(str(tmp_path / "copy.bin")).returncode == 0
+    assert (tmp_path / "copy.bin").read_bytes() == payload
+
+    # a folder that does not exist, named as a folder: refused, and no file of that name appears
+    res = restore_to(f"{tmp_path / 'missing_dir'}/")
+    assert res.returncode == 2 and "missing_dir" in one_error_line(res)
+    assert not (tmp_path / "missing_dir").exists()
+    # a file in a folder that does not exist, or under a file
+    (tmp_path / "afile").write_bytes(b"mine")
+    for to in (tmp_path / "nope" / "x.bin", tmp_path / "afile" / "x.bin"):
+        res = restore_to(str(to))
+        assert res.returncode == 2 and str(to.parent) in one_error_line(res)
+    assert not (tmp_path / "nope").exists() and (tmp_path / "afile").read_bytes() == b"mine"
+    # a folder nothing may be written to (sysfs refuses new files, even to root)
+    res = restore_to("/sys/")
+    assert res.returncode == 3 and "/sys" in one_error_line(res)
+
+    # quarantine never deletes: the entry and its bytes are all still there
+    assert entry.data.read_bytes() == payload
+    assert entry.id in vcache("quarantine", "list", "--cache-dir", str(cache_dir)).stdout
+    # an entry whose bytes are gone: said so, and nothing is written at the target
+    entry.data.unlink()
+    res = restore_to(str(out))
+    assert res.returncode == 3 and "quarantined bytes" in one_error_line(res)
+    assert list(out.iterdir()) == []

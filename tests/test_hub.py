@@ -1,6 +1,8 @@
-"""Hub client pieces that need no server: path safety, listing parsing, origins, error mapping."""
+"""Hub client pieces: path safety, listing parsing, origins, error mapping, and answers that are not the API's."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import httpx2
 import pytest
@@ -16,6 +18,7 @@ from vcache.errors import (
     UsageError,
 )
 from vcache.hub import (
+    HubClient,
     error_from_response,
     parse_entries,
     resolve_url,
@@ -24,6 +27,7 @@ from vcache.hub import (
     validate_repo_path,
     validate_revision,
 )
+from vcache.testing.hub import Fault
 
 SHA1 = "a" * 40
 SHA256 = "b" * 64
@@ -219,3 +223,34 @@ def test_error_mapping(status: int, code: str, exc: type[Exception]) -> None:
 @pytest.mark.parametrize("status", [200, 206, 408, 429, 500, 503])
 def test_retryable_and_success_are_not_errors(status: int) -> None:
     assert error_from_response(httpx2.Response(status), repo_id="o/n", what="x") is None
+
+
+# ---- answers that are not the API's JSON ----------------------------------------------------------------
+
+NOT_THE_API = [
+    pytest.param(Fault.html_page(on="api"), "text/html", id="login-page"),
+    pytest.param(Fault.api_body(b"[" * 990 + b"]" * 990), "application/json", id="nested-too-deep"),
+    pytest.param(Fault.api_body(b'"a string"'), "application/json", id="wrong-shape"),
+    pytest.param(Fault.api_body(b'{"sha": ' + b"1" * 5000 + b"}"), "application/json", id="huge-number"),
+]
+
+
+@pytest.mark.parametrize(("fault", "content_type"), NOT_THE_API)
+@pytest.mark.parametrize("call", ["resolve_commit", "list_files", "paths_info"])
+def test_an_answer_that_is_not_the_api_json_is_a_hub_error_naming_url_and_type(
+    hub: Any, call: str, fault: Fault, content_type: str
+) -> None:
+    repo = "acme/tiny-llama"
+    with HubClient(hub.endpoint, None) as client:
+        commit = client.resolve_commit(repo, None)
+        hub.fault(repo, "*", fault)
+        with pytest.raises(HubError) as err:
+            if call == "resolve_commit":
+                client.resolve_commit(repo, None)
+            elif call == "list_files":
+                client.list_files(repo, commit)
+            else:
+                client.paths_info(repo, commit, ["config.json"])
+    message = str(err.value)
+    assert f"{hub.endpoint}/api/models/{repo}/" in message and content_type in message
+    assert err.value.context["repo_id"] == repo

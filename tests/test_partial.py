@@ -159,13 +159,15 @@ def test_progress_file_adds_the_ranges_written_since_the_sidecar(tmp_path: Path)
         adopted.close()
 
 
-@pytest.mark.parametrize("damage", ["torn", "other_writer", "outside", "missing"])
+@pytest.mark.parametrize("damage", ["torn", "too_deep", "other_writer", "outside", "missing"])
 def test_unusable_progress_file_falls_back_to_the_sidecar(tmp_path: Path, damage: str) -> None:
     old = _progress_partial(tmp_path, [(0, 100), (500, 600)], [(0, 400), (500, 700)])
     progress = old.path / vcache.partial.PROGRESS_NAME
     doc = json.loads(progress.read_text())
     if damage == "torn":
         progress.write_bytes(progress.read_bytes()[:25])
+    elif damage == "too_deep":  # Python's json raises RecursionError near 1000 levels
+        progress.write_text("[" * 990 + "]" * 990)
     elif damage == "other_writer":
         progress.write_text(json.dumps({**doc, "writer": "1-2-dead"}))
     elif damage == "outside":
@@ -214,13 +216,24 @@ def test_adoption_prefers_most_progress_and_clears_the_rest(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     "corrupt",
-    ["garbage", "missing_sidecar", "other_digest", "other_size", "range_outside", "short_data", "bad_range"],
+    [
+        "garbage",
+        "too_deep",
+        "missing_sidecar",
+        "other_digest",
+        "other_size",
+        "range_outside",
+        "short_data",
+        "bad_range",
+    ],
 )
 def test_untrustworthy_partials_are_ignored_and_removed_when_stale(tmp_path: Path, corrupt: str) -> None:
     old = write_partial(tmp_path, [(0, 400)], age=3600)
     doc = json.loads(old.sidecar_path.read_text())
     if corrupt == "garbage":
         old.sidecar_path.write_text("{not json")
+    elif corrupt == "too_deep":  # Python's json raises RecursionError near 1000 levels
+        old.sidecar_path.write_text("[" * 990 + "]" * 990)
     elif corrupt == "missing_sidecar":
         old.sidecar_path.unlink()
     elif corrupt == "other_digest":
@@ -290,9 +303,12 @@ def test_list_partials_reports_valid_and_broken(tmp_path: Path) -> None:
     good = write_partial(tmp_path, [(0, 250)])
     bad = write_partial(tmp_path, [(0, 10)])
     bad.sidecar_path.write_text("nonsense")
+    deep = write_partial(tmp_path, [(0, 10)])
+    deep.sidecar_path.write_text("[" * 990 + "]" * 990)
     (tmp_path / "unrelated.txt").write_text("ignored")
     infos = {i.writer_id: i for i in list_partials(tmp_path)}
-    assert set(infos) == {good.writer_id, bad.writer_id}
+    assert set(infos) == {good.writer_id, bad.writer_id, deep.writer_id}
+    assert not infos[deep.writer_id].valid
     g = infos[good.writer_id]
     assert g.valid and g.completed == 250 and g.size == 1000 and g.etag == ETAG
     assert g.repo_path == "model.safetensors" and g.data_path == good.data_path and g.path == good.path

@@ -619,6 +619,8 @@ def test_force_fetches_the_whole_file_again_and_clears_its_partials(
     (req,) = hub.body_requests("acme/big", "model.safetensors")
     assert req.range is None  # from byte 0, not resumed from the earlier partial
     assert not old.exists() and list_partials(CacheRepo(cache_dir, "acme/big").partials) == []
+
+
 # A pull in a child process whose audit hook records every name it creates: symlinks made, files opened for
 # writing, and renames (os.replace).
 AUDITED_PULL = r"""

@@ -397,6 +397,14 @@ def test_unsatisfiable_range_for_another_size_is_remote_changed(tmp_path: Path) 
     assert partial_files(tmp_path) == []
 
 
+def test_an_error_body_nested_too_deeply_to_parse_is_only_not_read(tmp_path: Path) -> None:
+    deep = b"[" * 990 + b"]" * 990  # Python's json raises RecursionError near 1000 levels
+    busy = first_only(lambda s, e: http_response(503, {"Content-Length": str(len(deep))}, deep))
+    with file_server(busy) as srv:
+        result = raw_fetch(srv, tmp_path, clock=FakeClock())
+    assert [e.cause for e in result.retries] == ["HTTP 503"]
+
+
 def test_compressed_body_is_refused(tmp_path: Path) -> None:
     gz = lambda req, s, e: http_response(200, {"Content-Length": "5", "Content-Encoding": "gzip"}, b"xxxxx")  # noqa: E731
     with file_server(gz) as srv, pytest.raises(TransferError, match="gzip"):

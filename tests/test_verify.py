@@ -263,6 +263,8 @@ def test_scan_tells_orphaned_partials_from_resumable_ones(
         (line,) = [ln for ln in lines if partial.name in ln]
         assert why in line and f"rm -r {partial}" in line
     assert "`vcache pull" not in res.output  # no partial is said to be resumed
+
+
 @pytest.mark.parametrize("swap", ["symlink_to_copy", "symlink_to_moved", "directory"])
 def test_a_blob_that_is_not_a_regular_file_fails_verify_and_scan_and_pull_replaces_it(
     hub: Any, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str

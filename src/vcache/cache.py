@@ -16,13 +16,16 @@ Every path :class:`CacheRepo` builds from a name (blob name, commit, ref, snapsh
 Publishing is fsync + ``os.replace`` so a reader sees either nothing or the whole verified blob. Snapshot
 entries and refs are made in ``.vcache/tmp/`` (same repo folder, so the rename stays atomic) and renamed into
 place: a reader listing ``snapshots/<commit>/`` or ``refs/`` never sees a temporary name. This module
-never decides whether a file is good: callers publish only what passed its checks.
+never decides whether a file is good: callers publish only what passed its checks. vcache's JSON state is
+written with :func:`write_atomic` and read with :func:`read_state`, which treats what it cannot use as absent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
 import os
 import shutil
 import stat
@@ -30,8 +33,15 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vcache.errors import CacheNotWritable, DiskFull, UnsafePath
+
+log = logging.getLogger(__name__)
+
+MAX_STATE_BYTES = 64 << 20
+"""vcache's own JSON state files larger than this are not read (records are KiB, a snapshot record of a
+repo with many files a few MiB)."""
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -325,21 +335,37 @@ class CacheRepo:
             os.chmod(tree_file, default_file_mode())
 
     def read_tree(self, commit: str) -> dict[str, tuple[int, str, str | None]] | None:
-        """Read ``trees/<commit>.json`` (None when absent or unreadable, or when a name in it would lead
-        outside the repo folder)."""
-        from huggingface_hub._tree_cache import read_tree_cache
+        """Read ``trees/<commit>.json`` (None when absent, of another format version, unusable (see
+        :func:`read_state`), or when a name in it would lead outside the repo folder)."""
+        from huggingface_hub._tree_cache import TREE_CACHE_FORMAT_VERSION
 
-        self.tree_path(commit)  # refuses a commit that would lead outside; huggingface_hub does not check
-        entries = read_tree_cache(str(self.root), commit)
-        if entries is None:
+        path = self.tree_path(
+            commit
+        )  # refuses a commit that would lead outside; huggingface_hub does not check
+        data = read_state(path)
+        if data is None or data.get("format_version") != TREE_CACHE_FORMAT_VERSION:
             return None
-        tree = {p: (e.size, e.blob_id, e.lfs_sha256) for p, e in entries.items()}
+        files = data.get("files")
+        if not isinstance(files, dict):
+            _warn_unusable_state(path, "has no file list")
+            return None
+        out: dict[str, tuple[int, str, str | None]] = {}
+        for name, e in files.items():
+            if not (
+                isinstance(e, dict)
+                and type(e.get("size")) is int
+                and isinstance(e.get("blob_id"), str)
+                and isinstance(e.get("lfs_sha256"), str | None)
+            ):
+                _warn_unusable_state(path, f"describes {name[:200]!r} unlike huggingface_hub writes it")
+                return None
+            out[name] = (e["size"], e["blob_id"], e.get("lfs_sha256"))
         if not all(
             _stays_inside(p, nested=True) and _stays_inside(blob) and (sha is None or _stays_inside(sha))
-            for p, (_size, blob, sha) in tree.items()
+            for p, (_size, blob, sha) in out.items()
         ):
             return None
-        return tree
+        return out
 
     def snapshots(self) -> list[str]:
         """Commits that have a snapshot folder."""
@@ -366,6 +392,46 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def read_state(path: Path, *, max_bytes: int = MAX_STATE_BYTES) -> dict[str, Any] | None:
+    """One of vcache's JSON state files (a ledger record, a partial's sidecar, a quarantine report, a tree)
+    as a dict; None when it is absent.
+
+    All of it can be found out again (by hashing, by asking the Hub), so a file that cannot be used is
+    treated as absent too: one that cannot be read, is larger than ``max_bytes``, is not UTF-8 JSON, is
+    nested too deeply for Python's parser, or is not a JSON object. That is logged as a warning naming the
+    file. Never raises, and never deletes anything.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            why = f"is larger than {max_bytes:,} bytes"
+        else:
+            data = json.loads(raw)
+            if isinstance(data, dict):
+                return data
+            why = "is not a JSON object"
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        why = f"cannot be read ({exc.strerror or exc})"
+    except RecursionError:  # Python's parser recurses once per level and gives up near 1000 levels
+        why = "is JSON nested too deeply to read"
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of thousands of digits
+        why = f"is not valid JSON ({exc})"
+    _warn_unusable_state(path, why)
+    return None
+
+
+def _warn_unusable_state(path: Path, why: str) -> None:
+    log.warning(
+        "ignoring %s: it %s. vcache treats it as absent and works out again what it held; "
+        "if this repeats, delete the file.",
+        path,
+        why,
+    )
 
 
 def iter_repo_folders(cache_dir: Path) -> Iterator[tuple[str, str, Path]]:

@@ -389,10 +389,13 @@ def q_show(qid: str, cache_dir: Path | None) -> None:
 @quarantine.command("restore")
 @click.argument("qid")
 @click.option(
-    "--to", "to", type=click.Path(path_type=Path), help="Copy the bytes here instead of back into the cache."
+    "--to",
+    "to",
+    type=click.Path(),  # a str: a trailing slash says "a folder"
+    help="Copy the bytes into this folder, or to this file, instead of back into the cache.",
 )
 @_cache_opt
-def q_restore(qid: str, to: Path | None, cache_dir: Path | None) -> None:
+def q_restore(qid: str, to: str | None, cache_dir: Path | None) -> None:
     """Put a quarantined file back into the cache (an explicit override), or copy it out with --to."""
     from vcache.quarantine import restore
 
@@ -400,6 +403,8 @@ def q_restore(qid: str, to: Path | None, cache_dir: Path | None) -> None:
         dest = restore(_cache(cache_dir), qid, to=to)
     except UsageError as exc:
         _die(exc, EXIT_USAGE)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
     click.echo(f"restored to {dest}")
 
 

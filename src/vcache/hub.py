@@ -1,14 +1,16 @@
 """The Hub API as vcache needs it: revision -> commit, the file listing with sizes and digests, errors.
 
-Everything the server says is untrusted input: paths are validated (:func:`validate_repo_path`) before any
-of them can name a file on disk, sizes and digests are type-checked, and errors are mapped from
-``X-Error-Code`` to vcache's own error tree. The caller's repo id and revision are checked too
-(:func:`validate_repo_id`, :func:`validate_revision`), before any request. This module never writes to
-disk and never moves file bodies (that is ``transfer``); it only asks the API.
+Everything the server says is untrusted input: an answer that is not the API's JSON is a :class:`HubError`
+naming the URL and content type, paths are validated (:func:`validate_repo_path`) before any of them can
+name a file on disk, sizes and digests are type-checked, and errors are mapped from ``X-Error-Code`` to
+vcache's own error tree. The caller's repo id and revision are checked too (:func:`validate_repo_id`,
+:func:`validate_revision`), before any request. This module never writes to disk and never moves file
+bodies (that is ``transfer``); it only asks the API.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -256,6 +258,49 @@ def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -
     return HubError(f"{what}: the server answered HTTP {status} {message}".rstrip(), **context)
 
 
+_JSON_KINDS: dict[type, str] = {
+    dict: "a JSON object",
+    list: "a JSON list",
+    str: "a JSON string",
+    int: "a JSON number",
+    float: "a JSON number",
+    bool: "a JSON boolean",
+}
+
+
+def _api_json(
+    response: httpx2.Response, *, repo_id: str, what: str, expect: type[dict[str, Any] | list[Any]]
+) -> Any:
+    """The body of a successful API answer as the JSON ``expect``-ed (an object or a list).
+
+    Anything else (an HTML login page from a proxy, JSON of another shape, JSON nested too deeply for Python's
+    parser, a number too long to convert) is a :class:`HubError` naming the URL and the content type.
+    """
+    try:
+        data = json.loads(response.content)
+    except RecursionError:
+        problem = "JSON nested too deeply to read"
+    except ValueError:  # not JSON, not UTF-8, or a number of more than 4300 digits
+        problem = "a body that is not JSON"
+    else:
+        if isinstance(data, expect):
+            return data
+        problem = f"{_JSON_KINDS.get(type(data), 'JSON null')} where the API sends {_JSON_KINDS[expect]}"
+    url = redact_url(str(response.url))
+    asked = redact_url(str(response.history[0].url)) if response.history else url
+    where = asked if asked == url else f"{asked} (redirected to {url})"
+    content_type = response.headers.get("content-type") or "no content type"
+    raise HubError(
+        f"{what}: {where} answered HTTP {response.status_code} ({content_type}) with {problem}: HF_ENDPOINT "
+        "does not point at a Hub, or a proxy or login page answered in its place. Check HF_ENDPOINT and the "
+        "network, then run again",
+        repo_id=repo_id,
+        url=asked,
+        status=response.status_code,
+        content_type=content_type,
+    )
+
+
 class HubUnreachable(TransferError):
     """The endpoint refused or dropped the connection on a fail-fast call (the caller may use the cache)."""
 
@@ -355,10 +400,10 @@ class HubClient:
         """
         rev = revision or "main"
         url = f"{self.endpoint}/api/{repo_type}s/{repo_id}/revision/{quote(rev, safe='')}"
-        data = self._request(
-            "GET", url, repo_id=repo_id, what=f"resolving {repo_id}@{rev}", fail_fast=fail_fast
-        ).json()
-        sha = data.get("sha") if isinstance(data, dict) else None
+        what = f"resolving {repo_id}@{rev}"
+        response = self._request("GET", url, repo_id=repo_id, what=what, fail_fast=fail_fast)
+        data = _api_json(response, repo_id=repo_id, what=what, expect=dict)
+        sha = data.get("sha")
         if not isinstance(sha, str) or not COMMIT_RE.fullmatch(sha):
             raise HubError(
                 f"the server did not return a commit for {repo_id}@{rev} (got {sha!r}); "
@@ -378,8 +423,11 @@ class HubClient:
             pages += 1
             if pages > 100_000:
                 raise HubError(f"tree listing of {repo_id} did not end after 100000 pages", repo_id=repo_id)
-            response = self._request("GET", url, repo_id=repo_id, what=f"listing {repo_id}@{commit[:12]}")
-            files.extend(parse_entries(response.json(), repo_id=repo_id))
+            what = f"listing {repo_id}@{commit[:12]}"
+            response = self._request("GET", url, repo_id=repo_id, what=what)
+            files.extend(
+                parse_entries(_api_json(response, repo_id=repo_id, what=what, expect=list), repo_id=repo_id)
+            )
             nxt = response.links.get("next", {}).get("url")
             if nxt and not same_origin(nxt, self.endpoint):
                 raise HubError(
@@ -395,14 +443,13 @@ class HubClient:
         for p in paths:
             validate_repo_path(p)
         url = f"{self.endpoint}/api/{repo_type}s/{repo_id}/paths-info/{quote(commit, safe='')}"
+        what = f"looking up {', '.join(paths)} in {repo_id}"
         response = self._request(
-            "POST",
-            url,
-            repo_id=repo_id,
-            what=f"looking up {', '.join(paths)} in {repo_id}",
-            data={"paths": list(paths), "expand": "false"},
+            "POST", url, repo_id=repo_id, what=what, data={"paths": list(paths), "expand": "false"}
         )
-        return list(parse_entries(response.json(), repo_id=repo_id))
+        return list(
+            parse_entries(_api_json(response, repo_id=repo_id, what=what, expect=list), repo_id=repo_id)
+        )
 
 
 def parse_entries(payload: Any, *, repo_id: str) -> Iterator[RemoteFile]:

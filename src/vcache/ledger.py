@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vcache._version import __version__
-from vcache.cache import entry_kind, write_atomic
+from vcache.cache import entry_kind, read_state, write_atomic
 from vcache.report import Finding, findings_from_json
 
 #: Bump when the checks change in a way that should make old records untrusted.
@@ -193,10 +193,13 @@ class Ledger:
         return rec
 
     def get(self, etag: str) -> LedgerRecord | None:
-        """The stored record for ``etag``, valid or not (None when absent or unreadable)."""
+        """The stored record for ``etag``, valid or not (None when absent, unreadable or malformed)."""
+        data = read_state(self._path(etag))
+        if data is None:
+            return None
         try:
-            return LedgerRecord.from_json(json.loads(self._path(etag).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
+            return LedgerRecord.from_json(data)
+        except (ValueError, KeyError, TypeError):
             return None
 
     def lookup(self, etag: str, blob: Path) -> LedgerRecord | None:
@@ -239,12 +242,9 @@ class Ledger:
     def read_derived(self, path: Path) -> dict[str, Any] | None:
         """A derived record written by this vcache version and these checks; None when absent, unreadable,
         malformed or written by other ones (then: derive again)."""
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return None
+        data = read_state(path)
         if (
-            not isinstance(data, dict)
+            data is None
             or data.get("format") != DERIVED_FORMAT
             or data.get("vcache_version") != __version__
             or data.get("checks_version") != CHECKS_VERSION

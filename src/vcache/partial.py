@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vcache.cache import read_state
 from vcache.errors import CacheNotWritable, DiskFull
 from vcache.hashing import Digest
 
@@ -84,6 +85,7 @@ PROGRESS_NAME = "progress.json"
 _TMP_NAME = SIDECAR_NAME + ".tmp"
 _TRASH_PREFIX = ".trash-"
 DEFAULT_STALE_AFTER = 30.0
+_MAX_SIDECAR_BYTES = 1 << 20  # a sidecar is small; never slurp a huge foreign file
 
 _ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _DIR = re.compile(r"(?P<etag>[0-9a-f]{40}|[0-9a-f]{64})\.(?P<writer>[0-9A-Za-z_-]{1,64})")
@@ -262,19 +264,11 @@ class _SidecarError(ValueError):
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(1 << 20)  # a sidecar is small; never slurp a huge foreign file
-    except OSError as exc:
+    doc = read_state(path, max_bytes=_MAX_SIDECAR_BYTES)
+    if doc is None:
         raise _SidecarError(
-            "sidecar is missing" if exc.errno == errno.ENOENT else "unreadable sidecar"
-        ) from exc
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _SidecarError("sidecar is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise _SidecarError("sidecar is not a JSON object")
+            "sidecar is missing" if not os.path.lexists(path) else "sidecar is not a readable JSON object"
+        )
     if doc.get("format") != SIDECAR_FORMAT or doc.get("version") != SIDECAR_VERSION:
         raise _SidecarError(f"unknown sidecar format {doc.get('format')!r} version {doc.get('version')!r}")
     return doc
@@ -329,17 +323,12 @@ def _with_progress(directory: Path, doc: dict[str, Any], ranges: RangeSet) -> Ra
     """``ranges`` plus what the writer's progress file adds, when it is from this boot and this writer."""
     if _BOOT_ID is None or doc.get("boot") != _BOOT_ID:
         return ranges
+    hint = read_state(directory / PROGRESS_NAME, max_bytes=_MAX_SIDECAR_BYTES)
+    if hint is None or hint.get("writer") != doc.get("writer") or hint.get("boot") != _BOOT_ID:
+        return ranges
     try:
-        with open(directory / PROGRESS_NAME, "rb") as f:
-            hint = json.loads(f.read(1 << 20))
-        if (
-            not isinstance(hint, dict)
-            or hint.get("writer") != doc.get("writer")
-            or hint.get("boot") != _BOOT_ID
-        ):
-            return ranges
         extra = _parse_ranges(hint.get("ranges"), doc["size"], "progress range")
-    except (OSError, ValueError, UnicodeDecodeError):  # _SidecarError is a ValueError
+    except _SidecarError:
         return ranges
     out = ranges.copy()
     for start, end in extra:

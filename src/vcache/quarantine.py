@@ -8,6 +8,8 @@ by the user, recorded as such in the ledger) or copies it out.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -18,8 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcache.cache import CacheRepo, entry_kind, iter_repo_folders, translate_os_error, write_atomic
-from vcache.errors import UsageError
+from vcache.cache import (
+    CacheRepo,
+    entry_kind,
+    iter_repo_folders,
+    read_state,
+    translate_os_error,
+    write_atomic,
+)
+from vcache.errors import DiskFull, TransferError, UsageError
 from vcache.ledger import Ledger
 from vcache.report import Finding, findings_from_json
 
@@ -115,8 +124,10 @@ def quarantine_file(
 
 
 def _load(folder: Path) -> QuarantineEntry | None:
+    data = read_state(folder / REPORT_NAME)
+    if data is None:
+        return None
     try:
-        data = json.loads((folder / REPORT_NAME).read_text())
         return QuarantineEntry(
             id=str(data["id"]),
             folder=folder,
@@ -132,7 +143,7 @@ def _load(folder: Path) -> QuarantineEntry | None:
             quarantined_at=float(data.get("quarantined_at", 0.0)),
             source=str(data.get("source", "")),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -159,13 +170,17 @@ def find_entry(cache_dir: Path, qid: str) -> QuarantineEntry:
     return matches[0]
 
 
-def restore(cache_dir: Path, qid: str, *, to: Path | None = None) -> Path:
+def restore(cache_dir: Path, qid: str, *, to: str | os.PathLike[str] | None = None) -> Path:
     """Give a quarantined file back.
 
-    With ``to``, copy the bytes out to that path (the entry stays). Without, move them back to
-    ``blobs/<etag>``, relink the snapshot path and record the override in the ledger — refused when a
-    blob is already in place (a good copy was fetched since; purge the entry instead), and for an entry that
-    holds no file's bytes (a blob that was a symlink or a directory, set aside by a pull).
+    With ``to``, copy the bytes out (the entry stays): into ``to`` under the file's own name when ``to`` is
+    a folder, else to the file ``to``. A ``to`` that ends with a slash names a folder, which must exist;
+    so must the folder a file path is in (:class:`UsageError` otherwise). A target that cannot be written
+    raises :class:`~vcache.errors.TransferError` (:class:`~vcache.errors.DiskFull` when full), and nothing
+    is left at the target. Without ``to``, move the bytes back to ``blobs/<etag>``, relink the snapshot path
+    and record the override in the ledger — refused when a blob is already in place (a good copy was fetched
+    since; purge the entry instead), and for an entry that holds no file's bytes (a blob that was a symlink
+    or a directory, set aside by a pull).
     """
     entry = find_entry(cache_dir, qid)
     kind = entry_kind(entry.data)
@@ -175,9 +190,7 @@ def restore(cache_dir: Path, qid: str, *, to: Path | None = None) -> Path:
             f"nothing to restore (it stays in {entry.folder} until `vcache quarantine purge {entry.id}`)"
         )
     if to is not None:
-        dest = to / Path(entry.path).name if to.is_dir() else to
-        shutil.copyfile(entry.data, dest)
-        return dest
+        return _copy_out(entry, os.fspath(to))
     if not entry.etag or not entry.commit:
         raise UsageError(f"entry {entry.id} has no blob name or commit to restore to; use --to PATH")
     repo = CacheRepo(cache_dir, entry.repo_id, entry.repo_type)
@@ -195,6 +208,41 @@ def restore(cache_dir: Path, qid: str, *, to: Path | None = None) -> Path:
     )
     shutil.rmtree(entry.folder)
     return repo.snapshot_file(entry.commit, entry.path)
+
+
+def _copy_out(entry: QuarantineEntry, to: str) -> Path:
+    """Copy the entry's bytes to ``to`` (see :func:`restore`) through a temporary file beside the target."""
+    target = Path(to)
+    if target.is_dir():
+        dest = target / Path(entry.path).name
+    elif to.endswith(("/", os.sep)):
+        raise UsageError(f"--to {to}: no such folder; create it first, or give a file path to copy to")
+    elif not target.parent.is_dir():
+        raise UsageError(f"--to {to}: the folder {target.parent} does not exist; create it first")
+    else:
+        dest = target
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        shutil.copyfile(entry.data, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.filename == str(entry.data):
+            raise TransferError(
+                f"cannot read the quarantined bytes {entry.data} ({exc.strerror or exc}); nothing was copied",
+                path=entry.path,
+            ) from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise DiskFull(f"copying {entry.path} to {dest}: no space left ({exc.strerror})") from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+            raise UsageError(f"--to {to}: cannot write {dest} ({exc.strerror})") from exc
+        raise TransferError(
+            f"cannot write {dest} ({exc.strerror or exc}); choose a folder you can write to with --to. "
+            f"The quarantined copy is kept ({entry.data}).",
+            path=entry.path,
+        ) from exc
+    return dest
 
 
 def purge(cache_dir: Path, qid: str | None = None) -> list[str]:

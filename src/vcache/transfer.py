@@ -1722,7 +1722,7 @@ def _describe_net(exc: BaseException) -> str:
 def _error_from_body(body: bytes) -> str:
     try:
         doc = json.loads(body[:4096])
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply for Python's parser
         return ""
     return (
         _clean(doc.get("error"), 200) if isinstance(doc, dict) and isinstance(doc.get("error"), str) else ""

@@ -599,11 +599,11 @@ def attach_repo_findings(
 
 
 def _read_json(path: Path) -> Mapping[str, Any] | None:
-    import json
+    from vcache.checks.sniff import read_json
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path)
+    except (OSError, ValueError):  # reported as the file's own finding
         return None
     return data if isinstance(data, dict) else None
 

@@ -247,6 +247,20 @@ def test_invalid_json_fails_with_the_position(
     assert "config.json" in f.message
 
 
+@pytest.mark.parametrize(
+    "data,why",
+    [
+        (b"[" * 990 + b"]" * 990, "nested"),  # Python's parser gives up near 1000 levels (RecursionError)
+        (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "nested"),
+        (b'{"vocab_size": ' + b"9" * 5000 + b"}", "digits"),  # int() refuses over 4300 digits (ValueError)
+    ],
+)
+def test_json_python_cannot_parse_is_invalid_json_not_a_crash(tmp_path: Path, data: bytes, why: str) -> None:
+    f = one(sniff(write(tmp_path, "config.json", data), expect="json"))
+    assert (f.code, f.severity) == ("sniff.invalid_json", Severity.FAIL)
+    assert "config.json" in f.message and why in f.message
+
+
 def test_json_above_the_size_cap_is_not_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import vcache.checks.sniff as sniff_module
 

@@ -193,6 +193,13 @@ def test_an_index_pointing_outside_the_snapshot_is_not_followed(
     assert codes(findings) == ["model.bad_index"] and "plain file names" in findings[0].message
 
 
+def test_an_index_nested_too_deeply_to_parse_is_a_finding(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    folder = tiny_llama.copy(tmp_path / "m")
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": ' + "[" * 990 + "]" * 990 + "}")
+    findings = check_model_completeness(folder)
+    assert codes(findings) == ["model.bad_index"] and "nested" in findings[0].message
+
+
 def test_quantized_or_pickle_checkpoints_are_reported_as_not_checked(
     tiny_llama: TinyLlama, tmp_path: Path
 ) -> None:

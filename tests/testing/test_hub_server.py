@@ -734,6 +734,13 @@ def test_fault_on_selects_request_kinds(hub: HubServer, tiny: Tiny, fetch: Fetch
     page = fetch(f"{hub.endpoint}/api/models/acme/tiny/tree/main")
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
 
+    hub.fault("acme/tiny", "*", Fault.api_body(b"[1, 2]"))
+    assert fetch(url).status == 200  # file requests are not API calls
+    odd = fetch(f"{hub.endpoint}/api/models/acme/tiny/revision/main")
+    assert (odd.status, odd.body) == (200, b"[1, 2]")
+    assert odd.headers["content-type"].startswith("application/json")
+    assert json.loads(fetch(f"{hub.endpoint}/api/models/acme/tiny/revision/main").body)["sha"]
+
     hub.fault("acme/tiny", "*", Fault.status(502, times=None, on="any"))
     assert fetch(url).status == 502 and fetch(url, "HEAD").status == 502
     assert fetch(f"{hub.endpoint}/api/models/acme/tiny").status == 502

@@ -9,7 +9,8 @@ that does not parse. These are the usual causes behind safetensors' ``HeaderTooL
 It reads only the first few KiB, plus a sparse sample when the head is zero (a full read only to
 confirm a file that looks entirely zero, or to parse a JSON file of at most :data:`MAX_JSON_BYTES`). It
 never modifies the file, never judges safetensors structure (that is ``checks.safetensors``) and never
-raises on bad data: every problem is a :class:`~vcache.report.Finding`.
+raises on bad data: every problem is a :class:`~vcache.report.Finding`. Its :func:`read_json` is how the rest
+of vcache reads a repo's JSON files (``config.json``, a sharded index) without raising on hostile bytes.
 
 =======================  ========  ===========================================================
 code                     severity  when
@@ -44,7 +45,7 @@ import numpy as np
 
 from vcache.report import Finding, fail, info
 
-__all__ = ["HEAD_BYTES", "MAX_JSON_BYTES", "sniff"]
+__all__ = ["HEAD_BYTES", "MAX_JSON_BYTES", "InvalidJson", "read_json", "sniff"]
 
 HEAD_BYTES = 4096
 """How much of the start of a file is read to recognise it."""
@@ -259,21 +260,67 @@ def _all_zero(f: io.BufferedReader, size: int) -> bool:
     return True
 
 
+class InvalidJson(ValueError):
+    """A repo file's bytes are not JSON that Python can load: ``why`` says what is wrong, ``where`` where
+    (None when there is no one place, as for nesting too deep)."""
+
+    def __init__(self, why: str, where: str | None) -> None:
+        super().__init__(f"{why}, at {where}" if where else why)
+        self.why = why
+        self.where = where
+
+
+def _parse_json(data: bytes) -> Any:
+    """``json.loads`` of a repo file's bytes that raises nothing but :class:`InvalidJson`."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidJson("it is not UTF-8 text", f"byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        why = exc.msg
+        if exc.pos >= len(data.rstrip()) or exc.msg.startswith("Unterminated string"):
+            why += "; the text ends early, as a truncated download does"
+        raise InvalidJson(why, f"line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # Python's parser recurses once per level and gives up near 1000 levels
+        raise InvalidJson("it is nested more deeply than Python's json module can read", None) from None
+    except ValueError as exc:  # int() refuses more than 4300 digits
+        raise InvalidJson(f"it holds a number Python refuses to read ({exc})", None) from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed content of the repo JSON file at ``path`` (config.json and the like: untrusted input).
+
+    Raises :class:`InvalidJson` (a ``ValueError``) when the file is larger than :data:`MAX_JSON_BYTES`, not
+    UTF-8, not JSON, or JSON Python cannot load (nested too deeply, a number of thousands of digits), and
+    ``OSError`` when it cannot be read. Nothing else, whatever the bytes.
+    """
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise InvalidJson(f"it is larger than {MAX_JSON_BYTES:,} bytes", None)
+    return _parse_json(data)
+
+
 def _check_json(name: str, f: io.BufferedReader, size: int) -> Finding | None:
     if size > MAX_JSON_BYTES:
         return None
     f.seek(0)
     data = f.read()
     try:
-        json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        where, why = f"byte {exc.start}", "it is not UTF-8 text"
-    except json.JSONDecodeError as exc:
-        where, why = f"line {exc.lineno} column {exc.colno}", exc.msg
-        if exc.pos >= len(data.rstrip()) or exc.msg.startswith("Unterminated string"):
-            why += "; the text ends early, as a truncated download does"
+        _parse_json(data)
+    except InvalidJson as exc:
+        why, where = exc.why, exc.where
     else:
         return None
+    if where is None:  # not a cut-off or a page saved in its place: bytes no loader can read
+        return fail(
+            "sniff.invalid_json",
+            f"{name} cannot be loaded as JSON ({why}), so transformers and tokenizers will refuse to load "
+            "it. Re-download it with vcache pull; if the publisher's digest vouches for these bytes, the "
+            "published file itself is broken: tell the publisher.",
+            size=size,
+            error=why,
+        )
     return fail(
         "sniff.invalid_json",
         f"{name} is not valid JSON ({why}, at {where}): a truncated download, or an error page saved under "

@@ -33,6 +33,7 @@ FaultKind = Literal[
     "truncate",
     "lfs_pointer",
     "html_page",
+    "api_body",
     "new_version",
 ]
 #: What a request is, for matching ``Fault.on``. A hub GET answered with a redirect to the CDN is
@@ -145,6 +146,12 @@ class Fault:
         return cls("html_page", times, on)
 
     @classmethod
+    def api_body(cls, data: bytes, *, times: int | None = 1) -> Fault:
+        """Answer a repo ``/api/`` call 200 ``application/json`` with ``data`` instead of the real document
+        (JSON of the wrong shape, JSON nested too deep to parse, or not JSON at all)."""
+        return cls("api_body", times, "api", data=bytes(data))
+
+    @classmethod
     def new_version(cls, data: bytes, *, times: int | None = None, on: FaultOn = "any") -> Fault:
         """The file now holds ``data``: new size, new ETag, new bytes, on HEAD, GET, redirect and API."""
         return cls("new_version", times, on, data=bytes(data))
@@ -160,6 +167,8 @@ class Fault:
                 return shape in ("file", "api")
             case "truncate" | "lfs_pointer":
                 return shape == "file"
+            case "api_body":
+                return shape == "api"
             case "new_version":
                 return shape in ("file", "redirect")
             case _:

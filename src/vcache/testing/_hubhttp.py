@@ -699,6 +699,9 @@ class _Handler(BaseHTTPRequestHandler):
             return _status_reply(fault, [])
         if fault is not None and fault.kind == "html_page":
             return _Reply(200, [("Content-Type", "text/html; charset=utf-8")], _mem(_HTML_PAGE))
+        if fault is not None and fault.kind == "api_body":
+            assert fault.data is not None
+            return _Reply(200, [("Content-Type", "application/json; charset=utf-8")], _mem(fault.data))
         reply = self._api_route(ex, repo, tail, body)
         reply.fault = fault
         return reply

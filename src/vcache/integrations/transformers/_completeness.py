@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -264,12 +263,14 @@ def _locate_weights(
 
 def _read_checkpoint(weights: Path, probed: list[Path]) -> _Checkpoint:
     """Headers of the file(s) transformers would open; never the tensor data."""
+    from vcache.checks.sniff import read_json
+
     ckpt = _Checkpoint()
     probed.append(weights)
     if weights.name.endswith(".index.json"):
         ckpt.index_name = weights.name
         try:
-            weight_map = json.loads(weights.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = read_json(weights)["weight_map"]
             if not isinstance(weight_map, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
             ):
