@@ -184,6 +184,11 @@ def restore(cache_dir: Path, qid: str, *, to: str | os.PathLike[str] | None = No
     """
     entry = find_entry(cache_dir, qid)
     kind = entry_kind(entry.data)
+    if kind is None:
+        raise TransferError(
+            f"cannot read the quarantined bytes {entry.data} (they are gone); nothing was restored",
+            path=entry.path,
+        )
     if kind != "file":
         raise UsageError(
             f"entry {entry.id} holds a {kind or 'nothing'} where {entry.path}'s blob was, not a file's bytes; "
