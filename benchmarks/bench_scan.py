@@ -8,6 +8,10 @@ Two data variants: ``clean`` (no exact zeros, the fast path) and ``sparse-zeros`
 about every 50,000 elements, like trained BF16 weights, so every block also takes the zero row/column
 and zero-run path).
 
+When torch is installed, the same weights are also written with ``torch.save`` (the zip format) and
+``vcache.checks.pytorch.check_pytorch`` is timed on them: the zip structure, the CRC-32 of every member, the
+pickle walk and the content scan, in one pass.
+
     python benchmarks/bench_scan.py                 # 1 GiB per file in a temp dir
     python benchmarks/bench_scan.py --size-mib 256 --dir /tmp/bench --repeat 5
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vcache.checks.pytorch import check_pytorch
 from vcache.checks.safetensors import SafetensorsHeader, TensorEntry
 from vcache.checks.tensors import scan_tensors
 
@@ -77,6 +82,50 @@ def write_file(
                 else (values.view(np.uint32) >> 16).astype(np.uint16).tobytes()
             )
     return SafetensorsHeader(len(text), tuple(entries), None, path.stat().st_size)
+
+
+def write_pytorch_zip(path: Path, dtype: str, size: int, *, zero_every: int | None, seed: int = 0) -> None:
+    """The weights :func:`write_file` writes, saved with ``torch.save`` (zip format) instead."""
+    import torch
+
+    st_path = path.with_suffix(".safetensors")
+    header = write_file(st_path, dtype, size, zero_every=zero_every, seed=seed)
+    raw = np.fromfile(st_path, np.uint8, offset=header.data_start)
+    st_path.unlink()
+    state: dict[str, object] = {}
+    for t in header.tensors:
+        chunk = raw[t.begin : t.end]
+        if dtype == "F32":
+            tensor = torch.from_numpy(chunk.view(np.float32).reshape(t.shape))
+        else:
+            tensor = torch.from_numpy(chunk.view(np.int16).reshape(t.shape)).view(torch.bfloat16)
+        state[t.name] = tensor
+    torch.save(state, path)
+
+
+def bench_pytorch_zip(tmp: str, size_mib: int, repeat: int) -> None:
+    """The PyTorch-zip rows: check_pytorch against sha256 over the same file."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("pytorch-zip rows skipped: torch is not installed")
+        return
+    print("torch.save zip, check_pytorch (zip structure + CRC-32 of every member + pickle walk + content):")
+    for dtype in ("F32", "BF16"):
+        for variant, zero_every in (("clean", None), ("sparse-zeros", 50_000)):
+            path = Path(tmp) / f"{dtype}-{variant}.pt"
+            write_pytorch_zip(path, dtype, size_mib * MiB, zero_every=zero_every)
+            fmt, findings, checks = check_pytorch(path, vouched=True)
+            assert fmt == "pytorch-zip" and "content" in checks, (fmt, checks)
+            assert not [f for f in findings if f.severity != "info"], [f.message for f in findings]
+            size = path.stat().st_size
+            best, median = rate(functools.partial(check_pytorch, path, vouched=True), size, repeat)
+            sha_best, _ = rate(functools.partial(sha256_file, path), size, repeat)
+            print(
+                f"{dtype:<5} {variant:<12} {size / MiB:>5.0f} MiB {best:>6.2f} GB/s {median:>7.2f} GB/s "
+                f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
+            )
+            path.unlink()
 
 
 def sha256_file(path: Path, chunk: int = 16 * MiB) -> str:
@@ -131,6 +180,7 @@ def main() -> None:
                     f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
                 )
                 path.unlink()
+        bench_pytorch_zip(tmp, args.size_mib, args.repeat)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process, including generating the files: {rss:.0f} MiB")
 
