@@ -1,4 +1,4 @@
-"""Benchmark: vcache.checks.tensors.scan_tensors throughput against hashlib.sha256 on the same bytes.
+"""Benchmark: the content scans (safetensors and GGUF) against hashlib.sha256 on the same bytes.
 
 Writes one F32 and one BF16 safetensors file of random normal weights (``--size-mib`` each, in 64 MiB
 [4096, N] tensors), then for each file, with the page cache warm and after one warm-up pass, times
@@ -7,6 +7,10 @@ Writes one F32 and one BF16 safetensors file of random normal weights (``--size-
 Two data variants: ``clean`` (no exact zeros, the fast path) and ``sparse-zeros`` (one exact zero in
 about every 50,000 elements, like trained BF16 weights, so every block also takes the zero row/column
 and zero-run path).
+
+Then the same for GGUF files written by ``gguf.GGUFWriter`` (``scan_gguf``, timed with its header parse):
+F16 weights (``gguf-zeros``: sparse zeros as above), and Q8_0 and Q4_0 blocks (``gguf-blocks``: random
+quants with finite, non-zero f16 scales, so every block's scale is read and judged).
 
     python benchmarks/bench_scan.py                 # 1 GiB per file in a temp dir
     python benchmarks/bench_scan.py --size-mib 256 --dir /tmp/bench --repeat 5
@@ -28,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vcache.checks.gguf import read_gguf_header, scan_gguf
 from vcache.checks.safetensors import SafetensorsHeader, TensorEntry
 from vcache.checks.tensors import scan_tensors
+from vcache.report import Finding
 
 MiB = 1 << 20
 TENSOR_BYTES = 64 * MiB
@@ -77,6 +83,46 @@ def write_file(
                 else (values.view(np.uint32) >> 16).astype(np.uint16).tobytes()
             )
     return SafetensorsHeader(len(text), tuple(entries), None, path.stat().st_size)
+
+
+def write_gguf(path: Path, kind: str, size: int, *, seed: int = 0) -> None:
+    """A GGUF of ``size`` bytes of tensor data in 64 MiB [N, 4096] tensors: F16 weights (one exact zero
+    in about every 50,000), or Q8_0 / Q4_0 blocks of random quants with f16 scales in [1e-4, 1e-2)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+    qtype = GGMLQuantizationType[kind]
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    row_bytes = COLS // block * block_bytes
+    rng = np.random.default_rng(seed)
+    writer = GGUFWriter(path, "llama")
+    sizes = []
+    offset = 0
+    while offset < size:
+        rows = max(1, min(TENSOR_BYTES, size - offset) // row_bytes)
+        sizes.append(rows)
+        offset += rows * row_bytes
+    for k, rows in enumerate(sizes):
+        name = f"blk.{k}.ffn_down.weight"
+        if kind == "F16":
+            writer.add_tensor_info(name, (rows, COLS), np.dtype(np.float16), rows * row_bytes)
+        else:
+            writer.add_tensor_info(
+                name, (rows, row_bytes), np.dtype(np.uint8), rows * row_bytes, raw_dtype=qtype
+            )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for rows in sizes:
+        if kind == "F16":
+            values = rng.standard_normal((rows, COLS), dtype=np.float32) * 0.02
+            values.reshape(-1)[rng.integers(0, 50_000) :: 50_000] = 0.0
+            writer.write_tensor_data(values.astype(np.float16))
+        else:
+            blocks = rng.integers(0, 256, (rows * COLS // block, block_bytes), dtype=np.uint8)
+            scales = rng.uniform(1e-4, 1e-2, len(blocks)).astype(np.float16)
+            blocks[:, :2] = scales.view(np.uint8).reshape(-1, 2)
+            writer.write_tensor_data(blocks.reshape(rows, row_bytes))
+    writer.close()
 
 
 def sha256_file(path: Path, chunk: int = 16 * MiB) -> str:
@@ -131,6 +177,25 @@ def main() -> None:
                     f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
                 )
                 path.unlink()
+        for kind, variant in (("F16", "zeros"), ("Q8_0", "blocks"), ("Q4_0", "blocks")):
+            path = Path(tmp) / f"{kind}.gguf"
+            write_gguf(path, kind, args.size_mib * MiB)
+
+            def header_and_scan(path: Path = path) -> list[Finding]:
+                layout, findings = read_gguf_header(path)
+                assert layout is not None, [f.message for f in findings]
+                return [*findings, *scan_gguf(path, layout, vouched=True)]
+
+            findings = header_and_scan()
+            assert not [f for f in findings if f.severity != "info"], findings
+            size = path.stat().st_size
+            best, median = rate(header_and_scan, size, args.repeat)
+            sha_best, _ = rate(functools.partial(sha256_file, path), size, args.repeat)
+            print(
+                f"{kind:<5} {'gguf-' + variant:<12} {size / MiB:>5.0f} MiB {best:>6.2f} GB/s {median:>7.2f} GB/s "
+                f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
+            )
+            path.unlink()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process, including generating the files: {rss:.0f} MiB")
 
