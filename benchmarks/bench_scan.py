@@ -1,4 +1,4 @@
-"""Benchmark: vcache.checks.tensors.scan_tensors throughput against hashlib.sha256 on the same bytes.
+"""Benchmark: the content scans (safetensors and GGUF) against hashlib.sha256 on the same bytes.
 
 Writes one F32 and one BF16 safetensors file of random normal weights (``--size-mib`` each, in 64 MiB
 [4096, N] tensors), then for each file, with the page cache warm and after one warm-up pass, times
@@ -11,6 +11,9 @@ and zero-run path).
 When torch is installed, the same weights are also written with ``torch.save`` (the zip format) and
 ``vcache.checks.pytorch.check_pytorch`` is timed on them: the zip structure, the CRC-32 of every member, the
 pickle walk and the content scan, in one pass.
+Then the same for GGUF files written by ``gguf.GGUFWriter`` (``scan_gguf``, timed with its header parse):
+F16 weights (``gguf-zeros``: sparse zeros as above), and Q8_0 and Q4_0 blocks (``gguf-blocks``: random
+quants with finite, non-zero f16 scales, so every block's scale is read and judged).
 
     python benchmarks/bench_scan.py                 # 1 GiB per file in a temp dir
     python benchmarks/bench_scan.py --size-mib 256 --dir /tmp/bench --repeat 5
@@ -32,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vcache.checks.gguf import read_gguf_header, scan_gguf
 from vcache.checks.pytorch import check_pytorch
 from vcache.checks.safetensors import SafetensorsHeader, TensorEntry
 from vcache.checks.tensors import scan_tensors
+from vcache.report import Finding
 
 MiB = 1 << 20
 TENSOR_BYTES = 64 * MiB
@@ -126,6 +131,44 @@ def bench_pytorch_zip(tmp: str, size_mib: int, repeat: int) -> None:
                 f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
             )
             path.unlink()
+def write_gguf(path: Path, kind: str, size: int, *, seed: int = 0) -> None:
+    """A GGUF of ``size`` bytes of tensor data in 64 MiB [N, 4096] tensors: F16 weights (one exact zero
+    in about every 50,000), or Q8_0 / Q4_0 blocks of random quants with f16 scales in [1e-4, 1e-2)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+    qtype = GGMLQuantizationType[kind]
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    row_bytes = COLS // block * block_bytes
+    rng = np.random.default_rng(seed)
+    writer = GGUFWriter(path, "llama")
+    sizes = []
+    offset = 0
+    while offset < size:
+        rows = max(1, min(TENSOR_BYTES, size - offset) // row_bytes)
+        sizes.append(rows)
+        offset += rows * row_bytes
+    for k, rows in enumerate(sizes):
+        name = f"blk.{k}.ffn_down.weight"
+        if kind == "F16":
+            writer.add_tensor_info(name, (rows, COLS), np.dtype(np.float16), rows * row_bytes)
+        else:
+            writer.add_tensor_info(
+                name, (rows, row_bytes), np.dtype(np.uint8), rows * row_bytes, raw_dtype=qtype
+            )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for rows in sizes:
+        if kind == "F16":
+            values = rng.standard_normal((rows, COLS), dtype=np.float32) * 0.02
+            values.reshape(-1)[rng.integers(0, 50_000) :: 50_000] = 0.0
+            writer.write_tensor_data(values.astype(np.float16))
+        else:
+            blocks = rng.integers(0, 256, (rows * COLS // block, block_bytes), dtype=np.uint8)
+            scales = rng.uniform(1e-4, 1e-2, len(blocks)).astype(np.float16)
+            blocks[:, :2] = scales.view(np.uint8).reshape(-1, 2)
+            writer.write_tensor_data(blocks.reshape(rows, row_bytes))
+    writer.close()
 
 
 def sha256_file(path: Path, chunk: int = 16 * MiB) -> str:
@@ -181,6 +224,25 @@ def main() -> None:
                 )
                 path.unlink()
         bench_pytorch_zip(tmp, args.size_mib, args.repeat)
+        for kind, variant in (("F16", "zeros"), ("Q8_0", "blocks"), ("Q4_0", "blocks")):
+            path = Path(tmp) / f"{kind}.gguf"
+            write_gguf(path, kind, args.size_mib * MiB)
+
+            def header_and_scan(path: Path = path) -> list[Finding]:
+                layout, findings = read_gguf_header(path)
+                assert layout is not None, [f.message for f in findings]
+                return [*findings, *scan_gguf(path, layout, vouched=True)]
+
+            findings = header_and_scan()
+            assert not [f for f in findings if f.severity != "info"], findings
+            size = path.stat().st_size
+            best, median = rate(header_and_scan, size, args.repeat)
+            sha_best, _ = rate(functools.partial(sha256_file, path), size, args.repeat)
+            print(
+                f"{kind:<5} {'gguf-' + variant:<12} {size / MiB:>5.0f} MiB {best:>6.2f} GB/s {median:>7.2f} GB/s "
+                f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
+            )
+            path.unlink()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process, including generating the files: {rss:.0f} MiB")
 

@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -1073,6 +1073,9 @@ class TensorStream:
     passed the structure check never does): the caller then scans the file instead.
     """
 
+    #: The scan the fed blocks go to; a format with block rules of its own (GGUF) substitutes a subclass.
+    _scan_type: ClassVar[type[_FileScan]] = _FileScan
+
     def __init__(
         self,
         header: SafetensorsHeader,
@@ -1082,7 +1085,7 @@ class TensorStream:
         stats: bool = False,
         zero_run_bytes: int = DEFAULT_ZERO_RUN_BYTES,
     ) -> None:
-        self._scan = _FileScan(
+        self._scan = self._scan_type(
             None,
             header,
             vouched=vouched,
