@@ -65,23 +65,23 @@ def pulled(served: HubServer, cache_dir: Path) -> CacheRepo:
 def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """What the slow way does: per-blob record lookups, hashing+checking, the repo checks."""
     calls: dict[str, list[str]] = {"lookup": [], "assess": [], "check_index": []}
-    real_lookup, real_assess = Ledger.lookup, verify_module.assess_file
+    real_lookup, real_assess = Ledger.lookup, verify_module.judge
     real_check_index = vcache.checks.index.check_index
 
     def lookup(self: Ledger, etag: str, blob: Path) -> Any:
         calls["lookup"].append(etag)
         return real_lookup(self, etag, blob)
 
-    def assess(path: Path, name: str, *args: Any) -> Any:
+    def assess(path: Path, name: str, **kwargs: Any) -> Any:
         calls["assess"].append(name)
-        return real_assess(path, name, *args)
+        return real_assess(path, name, **kwargs)
 
     def check_index(folder: Path, index_name: str = INDEX, **kwargs: Any) -> Any:
         calls["check_index"].append(index_name)
         return real_check_index(folder, index_name, **kwargs)
 
     monkeypatch.setattr(Ledger, "lookup", lookup)
-    monkeypatch.setattr(verify_module, "assess_file", assess)
+    monkeypatch.setattr(verify_module, "judge", assess)
     monkeypatch.setattr(vcache.checks.index, "check_index", check_index)
     return calls
 

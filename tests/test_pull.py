@@ -473,6 +473,45 @@ def test_the_content_scan_rides_on_the_digest_read(
     assert list(shard.findings) == list(fresh.findings)
 
 
+def test_the_index_check_takes_the_headers_the_judgements_parsed(
+    hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shard's header is parsed once, when the shard is judged, and handed to the sharded-index check
+    with the judgement: for a fresh download, for a blob already in the cache (checked before it is
+    adopted), for ``verify --deep`` and for a folder verified as it is."""
+    import vcache.checks.index
+    from vcache.verify import verify_path, verify_snapshot
+
+    reads: list[str] = []
+    given: list[list[str]] = []
+    real_read, real_check = vcache.checks.index.read_header, vcache.checks.index.check_index
+
+    def read_header(path: Any) -> Any:
+        reads.append(Path(path).name)
+        return real_read(path)
+
+    def check_index(folder: Path, index_name: str, **kw: Any) -> Any:
+        given.append(sorted(kw.get("headers") or {}))
+        return real_check(folder, index_name, **kw)
+
+    monkeypatch.setattr(vcache.checks.index, "read_header", read_header)
+    monkeypatch.setattr(vcache.checks.index, "check_index", check_index)
+    shards = [SHARD1, "model-00002-of-00002.safetensors"]
+    report = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert report.ok and given == [shards] and reads == []
+    repo = CacheRepo(cache_dir, REPO)
+    for record in repo.ledger_dir.glob("*.json"):
+        record.unlink()  # the blobs stay, vouched for by nothing: the next pull checks them where they are
+    given.clear()
+    again = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    assert again.ok and all(f.cached for f in again.files) and len(hub.body_requests(REPO, SHARD1)) == 1
+    assert given == [shards] and reads == []
+    given.clear()
+    assert report.commit and verify_snapshot(repo, report.commit, deep=True).ok
+    assert verify_path(Path(report.snapshot_path or "")).ok
+    assert given == [shards, shards] and reads == []
+
+
 def _kill_when_requested(hub: Any, path: str) -> threading.Thread:
     """Stop ``hub`` (both origins) as soon as a GET for ``path`` has been logged: a server killed mid-pull."""
     import time

@@ -6,7 +6,8 @@ Data flows one way (``docs/design.md`` §4):
 2. plan: the files at that commit with size and digest, filtered, paths validated before anything is written;
 3. fetch each missing file (bounded parallelism) under its blob lock, into a resumable partial, hashed as
    written (``transfer``);
-4. check the finished partial: size, digest, sniff, safetensors structure, tensor content (``checks``);
+4. judge the finished partial: size, digest, sniff, safetensors structure, tensor content
+   (``checks.judge``, given what the transfer computed while writing it);
 5. publish (fsync + ``os.replace`` into ``blobs/``, ledger record, snapshot link) or, when the failure is in
    transport, discard and fetch again a bounded number of times; otherwise quarantine with a report;
 6. repo checks (sharded index and config coherence);
@@ -30,8 +31,8 @@ from typing import Any
 from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
-from vcache.checks import StreamingCheck, check_file
-from vcache.checks.safetensors import SafetensorsHeader
+from vcache.checks import StreamingCheck
+from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers
 from vcache.cluster import start_jitter, transfer_settings
 from vcache.config import Settings, resolve_settings
 from vcache.errors import (
@@ -67,14 +68,11 @@ from vcache.report import (
     Verdict,
     fail,
     info,
-    verdict_of,
 )
 from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
-    assess_file,
     attach_repo_findings,
     blob_not_regular,
-    digest_mismatch,
     require_complete,
     resolve_cached_commit,
     verify_in_place,
@@ -272,7 +270,6 @@ class _Puller:
         self.progress = progress
         self.force = force
         self.ledger = Ledger(repo.ledger_dir)
-        self.headers: dict[str, SafetensorsHeader | None] = {}
         self.read_only = False
 
     def run(
@@ -352,6 +349,7 @@ class _Puller:
             self.progress.file_done(rep)
         errors: list[str] = []
         not_fetched: set[str] = set()
+        judged: list[Judgement] = []  # files judged now and published: their headers go to the repo checks
         if to_fetch:
             knobs = {**transfer_settings(), **self.opts.transfer}  # partial staleness = the lease length
             with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
@@ -362,23 +360,30 @@ class _Puller:
                     futures = {f.path: pool.submit(self._fetch_one, transfer, commit, f) for f in ordered}
                     for path, fut in futures.items():
                         try:
-                            rep = fut.result()
+                            rep, judgement = fut.result()
                         except (DiskFull, CacheNotWritable):
                             raise
                         except VcacheError as exc:
                             errors.append(f"{path}: {exc}")
                             not_fetched.add(path)
+                            judgement = None
                             rep = FileReport(
                                 path,
                                 findings=(fail(NOT_FETCHED, f"{path}: {exc}"),),
                                 strict=self.opts.strict,
                             )
+                        if judgement is not None:
+                            judged.append(judgement)
                         reports[path] = rep
                         self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
         ordered_reports = attach_repo_findings(
-            snapshot, ordered_reports, strict=self.opts.strict, headers=self.headers, not_fetched=not_fetched
+            snapshot,
+            ordered_reports,
+            strict=self.opts.strict,
+            headers=parsed_headers(judged),
+            not_fetched=not_fetched,
         )
         report = PullReport(
             repo_id=self.repo.repo_id,
@@ -458,7 +463,11 @@ class _Puller:
         return rep
 
     # -- one file ---------------------------------------------------------------------------------------------
-    def _fetch_one(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
+    def _fetch_one(
+        self, transfer: Transfer, commit: str, f: RemoteFile
+    ) -> tuple[FileReport, Judgement | None]:
+        """Settle one file not verified in the cache: adopt the blob already there, or download it. Returns
+        its report and, when its bytes were judged now and published, the judgement (with their header)."""
         repo = self.repo
         what = f"{repo.repo_id}/{f.path}"
         with blob_lock(repo.lock_path(f.etag), what=what) as held:
@@ -504,14 +513,21 @@ class _Puller:
             f"{f.path}: its blob is a {kind}, not a regular file; set aside as {entry.id}, fetching again"
         )
 
-    def _adopt_existing_blob(self, commit: str, f: RemoteFile, blob: Path) -> FileReport | None:
-        """A blob is already there (another process, or huggingface_hub): trust it only after checking it."""
+    def _adopt_existing_blob(
+        self, commit: str, f: RemoteFile, blob: Path
+    ) -> tuple[FileReport, Judgement | None] | None:
+        """A blob is already there (another process, or huggingface_hub): trust it only after checking it.
+        None when it failed (it is quarantined: fetch the file)."""
         rec = self.ledger.lookup(f.etag, blob)
+        judgement = None
         if rec is not None:
             findings: Sequence[Finding] = rec.findings
         else:
-            findings, actual = assess_file(blob, f.path, f.digest, f.size)
-            if verdict_of(findings, strict=self.opts.strict) is Verdict.FAIL:
+            judgement = judge(
+                blob, f.path, expected_size=f.size, expected_digest=f.digest, strict=self.opts.strict
+            )
+            findings, actual = judgement.findings, judgement.actual_digest
+            if judgement.verdict is Verdict.FAIL:
                 entry = quarantine_file(
                     self.repo,
                     blob,
@@ -530,7 +546,7 @@ class _Puller:
                 return None
             self.ledger.record(f.etag, blob, str(actual), findings)
         self.repo.link(commit, f.path, f.etag)
-        return FileReport(
+        report = FileReport(
             f.path,
             f.size,
             str(f.digest),
@@ -539,8 +555,11 @@ class _Puller:
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
         )
+        return report, judgement
 
-    def _download(self, transfer: Transfer, commit: str, f: RemoteFile) -> FileReport:
+    def _download(
+        self, transfer: Transfer, commit: str, f: RemoteFile
+    ) -> tuple[FileReport, Judgement | None]:
         repo, s = self.repo, self.settings
         spec = FetchSpec(
             url=resolve_url(s.endpoint, repo.repo_id, commit, f.path, s.repo_type),
@@ -554,7 +573,7 @@ class _Puller:
         transferred = 0
         history: list[Finding] = []
         result: FetchResult | None = None
-        findings: list[Finding] = []
+        findings: Sequence[Finding] = ()
         changed_once = False
         meter = _FileMeter(self.progress, f.size)
         n = 0
@@ -575,13 +594,22 @@ class _Puller:
                 continue
             attempts += result.attempts
             transferred += result.bytes_transferred
-            findings = self._check_fetched(f, result, stream)
-            transport_failed = any(x.code in ("size_mismatch", "digest_mismatch") for x in findings)
-            if not transport_failed and verdict_of(findings, strict=self.opts.strict) is not Verdict.FAIL:
+            judgement = judge(
+                result.data_path,
+                f.path,
+                expected_size=f.size,
+                expected_digest=f.digest,
+                actual_size=result.size,
+                actual_digest=result.actual,
+                streamed=stream,
+                strict=self.opts.strict,
+            )
+            findings = judgement.findings
+            if not judgement.mismatch and judgement.verdict is not Verdict.FAIL:
                 report = self._publish(commit, f, result, findings, history, attempts, transferred)
                 transfer.discard(result)  # the bytes moved to blobs/; drop the partial's sidecar
-                return report
-            if not transport_failed:
+                return report, judgement
+            if not judgement.mismatch:
                 break  # the publisher's own bytes fail: downloading again cannot help
             if n >= self.opts.max_integrity_attempts:
                 break
@@ -598,7 +626,6 @@ class _Puller:
             )
             transfer.discard(result.data_path)
         assert result is not None
-        self.headers.pop(f.path, None)  # the index check must see this shard as missing
         entry = quarantine_file(
             repo,
             result.data_path,
@@ -613,7 +640,7 @@ class _Puller:
         transfer.discard(result)  # the bytes moved to the quarantine; drop the partial's sidecar
         repo.unlink(commit, f.path)
         self.progress.message(f"{f.path}: FAILED verification; quarantined as {entry.id}")
-        return FileReport(
+        report = FileReport(
             f.path,
             f.size,
             str(f.digest),
@@ -624,25 +651,7 @@ class _Puller:
             quarantine_id=entry.id,
             strict=self.opts.strict,
         )
-
-    def _check_fetched(self, f: RemoteFile, result: FetchResult, stream: StreamingCheck) -> list[Finding]:
-        findings: list[Finding] = []
-        if result.size != f.size:
-            findings.append(
-                fail(
-                    "size_mismatch",
-                    f"{f.path}: received {result.size} bytes, the publisher's file has {f.size}",
-                    expected=f.size,
-                    actual=result.size,
-                )
-            )
-        if result.actual != f.digest:
-            findings.append(digest_mismatch(f.path, f.digest, result.actual))
-        # The streamed scan judged these very bytes as vouched; when the digest did not match, scan again.
-        streamed = None if findings else stream.findings(result.data_path)
-        check = check_file(result.data_path, f.path, vouched=not findings, content_findings=streamed)
-        self.headers[f.path] = check.header
-        return [*check.findings, *findings]
+        return report, None  # the index check must see this shard as missing: no header of it
 
     def _publish(
         self,
@@ -675,7 +684,7 @@ class _Puller:
 
 def _damage_summary(findings: Sequence[Finding]) -> str:
     """``digest_mismatch; tensor.zero_rows in <tensor>``: the transport failure and what the bytes showed."""
-    codes = [x.code for x in findings if x.code in ("size_mismatch", "digest_mismatch")]
+    codes = [x.code for x in findings if x.code in MISMATCH_CODES]
     forensic = next((x for x in findings if x.tensor and x.severity is not Severity.INFO), None)
     if forensic is None:
         forensic = next((x for x in findings if x.code.startswith(("sniff.", "safetensors."))), None)

@@ -1,7 +1,7 @@
 """Verification of files already on disk: cache snapshots (trusting the ledger where it may), any folder,
 and the whole cache (``vcache scan``). Offline by construction: nothing here touches the network.
 
-What it decides is the same as a pull decides for fresh bytes (same checks, same verdict policy); the
+What it decides is what a pull decides for fresh bytes (the same :func:`~vcache.checks.judge.judge`); the
 difference is only where the expected digest comes from (the blob name, the tree cache, or nowhere for
 folders that never came from a Hub) and whether a failing file may be moved (cache blobs are quarantined;
 a user's own folder is only reported on).
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from vcache.cache import CacheRepo, entry_kind, iter_repo_folders
-from vcache.checks import check_file
+from vcache.checks.judge import Judgement, judge, parsed_headers
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
-from vcache.hashing import Digest, hash_file
+from vcache.hashing import Digest
 from vcache.hub import COMMIT_RE
 from vcache.ledger import EntryState, Ledger, entry_state
 from vcache.partial import PartialInfo
@@ -30,58 +30,17 @@ from vcache.report import (
     FileReport,
     Finding,
     PullReport,
+    Verdict,
     fail,
     findings_from_json,
     human_bytes,
     info,
-    verdict_of,
     warn,
 )
 
 log = logging.getLogger(__name__)
 
 INDEX_SUFFIX = ".safetensors.index.json"
-
-
-def assess_file(
-    path: Path, name: str, expected: Digest | None, size: int | None
-) -> tuple[list[Finding], Digest | None]:
-    """Hash (when a digest is expected) and check one complete file; returns findings and the actual digest.
-
-    A size or digest mismatch is a failure, and the content checks then run unvouched, so zero-fill damage
-    is reported for what it is (forensics on a file that failed its hash).
-    """
-    findings: list[Finding] = []
-    actual: Digest | None = None
-    st_size = os.stat(path).st_size
-    if size is not None and st_size != size:
-        findings.append(
-            fail(
-                "size_mismatch",
-                f"{name}: {st_size} bytes on disk, the publisher's file has {size}; "
-                "it is truncated or overwritten — fetch it again with `vcache pull`",
-                expected=size,
-                actual=st_size,
-            )
-        )
-    if expected is not None:
-        actual = hash_file(path, expected.algorithm)
-        if actual != expected:
-            findings.append(digest_mismatch(name, expected, actual))
-    vouched = expected is not None and not findings
-    # What the bytes are (a pointer, a truncated header) says more than "the hash differs": list it first.
-    return [*check_file(path, name, vouched=vouched).findings, *findings], actual
-
-
-def digest_mismatch(name: str, expected: Digest, actual: Digest) -> Finding:
-    """The finding for bytes that do not hash to the publisher's digest."""
-    return fail(
-        "digest_mismatch",
-        f"{name}: content hashes to {actual} but the publisher's digest is {expected}; "
-        "the bytes were damaged in transit or on disk — fetch it again with `vcache pull`",
-        expected=str(expected),
-        actual=str(actual),
-    )
 
 
 def blob_not_regular(repo: CacheRepo, path: str, etag: str, kind: str) -> Finding:
@@ -175,13 +134,20 @@ def verify_snapshot(
     remembered = None if deep else _read_snapshot_record(ledger, commit)
     reports = _remembered_reports(repo, ledger, commit, expected, remembered, strict=strict)
     files_known = reports is not None
+    judged: list[Judgement] = []
     if reports is None:
-        reports = [
-            _verify_cached_file(repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine)
-            for exp in expected
-        ]
+        reports = []
+        for exp in expected:
+            report, judgement = _verify_cached_file(
+                repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine
+            )
+            reports.append(report)
+            if judgement is not None:
+                judged.append(judgement)
     snapshot = repo.snapshot_dir(commit)
-    reports, repo_entry = _attach_remembered(snapshot, reports, strict=strict, remembered=remembered)
+    reports, repo_entry = _attach_remembered(
+        snapshot, reports, strict=strict, remembered=remembered, headers=parsed_headers(judged)
+    )
     if not deep and (not files_known or repo_entry is not None) and _writable(repo):
         _write_snapshot_record(repo, ledger, commit, remembered, repo_entry, refresh_files=not files_known)
     return PullReport(
@@ -349,6 +315,7 @@ def _attach_remembered(
     *,
     strict: bool,
     remembered: Mapping[str, Any] | None,
+    headers: Mapping[str, SafetensorsHeader],
 ) -> tuple[list[FileReport], dict[str, Any] | None]:
     """:func:`attach_repo_findings`, answered from the snapshot record when the folder is unchanged.
 
@@ -373,7 +340,7 @@ def _attach_remembered(
             return [
                 replace(r, findings=r.findings + extra[r.path]) if r.path in extra else r for r in reports
             ], None
-    out = attach_repo_findings(folder, reports, strict=strict)
+    out = attach_repo_findings(folder, reports, strict=strict, headers=headers)
     if before is None:
         return out, None
     try:
@@ -398,7 +365,7 @@ def verify_in_place(
     :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved or quarantined (a
     ledger record is written only where the cache is writable): for a cache vcache cannot write to. A file
     that is absent gets ``snapshot.missing_file`` or ``snapshot.broken_link``."""
-    return _verify_cached_file(
+    report, _ = _verify_cached_file(
         repo,
         Ledger(repo.ledger_dir),
         commit,
@@ -407,6 +374,7 @@ def verify_in_place(
         strict=strict,
         quarantine=False,
     )
+    return report
 
 
 def _verify_cached_file(
@@ -418,7 +386,9 @@ def _verify_cached_file(
     deep: bool,
     strict: bool,
     quarantine: bool,
-) -> FileReport:
+) -> tuple[FileReport, Judgement | None]:
+    """One file of a cached snapshot: its report, and the judgement made of it when it was judged now and
+    is still what the snapshot serves (not answered from the ledger, not quarantined)."""
     from vcache.quarantine import quarantine_file
 
     snap = repo.snapshot_file(commit, exp.path)
@@ -437,7 +407,7 @@ def _verify_cached_file(
             location=location,
             strict=strict,
             cached=True,
-        )
+        ), None
     if not snap.exists():
         return FileReport(
             exp.path,
@@ -452,7 +422,7 @@ def _verify_cached_file(
             location=location,
             strict=strict,
             cached=True,
-        )
+        ), None
     linked = repo.linked_etag(commit, exp.path)
     if linked and exp.etag and linked != exp.etag:
         return FileReport(
@@ -471,7 +441,7 @@ def _verify_cached_file(
             location=location,
             strict=strict,
             cached=True,
-        )
+        ), None
     etag = linked or exp.etag
     blob = repo.blob_path(etag) if etag and linked else snap
     kind = entry_kind(blob)
@@ -483,7 +453,7 @@ def _verify_cached_file(
             location=location,
             strict=strict,
             cached=True,
-        )
+        ), None
     expected = _digest_for(etag)
     if etag and not deep:
         rec = ledger.lookup(etag, blob)
@@ -496,11 +466,11 @@ def _verify_cached_file(
                 cached=True,
                 location=location,
                 strict=strict,
-            )
-    findings, actual = assess_file(blob, exp.path, expected, exp.size)
-    verdict = verdict_of(findings, strict=strict)
+            ), None
+    judgement = judge(blob, exp.path, expected_size=exp.size, expected_digest=expected, strict=strict)
+    findings, actual = judgement.findings, judgement.actual_digest
     qid = None
-    if verdict.value == "fail" and quarantine and blob != snap and _writable(repo):
+    if judgement.verdict is Verdict.FAIL and quarantine and blob != snap and _writable(repo):
         entry = quarantine_file(
             repo,
             blob,
@@ -528,7 +498,7 @@ def _verify_cached_file(
         quarantine_id=qid,
         location=location,
         strict=strict,
-    )
+    ), None if qid else judgement  # a quarantined file's bytes left the snapshot
 
 
 def _digest_for(etag: str | None) -> Digest | None:
@@ -565,7 +535,8 @@ def attach_repo_findings(
 ) -> list[FileReport]:
     """Run the sharded-index / config coherence checks over ``folder`` and attach them to the index's report.
 
-    ``headers`` are shard headers already parsed by this run (keyed by repo path), so none is parsed twice.
+    ``headers`` are safetensors headers already parsed by this run (keyed by repo path, as
+    :func:`~vcache.checks.judge.parsed_headers` gives them), so none is parsed twice.
     ``not_fetched`` are repo paths a pull could not download: their absence is its transfer error, not a
     failure of the index (see :func:`~vcache.checks.index.check_index`).
     """
@@ -589,7 +560,7 @@ def attach_repo_findings(
         from vcache.checks.index import check_config_coherence
         from vcache.checks.safetensors import read_header
 
-        header, _ = read_header(folder / "model.safetensors")
+        header = (headers or {}).get("model.safetensors") or read_header(folder / "model.safetensors")[0]
         if header is not None:
             extra = check_config_coherence(config, [t.name for t in header.tensors])
             for i, r in enumerate(out):
@@ -627,6 +598,7 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
                 p = Path(dirpath) / n
                 files.append((p, p.relative_to(target).as_posix()))
     reports = []
+    judged: list[Judgement] = []
     for p, name in sorted(files, key=lambda x: x[1]):
         if not p.exists():
             reports.append(
@@ -638,12 +610,13 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
                 )
             )
             continue
-        findings = list(check_file(p, name, vouched=False).findings)
+        judgement = judge(p, name, strict=strict)
+        judged.append(judgement)
         reports.append(
-            FileReport(name, os.stat(p).st_size, findings=tuple(findings), location=str(p), strict=strict)
+            FileReport(name, judgement.size, findings=judgement.findings, location=str(p), strict=strict)
         )
     if target.is_dir():
-        reports = attach_repo_findings(folder, reports, strict=strict)
+        reports = attach_repo_findings(folder, reports, strict=strict, headers=parsed_headers(judged))
     return PullReport(
         repo_id=None,
         files=tuple(reports),

@@ -1,7 +1,8 @@
 """File checks: what is wrong with a file, as findings.
 
 ``sniff`` (pointer / HTML / zero-filled files), ``safetensors`` (strict header and layout), ``tensors``
-(content scan on raw bits) and ``index`` (sharded index and config coherence). Checks only read; they
+(content scan on raw bits) and ``index`` (sharded index and config coherence); ``judge`` decides a file's
+findings and verdict from them and from its size and digest, for every caller. Checks only read; they
 never move, delete or fix a file, and they never raise on bad input: every problem is a Finding.
 """
 
@@ -36,10 +37,17 @@ def expected_kind(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class FileCheck:
-    """The findings for one file, and its parsed safetensors header when it has a sound one."""
+    """The findings for one file, and its parsed safetensors header when it has a sound one.
+
+    ``format`` is what the bytes were checked as: the kind the name implies (``"safetensors"``, ``"json"``)
+    unless the sniff found them to be something else, else ``"other"``. ``checks`` names what ran, in order:
+    ``"sniff"``, then for safetensors ``"structure"`` and (with a sound header) ``"content"``.
+    """
 
     findings: tuple[Finding, ...]
     header: SafetensorsHeader | None = None
+    format: str = "other"
+    checks: tuple[str, ...] = ("sniff",)
 
 
 def check_file(
@@ -65,16 +73,19 @@ def check_file(
 
     kind = expected_kind(name)
     findings = list(sniff(path, expect=kind))
-    if any(f.severity is Severity.FAIL for f in findings) or kind != "safetensors":
-        return FileCheck(tuple(findings))
+    if any(f.severity is Severity.FAIL for f in findings):
+        return FileCheck(tuple(findings))  # the bytes are something else: no parser is shown them
+    if kind != "safetensors":
+        return FileCheck(tuple(findings), format=kind or "other")
     header, structural = read_header(path)
     findings.extend(structural)
-    if header is not None and content:
-        if content_findings is not None:
-            findings.extend(content_findings)
-        else:
-            findings.extend(scan_tensors(path, header, vouched=vouched))
-    return FileCheck(tuple(findings), header)
+    if header is None or not content:
+        return FileCheck(tuple(findings), header, "safetensors", ("sniff", "structure"))
+    if content_findings is not None:
+        findings.extend(content_findings)
+    else:
+        findings.extend(scan_tensors(path, header, vouched=vouched))
+    return FileCheck(tuple(findings), header, "safetensors", ("sniff", "structure", "content"))
 
 
 class StreamingCheck:
