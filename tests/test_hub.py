@@ -1,10 +1,14 @@
-"""Hub client pieces that need no server: path safety, listing parsing, origins, error mapping."""
+"""Hub client pieces that need no server (path safety, listing parsing, origins, error mapping), and how the
+client gives up on a server that refuses or never answers."""
 
 from __future__ import annotations
+
+import time
 
 import httpx2
 import pytest
 
+from transfer_helpers import closed_endpoint, silent_server
 from vcache.errors import (
     AuthError,
     EntryNotFound,
@@ -12,9 +16,18 @@ from vcache.errors import (
     HubError,
     RepoNotFound,
     RevisionNotFound,
+    TransferError,
     UnsafePath,
 )
-from vcache.hub import error_from_response, parse_entries, resolve_url, same_origin, validate_repo_path
+from vcache.hub import (
+    HubClient,
+    error_from_response,
+    parse_entries,
+    resolve_url,
+    same_origin,
+    validate_repo_path,
+)
+from vcache.retry import FakeClock, ProgressWatch, RetryPolicy
 
 SHA1 = "a" * 40
 SHA256 = "b" * 64
@@ -124,3 +137,53 @@ def test_error_mapping(status: int, code: str, exc: type[Exception]) -> None:
 @pytest.mark.parametrize("status", [200, 206, 408, 429, 500, 503])
 def test_retryable_and_success_are_not_errors(status: int) -> None:
     assert error_from_response(httpx2.Response(status), repo_id="o/n", what="x") is None
+
+
+# -- giving up on a server that says nothing ------------------------------------------------------------------
+
+
+def test_a_refusing_endpoint_is_given_up_on_after_the_budget_not_the_retry_count() -> None:
+    """The budget ends it, in fake time, however many retries the policy would still allow."""
+    clock = FakeClock()
+    lines: list[str] = []
+    watch = ProgressWatch(10.0, clock=clock, notify=lines.append)
+    endpoint = closed_endpoint()
+    policy = RetryPolicy(total=100, rand=lambda: 0.5)
+    with (
+        HubClient(endpoint, None, clock=clock, watch=watch, policy=policy) as hub,
+        pytest.raises(TransferError) as info,
+    ):
+        hub.resolve_commit("acme/m", None)
+    assert "resolving acme/m@main: gave up after 10 s without progress from 127.0.0.1:" in str(info.value)
+    assert "VCACHE_GIVE_UP_SECONDS" in str(info.value)
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 2.5]  # the last backoff is cut to the budget
+    assert lines and all(ln.startswith(f"waiting for {endpoint.removeprefix('http://')}") for ln in lines)
+    assert "giving up in" in lines[0] and "failed attempts" in lines[0]
+
+
+def test_fail_fast_and_the_retry_after_it_share_one_budget() -> None:
+    clock = FakeClock()
+    watch = ProgressWatch(10.0, clock=clock)
+    with HubClient(closed_endpoint(), None, clock=clock, watch=watch) as hub:
+        with pytest.raises(TransferError):  # HubUnreachable: the caller may answer from its cache
+            hub.resolve_commit("acme/m", None, fail_fast=True)
+        clock.advance(10.0)  # the caller took its time before asking again: the silence goes on
+        with pytest.raises(TransferError, match="gave up after 10 s"):
+            hub.resolve_commit("acme/m", None)
+    assert clock.sleeps == []
+
+
+def test_an_api_that_accepts_and_never_answers_is_given_up_on_within_the_budget() -> None:
+    """The read timeout (30 s) is cut to the budget: one hanging request cannot outlast the pull's patience."""
+    lines: list[str] = []
+    with (
+        silent_server() as srv,
+        HubClient(srv.endpoint, None, watch=ProgressWatch(1.0, notify=lines.append)) as hub,
+    ):
+        started = time.monotonic()
+        with pytest.raises(TransferError, match=r"without progress from 127\.0\.0\.1.*ReadTimeout"):
+            hub.list_files("acme/m", "a" * 40)
+        elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 3.0
+    assert len(srv.requests) == 1
+    assert lines and "listing acme/m@aaaaaaaaaaaa" in lines[0]
