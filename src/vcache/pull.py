@@ -398,12 +398,13 @@ class _Puller:
                         except (DiskFull, CacheNotWritable):
                             raise
                         except VcacheError as exc:
-                            errors.append(f"{path}: {exc}")
+                            why = _naming(path, exc)
+                            errors.append(why)
                             not_fetched.add(path)
                             judgement = None
                             rep = FileReport(
                                 path,
-                                findings=(fail(NOT_FETCHED, f"{path}: {exc}"),),
+                                findings=(fail(NOT_FETCHED, why),),
                                 strict=self.opts.strict,
                             )
                         if judgement is not None:
@@ -714,6 +715,12 @@ class _Puller:
             location=str(repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
         )
+
+
+def _naming(path: str, exc: BaseException) -> str:
+    """``<path>: <error>``, without naming the path twice when the error's message already starts with it."""
+    text = str(exc)
+    return text if text.startswith(f"{path}: ") else f"{path}: {text}"
 
 
 def _damage_summary(findings: Sequence[Finding]) -> str:
