@@ -14,10 +14,10 @@ Scenarios (a)–(d) serve their repos from a test Hub (``vcache.testing.hub``) i
   (c) one 1 GiB shard with the cap, plus ``aria2c -x 8 -s 8`` as a peer when it is installed
   (d) SIGKILL at about half of (c)'s time, then pull again: body bytes / file size (from the server log)
 
-Scenarios (e)–(h) are issue 14's independent measurement: each runs against a test Hub in its own process
-(``python -m vcache.testing.hub --root DIR --control [--throttle BPS]``), which writes file bodies with
-``os.sendfile`` (paced in chunks when capped) and counts every byte it writes to its sockets; the script
-reads the counts from the server's ``/_testhub/`` routes.
+Scenarios (e)–(h) follow an independent measurement of vcache: each runs against a test Hub in its own
+process (``python -m vcache.testing.hub --root DIR --control [--throttle BPS]``), which writes file bodies
+with ``os.sendfile`` (paced in chunks when capped) and counts every byte it writes to its sockets; the
+script reads the counts from the server's ``/_testhub/`` routes.
 
   (e) 4 x 128 MiB safetensors + small files, unthrottled, vs ``snapshot_download``:
       target >= 1.5x, and vcache's peak memory <= 150 MiB
