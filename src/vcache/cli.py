@@ -185,6 +185,14 @@ def main(verbose: int) -> None:
     is_flag=True,
     help="Fetch every file again from byte 0, ignoring verified blobs and partial downloads.",
 )
+@click.option(
+    "--verify-signature",
+    "verify_signature",
+    metavar="METHOD",
+    help="Require the repo's model.sig (OpenSSF model signing) from key:PUBLIC_KEY.pem, "
+    "certificate:CHAIN.pem or sigstore:IDENTITY@ISSUER, matching every pulled file. "
+    "Needs pip install 'vcache[signing]'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pull(
@@ -199,6 +207,7 @@ def pull(
     token: str | None,
     strict: bool,
     force: bool,
+    verify_signature: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -220,6 +229,7 @@ def pull(
             force_download=force,
             strict=strict,
             progress=progress.sink,
+            verify_signature=verify_signature,
         )
     except UsageError as exc:
         progress.close()

@@ -10,7 +10,8 @@ Data flows one way (``docs/design.md`` §4):
    (``checks.judge``, given what the transfer computed while writing it);
 5. publish (fsync + ``os.replace`` into ``blobs/``, ledger record, snapshot link) or, when the failure is in
    transport, discard and fetch again a bounded number of times; otherwise quarantine with a report;
-6. repo checks (sharded index and config coherence);
+6. repo checks (sharded index and config coherence), and the publisher's signature when one is required
+   (``signing``: compared with the digests verified above, no file hashed again);
 7. report; ``refs/`` and ``trees/`` are written only when every requested file is verified.
 
 Invariant: nothing reaches ``blobs/`` or ``snapshots/`` unless it passed its checks.
@@ -71,6 +72,8 @@ from vcache.report import (
     info,
 )
 from vcache.retry import SYSTEM_CLOCK, ProgressWatch
+from vcache.signing import SignatureCheck, SignatureMethod
+from vcache.signing import prepare as prepare_signature
 from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
     attach_repo_findings,
@@ -164,6 +167,7 @@ def pull(
     files: Sequence[str] | None = None,
     progress: Progress | None = None,
     options: PullOptions | None = None,
+    verify_signature: str | SignatureMethod | None = None,
 ) -> PullReport:
     """Download and verify a repo snapshot into the HF cache; return what happened to every file.
 
@@ -175,12 +179,19 @@ def pull(
     :class:`~vcache.errors.TransferError` subclasses for disk problems; per-file verification failures are
     in the report (``report.ok``), not raised. An invalid ``repo_id`` or ``revision`` raises
     :class:`~vcache.errors.UsageError` before anything is asked or read.
+
+    ``verify_signature`` (``"key:PUBLIC_KEY.pem"``, ``"certificate:CHAIN.pem"``,
+    ``"sigstore:IDENTITY@ISSUER"`` or a :class:`~vcache.signing.SignatureMethod`) also requires the repo's
+    ``model.sig`` (model-signing, the ``vcache[signing]`` extra) to come from that key or identity and to match
+    every pulled file; its ``signature.*`` findings fail the report, and no ref is written. The method is
+    loaded before anything is downloaded (see :func:`vcache.signing.prepare` for its errors).
     """
     validate_repo_id(repo_id)
     if revision is not None:
         validate_revision(revision)
     if files is not None and not files:
         raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
+    signature = prepare_signature(verify_signature) if verify_signature is not None else None
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     settings = resolve_settings(
@@ -193,8 +204,8 @@ def pull(
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
     if settings.offline:
-        return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict)
-    puller = _Puller(settings, repo, opts, progress or Progress(), force_download)
+        return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict, signature)
+    puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature)
     with _ticking(puller.watch):
         return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
 
@@ -227,6 +238,7 @@ def _pull_offline(
     ignore: str | Sequence[str] | None,
     files: Sequence[str] | None,
     strict: bool,
+    signature: SignatureCheck | None = None,
 ) -> PullReport:
     commit = resolve_cached_commit(repo, revision)
     tree = repo.read_tree(commit)
@@ -239,6 +251,9 @@ def _pull_offline(
         )
         if not only:
             raise _selects_nothing(f"{repo.repo_id}@{revision or commit[:12]}", allow, ignore, len(tree))
+    sig = signature.signature_file if signature is not None else None
+    if sig is not None and only is not None and sig not in only and (tree is None or sig in tree):
+        only.append(sig)  # the signature is checked whatever the patterns select
     writable = os.access(repo.root, os.W_OK)
     report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
     if only is not None:
@@ -250,6 +265,8 @@ def _pull_offline(
                 snapshot_path=report.snapshot_path,
             )
         require_complete(report)  # listed for the commit but absent: missing, not damaged
+    if signature is not None:
+        report = signature.check(report, listed=tree.keys() if tree is not None else None)
     return report
 
 
@@ -285,9 +302,16 @@ class _Puller:
     """One pull's state: settings, the cache repo, the shared transfer, the ledger."""
 
     def __init__(
-        self, settings: Settings, repo: CacheRepo, opts: PullOptions, progress: Progress, force: bool
+        self,
+        settings: Settings,
+        repo: CacheRepo,
+        opts: PullOptions,
+        progress: Progress,
+        force: bool,
+        signature: SignatureCheck | None = None,
     ):
         self.settings = settings
+        self.signature = signature
         self.repo = repo
         self.opts = opts
         self.progress = progress
@@ -332,8 +356,11 @@ class _Puller:
                     if fallback is not None:
                         return fallback
                     commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
+            sig = self.signature.signature_file if self.signature is not None else None
             if files is not None:
-                remote = hub.paths_info(self.repo.repo_id, commit, list(files), s.repo_type)
+                # The signature file is asked for too (it may be absent: signature.missing, not an error).
+                asked = [*files, sig] if sig is not None and sig not in files else list(files)
+                remote = hub.paths_info(self.repo.repo_id, commit, asked, s.repo_type)
                 found = {f.path for f in remote}
                 for want in files:
                     if want not in found:
@@ -356,6 +383,8 @@ class _Puller:
                 if not remote and (allow or ignore):
                     where = f"{self.repo.repo_id}@{revision or commit[:12]}"
                     raise _selects_nothing(where, allow, ignore, len(listing))
+                if sig is not None and all(f.path != sig for f in remote):
+                    remote += [f for f in listing if f.path == sig]  # checked whatever the patterns select
         check_unique_paths(remote)
         self.read_only = not (is_writable_dir(self.repo.cache_dir) and is_writable_dir(self.repo.root))
         plan = [(f, self._cached_report(commit, f)) for f in remote]
@@ -431,6 +460,9 @@ class _Puller:
             strict=self.opts.strict,
             errors=tuple(errors),
         )
+        if self.signature is not None:
+            listed = {f.path for f in listing} if listing is not None else None
+            report = self.signature.check(report, listed=listed)
         if report.ok and not self.read_only:
             # Written only when they change (a cache shared read-only by its readers is not written to).
             tree = (
@@ -462,7 +494,7 @@ class _Puller:
         message = f"{self.settings.endpoint} could not be reached ({exc}); using the cached snapshot"
         log.warning("%s", message)
         self.progress.message(message)
-        return _pull_offline(self.repo, revision, allow, ignore, files, self.opts.strict)
+        return _pull_offline(self.repo, revision, allow, ignore, files, self.opts.strict, self.signature)
 
     # -- planning ---------------------------------------------------------------------------------------------
     def _cached_report(self, commit: str, f: RemoteFile) -> FileReport | None:
@@ -772,6 +804,7 @@ def snapshot_download(
     local_files_only: bool = False,
     endpoint: str | None = None,
     strict: bool = False,
+    verify_signature: str | SignatureMethod | None = None,
     **_ignored: Any,
 ) -> str:
     """Drop-in for ``huggingface_hub.snapshot_download`` that verifies every file; returns the snapshot path.
@@ -780,6 +813,7 @@ def snapshot_download(
     findings, instead of returning a folder that holds bad or missing files. Hub refusals and offline
     misses raise the errors huggingface_hub raises there too (see :mod:`vcache.errors`). Extra keyword
     arguments huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
+    ``verify_signature`` requires the publisher's model signature, as in :func:`pull`.
     """
     report = pull(
         repo_id,
@@ -795,6 +829,7 @@ def snapshot_download(
         local_files_only=local_files_only,
         endpoint=endpoint,
         strict=strict,
+        verify_signature=verify_signature,
     )
     raise_for_report(report)
     assert report.snapshot_path is not None

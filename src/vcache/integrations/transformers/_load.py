@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vcache.errors import UsageError
 from vcache.integrations.transformers._after_load import _scanned_by_pull, check_loaded_model
@@ -30,6 +30,9 @@ from vcache.integrations.transformers._messages import (
 )
 from vcache.integrations.transformers._remembered import _RememberedVerdict
 from vcache.report import Finding, Severity
+
+if TYPE_CHECKING:
+    from vcache.signing import SignatureMethod
 
 #: Files a transformers (PyTorch) load never reads; skipped by default so that, e.g., Llama's ``original/``
 #: consolidated checkpoint is not downloaded twice. Pass ``ignore_patterns=()`` to fetch everything.
@@ -74,6 +77,7 @@ def from_pretrained(
     allow_patterns: str | Sequence[str] | None = None,
     ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
     max_workers: int | None = None,
+    verify_signature: str | SignatureMethod | None = None,
     **kwargs: Any,
 ) -> Any:
     """Pull and verify ``repo_id``, refuse anything incomplete or damaged, then ``cls.from_pretrained`` it.
@@ -100,6 +104,10 @@ def from_pretrained(
     By default files that a PyTorch load never reads (:data:`DEFAULT_IGNORE_PATTERNS`; for tokenizers,
     configs and processors also the weight files, :data:`WEIGHT_PATTERNS`) are not fetched; pass
     ``ignore_patterns=None`` to fetch every file of the revision.
+
+    ``verify_signature`` (``"key:PUBLIC_KEY.pem"``, ``"certificate:CHAIN.pem"``, ``"sigstore:IDENTITY@ISSUER"``)
+    makes step 1 also require the publisher's model signature (see :func:`vcache.pull`): a missing, invalid,
+    untrusted or mismatched signature refuses the load before transformers reads anything.
     """
     if not callable(getattr(cls, "from_pretrained", None)):
         raise UsageError(
@@ -126,6 +134,7 @@ def from_pretrained(
         strict=False,  # strictness decides what we load, not what pull quarantines
         max_workers=max_workers,
         force_download=force_download,
+        verify_signature=verify_signature,
     )
     where = _describe_source(repo_id, report)
     cls_name = getattr(cls, "__name__", repr(cls))
