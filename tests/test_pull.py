@@ -36,6 +36,9 @@ def _blob_names(cache_dir: Path, repo_id: str = REPO) -> set[str]:
 
 def fast_options(**transfer: Any) -> PullOptions:
     """Transfer knobs for tests: short timeouts and a clock that never really sleeps."""
+    from dataclasses import replace
+
+    from vcache.config import resolve_transfer_settings
     from vcache.retry import RetryPolicy
 
     class InstantClock:
@@ -59,7 +62,7 @@ def fast_options(**transfer: Any) -> PullOptions:
         "policy": RetryPolicy(backoff_factor=0.01),
     }
     opts.update(transfer)
-    return PullOptions(transfer=opts)
+    return PullOptions(transfer=replace(resolve_transfer_settings(), **opts))
 
 
 @pytest.mark.parametrize("lfs_style", ["redirect", "direct"])
@@ -258,7 +261,7 @@ def test_503_and_429_are_retried(hub: Any, cache_dir: Path, status: int, retry_a
     statuses = [r.status for r in hub.log if r.file_path == SHARD1 and r.method == "GET"]
     assert statuses.count(status) == 2 and statuses[-1] in (200, 206)
     if retry_after:
-        assert any(s >= retry_after for s in opts.transfer["clock"].sleeps)
+        assert any(s >= retry_after for s in opts.transfer.clock.sleeps)
 
 
 def test_missing_repo_revision_file(hub: Any, cache_dir: Path) -> None:

@@ -102,14 +102,44 @@ def entry_kind(path: str | os.PathLike[str]) -> str | None:
     return "special file"
 
 
-def translate_os_error(exc: OSError, what: str) -> OSError:
-    """Turn ENOSPC / EROFS / EACCES into vcache's clear errors; others pass through unchanged."""
+def translate_os_error(
+    exc: OSError,
+    what: str,
+    *,
+    where: str | os.PathLike[str] | None = None,
+    then: str = "",
+    **context: Any,
+) -> OSError:
+    """The one mapping of disk errors: ENOSPC / EDQUOT / EFBIG become :class:`~vcache.errors.DiskFull`,
+    EROFS / EACCES / EPERM :class:`~vcache.errors.CacheNotWritable`; any other error comes back unchanged.
+
+    ``what`` says what was being done (``"publishing <etag>"``); ``where`` is a directory whose free space
+    the message reports; ``then`` says what became of the work (``"the partial is kept"``). ``context``
+    goes on the error, with ``errno``.
+    """
+    why = exc.strerror or os.strerror(exc.errno or 0)
+    after = f"; {then}" if then else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return DiskFull(f"{what}: no space left on the device ({exc.strerror}); free space and run again")
+        if exc.errno == errno.EFBIG:
+            why = "file size limit reached"
+        free = ""
+        if where is not None:
+            try:
+                free = f"; {shutil.disk_usage(where).free:,} bytes free"
+            except OSError:
+                free = "; free space unknown"
+        return DiskFull(
+            f"{what}: not enough space ({why}{free}); free space and run again{after}",
+            errno=exc.errno,
+            **context,
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        name = f": {exc.filename}" if exc.filename else ""
         return CacheNotWritable(
-            f"{what}: the cache is not writable ({exc.strerror}: {exc.filename}); "
-            "point --cache-dir / HF_HUB_CACHE at a writable directory"
+            f"{what}: the cache is not writable ({why}{name}); point --cache-dir / HF_HUB_CACHE at a "
+            f"writable directory{after}",
+            errno=exc.errno,
+            **context,
         )
     return exc
 

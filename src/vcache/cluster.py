@@ -34,7 +34,6 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from vcache.cache import CACHEDIR_TAG, default_file_mode, iter_repo_folders, write_atomic
@@ -82,21 +81,6 @@ def start_jitter(*, sleep: bool = True) -> float:
     if sleep:
         time.sleep(delay)
     return delay
-
-
-def transfer_settings() -> dict[str, Any]:
-    """Transfer keyword arguments a shared cache decides, for ``Transfer(**transfer_settings(), ...)``.
-
-    ``stale_after`` is the lease length (``VCACHE_LEASE_SECONDS``): a partial nobody has touched for a lease
-    is adoptable, so whoever takes a dead writer's lease resumes its partial instead of starting again.
-    ``max_connections`` (``VCACHE_MAX_CONNECTIONS``, when set) caps this process's connections to the Hub,
-    so N processes on one node open at most N times that many.
-    """
-    out: dict[str, Any] = {"stale_after": lease_seconds()}
-    cap = int(env_float("VCACHE_MAX_CONNECTIONS", 0))
-    if cap >= 1:
-        out["max_connections"] = cap
-    return out
 
 
 # -- lock probes -------------------------------------------------------------------------------------------------
@@ -911,5 +895,4 @@ __all__ = [
     "read_env_file",
     "render_env_file",
     "start_jitter",
-    "transfer_settings",
 ]

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from vcache.errors import UsageError
-from vcache.retry import DEFAULT_GIVE_UP
+from vcache.retry import DEFAULT_GIVE_UP, SYSTEM_CLOCK, Clock, ProgressWatch, RetryPolicy
+
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_TYPES = ("model", "dataset", "space")
@@ -135,4 +139,67 @@ def resolve_settings(
         offline=offline,
         max_workers=workers,
         repo_type=rtype,
+    )
+
+
+# -- transfer settings --------------------------------------------------------------------------------------
+# The knobs of vcache.transfer.Transfer as one typed value, and where a pull's come from.
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_MAX_CONNECTIONS = 16
+
+
+def lease_seconds() -> float:
+    """Lease duration in seconds (``VCACHE_LEASE_SECONDS``, default 30; at least 1).
+
+    Every process sharing a cache must use the same value: filelock refuses to contend with a lease of another
+    duration, and vcache then adopts the duration the current holder recorded (with a warning). It is also how
+    long a dead writer's partial must sit untouched before another process adopts it, so that whoever takes a
+    lease over resumes the partial rather than starting again (see ``partial``).
+    """
+    return max(1.0, env_float("VCACHE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How a pull's :class:`~vcache.transfer.Transfer` moves bytes: every knob it takes but the endpoint and
+    token, typed, with the same defaults (see ``Transfer`` for what each means).
+
+    Build one with :func:`resolve_transfer_settings` (which reads the environment) and change a knob with
+    :func:`dataclasses.replace`; pass it as ``PullOptions(transfer=...)``.
+    """
+
+    policy: RetryPolicy | None = None
+    clock: Clock = SYSTEM_CLOCK
+    watch: ProgressWatch | None = None  # None: the pull's own give-up budget
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    stall_timeout: float = 30.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    connections_per_file: int | None = None
+    part_size: int | None = None
+    min_multipart_size: int = 64 << 20
+    user_agent: str | None = None
+    check_free_space: bool = True
+    stale_after: float = 30.0
+    buffer_size: int = 4 << 20
+    trust_env: bool = True
+    ssl_context: ssl.SSLContext | None = None
+
+
+def resolve_transfer_settings(
+    *, max_connections: int | None = None, stale_after: float | None = None
+) -> TransferSettings:
+    """A pull's transfer settings: the arguments, else the environment, else the defaults.
+
+    ``max_connections`` (``VCACHE_MAX_CONNECTIONS``, when set to 1 or more) caps this process's connections to
+    the Hub, so N processes on one node open at most N times that many. ``stale_after`` is the lease length
+    (:func:`lease_seconds`): a partial nobody has touched for a lease is adoptable, so whoever takes a dead
+    writer's lease resumes its partial instead of starting again. Every other knob keeps its default.
+    """
+    if max_connections is None:
+        cap = int(env_float("VCACHE_MAX_CONNECTIONS", 0))
+        max_connections = cap if cap >= 1 else DEFAULT_MAX_CONNECTIONS
+    return TransferSettings(
+        max_connections=max_connections, stale_after=lease_seconds() if stale_after is None else stale_after
     )

@@ -43,13 +43,12 @@ from pathlib import Path
 
 import filelock
 
-from vcache.config import env_float
+from vcache.config import DEFAULT_LEASE_SECONDS, env_float, lease_seconds
 from vcache.errors import LockTimeout, UsageError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 600.0
-DEFAULT_LEASE_SECONDS = 30.0
 #: How often a waiter says it is still waiting (huggingface_hub logs every 10 s; a cluster log needs less).
 _WAIT_LOG_INTERVAL = 30.0
 
@@ -99,17 +98,6 @@ class LockPolicy:
 def lock_timeout() -> float:
     """Seconds to wait for a blob lock (``VCACHE_LOCK_TIMEOUT``, default 600)."""
     return env_float("VCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
-
-
-def lease_seconds() -> float:
-    """Lease duration in seconds (``VCACHE_LEASE_SECONDS``, default 30; at least 1).
-
-    Every process sharing a cache must use the same value: filelock refuses to contend with a lease of another
-    duration, and vcache then adopts the duration the current holder recorded (with a warning). It is also how
-    long a dead writer's partial must sit untouched before another process adopts it, so that whoever takes a
-    lease over resumes the partial rather than starting again (see ``partial``).
-    """
-    return max(1.0, env_float("VCACHE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
 
 
 # -- filesystem detection ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,14 @@ from huggingface_hub.utils._paths import filter_repo_objects
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
 from vcache.checks import StreamingCheck
 from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers
-from vcache.cluster import start_jitter, transfer_settings
-from vcache.config import Settings, give_up_seconds, resolve_settings
+from vcache.cluster import start_jitter
+from vcache.config import (
+    Settings,
+    TransferSettings,
+    give_up_seconds,
+    resolve_settings,
+    resolve_transfer_settings,
+)
 from vcache.errors import (
     CacheNotWritable,
     DiskFull,
@@ -71,7 +77,7 @@ from vcache.report import (
     fail,
     info,
 )
-from vcache.retry import SYSTEM_CLOCK, ProgressWatch
+from vcache.retry import ProgressWatch
 from vcache.signing import SignatureCheck, SignatureMethod
 from vcache.signing import prepare as prepare_signature
 from vcache.transfer import FetchResult, FetchSpec, Transfer
@@ -142,11 +148,15 @@ class _FileMeter:
 
 @dataclass
 class PullOptions:
-    """Knobs below the public API (tests inject a fake clock or small timeouts through ``transfer``)."""
+    """Knobs below the public API (tests inject a fake clock or small timeouts through ``transfer``).
+
+    ``transfer``: the transfer settings; ``None`` resolves them from the environment
+    (:func:`~vcache.config.resolve_transfer_settings`).
+    """
 
     strict: bool = False
     max_integrity_attempts: int = MAX_INTEGRITY_ATTEMPTS
-    transfer: dict[str, Any] = field(default_factory=dict)
+    transfer: TransferSettings | None = None
 
 
 def pull(
@@ -319,9 +329,9 @@ class _Puller:
         self.ledger = Ledger(repo.ledger_dir)
         self.read_only = False
         # One give-up budget for the whole pull: its Hub calls and every file's connections share it.
-        clock = opts.transfer.get("clock", SYSTEM_CLOCK)
-        self.watch: ProgressWatch = opts.transfer.get("watch") or ProgressWatch(
-            give_up_seconds(), clock=clock, notify=self._waiting
+        self.transfer_settings = opts.transfer if opts.transfer is not None else resolve_transfer_settings()
+        self.watch: ProgressWatch = self.transfer_settings.watch or ProgressWatch(
+            give_up_seconds(), clock=self.transfer_settings.clock, notify=self._waiting
         )
 
     def _waiting(self, text: str) -> None:
@@ -344,8 +354,8 @@ class _Puller:
         threading.Thread(target=_import_scan, name="vcache-import", daemon=True).start()
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
-        shared = {k: v for k, v in self.opts.transfer.items() if k in ("policy", "clock")}
-        with HubClient(s.endpoint, s.token, watch=self.watch, **shared) as hub:
+        ts = self.transfer_settings
+        with HubClient(s.endpoint, s.token, watch=self.watch, policy=ts.policy, clock=ts.clock) as hub:
             if revision and COMMIT_RE.fullmatch(revision):
                 commit = revision
             else:
@@ -414,8 +424,26 @@ class _Puller:
         judged: list[Judgement] = []  # files judged now and published: their headers go to the repo checks
         if to_fetch:
             # partial staleness = the lease length; the give-up budget is the pull's, not the Transfer's own
-            knobs = {**transfer_settings(), **self.opts.transfer, "watch": self.watch}
-            with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
+            with Transfer(
+                endpoint=s.endpoint,
+                token=s.token,
+                policy=ts.policy,
+                clock=ts.clock,
+                watch=self.watch,
+                connect_timeout=ts.connect_timeout,
+                read_timeout=ts.read_timeout,
+                stall_timeout=ts.stall_timeout,
+                max_connections=ts.max_connections,
+                connections_per_file=ts.connections_per_file,
+                part_size=ts.part_size,
+                min_multipart_size=ts.min_multipart_size,
+                user_agent=ts.user_agent,
+                check_free_space=ts.check_free_space,
+                stale_after=ts.stale_after,
+                buffer_size=ts.buffer_size,
+                trust_env=ts.trust_env,
+                ssl_context=ts.ssl_context,
+            ) as transfer:
                 workers = min(s.max_workers, len(to_fetch))
                 # Largest first: the long pole starts early and small files fill the gaps.
                 ordered = sorted(to_fetch, key=lambda f: -f.size)

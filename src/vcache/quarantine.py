@@ -238,8 +238,9 @@ def _copy_out(entry: QuarantineEntry, to: str) -> Path:
                 f"cannot read the quarantined bytes {entry.data} ({exc.strerror or exc}); nothing was copied",
                 path=entry.path,
             ) from exc
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise DiskFull(f"copying {entry.path} to {dest}: no space left ({exc.strerror})") from exc
+        full = translate_os_error(exc, f"copying {entry.path} to {dest}", where=dest.parent, path=entry.path)
+        if isinstance(full, DiskFull):
+            raise full from exc
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
             raise UsageError(f"--to {to}: cannot write {dest} ({exc.strerror})") from exc
         raise TransferError(

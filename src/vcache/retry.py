@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from vcache.errors import RetriesExhausted
+from vcache.errors import RateLimited, RetriesExhausted
 
 __all__ = [
     "DEFAULT_GIVE_UP",
@@ -46,6 +46,7 @@ __all__ = [
     "RetryPolicy",
     "SystemClock",
     "describe_failure",
+    "exhausted",
     "parse_retry_after",
 ]
 
@@ -220,6 +221,24 @@ class RetryPolicy:
     def last_event(self) -> RetryEvent | None:
         """The most recent failure, if any."""
         return self.history[-1] if self.history else None
+
+
+def exhausted(
+    what: str, error: RetriesExhausted, *, server: str | None = None, **context: Any
+) -> RetriesExhausted | RateLimited:
+    """The error that ends a request whose retry budget is spent: the one wording of it.
+
+    ``error`` is what :meth:`RetryPolicy.increment` raised (how many attempts failed, the last cause);
+    ``what`` (the request or file) opens the message, ``server`` names where the attempts went, and a
+    sentence says what to do next. A last failure that was a 429 makes it a
+    :class:`~vcache.errors.RateLimited`. ``context`` joins the error's own (``reason``, ``status``,
+    ``history``).
+    """
+    fields = {**error.context, **context}
+    told = f"{what}: {error.message}" + (f" (from {server})" if server else "")
+    if fields.get("status") == 429:
+        return RateLimited(f"{told}; wait and run again, or with fewer parallel downloads", **fields)
+    return RetriesExhausted(f"{told}; check the network or HF_ENDPOINT and run again", **fields)
 
 
 class ProgressWatch:
