@@ -12,7 +12,7 @@ anything other than through ``vcache.pull``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ def from_pretrained(
     allow_patterns: str | Sequence[str] | None = None,
     ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
     max_workers: int | None = None,
+    allow_imports: Collection[str] = (),
     **kwargs: Any,
 ) -> Any:
     """Pull and verify ``repo_id``, refuse anything incomplete or damaged, then ``cls.from_pretrained`` it.
@@ -100,6 +101,11 @@ def from_pretrained(
     By default files that a PyTorch load never reads (:data:`DEFAULT_IGNORE_PATTERNS`; for tokenizers,
     configs and processors also the weight files, :data:`WEIGHT_PATTERNS`) are not fetched; pass
     ``ignore_patterns=None`` to fetch every file of the revision.
+
+    PyTorch checkpoints (``pytorch_model.bin``, ``.pt``, ...) are never unpickled by vcache: every global
+    their pickle imports must be one ``torch.load(weights_only=True)`` accepts, else the file fails
+    (``pickle.unsafe_import``, with or without ``strict``) and nothing is loaded. ``allow_imports``
+    (``module.name`` entries) widens that list for a repo you trust.
     """
     if not callable(getattr(cls, "from_pretrained", None)):
         raise UsageError(
@@ -126,6 +132,7 @@ def from_pretrained(
         strict=False,  # strictness decides what we load, not what pull quarantines
         max_workers=max_workers,
         force_download=force_download,
+        allow_imports=allow_imports,
     )
     where = _describe_source(repo_id, report)
     cls_name = getattr(cls, "__name__", repr(cls))
