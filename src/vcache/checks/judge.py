@@ -142,12 +142,12 @@ def judge(
 
 def still_stands(findings: Iterable[Finding], allow_imports: Collection[str]) -> bool:
     """Whether the findings of an earlier judgement (a ledger record) still stand for a caller that allows
-    ``allow_imports``: not when that judgement passed pickle globals only because they were allowed then
-    (its ``pickle.allowed_import`` finding) and this caller does not allow them all. The file is then judged
-    again, and fails as it would have without them."""
-    from vcache.checks.pickles import allowances_relied_on
+    ``allow_imports``: not when that judgement passed pickle globals only because they were allowed then and
+    this caller does not allow them, nor when it refused globals this caller allows. The file is then judged
+    again, under this caller's allowlist."""
+    from vcache.checks.pickles import allowlist_agrees
 
-    return allowances_relied_on(findings) <= set(allow_imports)
+    return allowlist_agrees(findings, allow_imports)
 
 
 def parsed_headers(judgements: Iterable[Judgement]) -> dict[str, SafetensorsHeader]:

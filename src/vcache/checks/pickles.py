@@ -33,7 +33,7 @@ Finding codes (all ``fail``):
 
 One more, ``info``: ``pickle.allowed_import`` lists the globals outside the allowlist that passed only because
 the caller allowed them (``allow_imports``), so a verdict that relied on them says so (and a remembered one is
-not trusted by a caller that does not allow them: :func:`allowances_relied_on`).
+not trusted by a caller that does not allow them: :func:`allowlist_agrees`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ __all__ = [
     "PickleSet",
     "PickleWalk",
     "UnsafeCall",
-    "allowances_relied_on",
+    "allowlist_agrees",
     "import_allowed",
     "import_findings",
     "parse_allow_imports",
@@ -832,15 +832,19 @@ def parse_allow_imports(entries: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def allowances_relied_on(findings: Iterable[Finding]) -> frozenset[str]:
-    """The user-allowed globals a verdict relied on: those its ``pickle.allowed_import`` findings list."""
-    out: set[str] = set()
+def allowlist_agrees(findings: Iterable[Finding], allow_imports: Collection[str]) -> bool:
+    """Whether the import findings of an earlier check (a remembered verdict) are what a check allowing
+    ``allow_imports`` would give: every global it passed only because it was allowed then
+    (``pickle.allowed_import``) is allowed now, and no global it refused (``pickle.unsafe_import``) is."""
     for f in findings:
-        if f.code == "pickle.allowed_import" and f.detail:
-            names = f.detail.get("imports")
-            if isinstance(names, list):
-                out.update(str(n) for n in names)
-    return frozenset(out)
+        names = f.detail.get("imports") if f.detail else None
+        if not isinstance(names, list):
+            continue
+        if f.code == "pickle.allowed_import" and not all(import_allowed(str(n), allow_imports) for n in names):
+            return False
+        if f.code == "pickle.unsafe_import" and any(import_allowed(str(n), allow_imports) for n in names):
+            return False
+    return True
 
 
 def _never_allowed(full_name: str) -> bool:
