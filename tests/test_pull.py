@@ -605,6 +605,7 @@ def test_a_shard_that_cannot_be_fetched_is_a_transfer_error_not_a_verification_f
     if killer is not None:
         killer.join()
     assert report.errors and any(e.startswith(f"{SHARD1}:") for e in report.errors)
+    assert not any(e.startswith(f"{SHARD1}: {SHARD1}:") for e in report.errors)  # the path is named once
     assert all({x.code for x in f.findings} == {"transfer.failed"} for f in report.failed)
     assert SHARD1 in {f.path for f in report.failed}
     index = next(f for f in report.files if f.path == "model.safetensors.index.json")

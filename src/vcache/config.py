@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vcache.errors import UsageError
+from vcache.retry import DEFAULT_GIVE_UP
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_TYPES = ("model", "dataset", "space")
@@ -33,6 +34,14 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         return default
+
+
+def give_up_seconds() -> float:
+    """Seconds a pull waits for a Hub that says nothing before it gives up (``VCACHE_GIVE_UP_SECONDS``).
+
+    Default 45; at least 1. Raise it for slow or flaky links (see :class:`~vcache.retry.ProgressWatch`).
+    """
+    return max(1.0, env_float("VCACHE_GIVE_UP_SECONDS", DEFAULT_GIVE_UP))
 
 
 def default_hf_home() -> Path:

@@ -35,7 +35,7 @@ from vcache.errors import (
     UsageError,
 )
 from vcache.hashing import Digest
-from vcache.retry import SYSTEM_CLOCK, Clock, RetryPolicy, parse_retry_after
+from vcache.retry import SYSTEM_CLOCK, Clock, ProgressWatch, RetryPolicy, describe_failure, parse_retry_after
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -215,6 +215,11 @@ def origin_of(url: str) -> Origin:
     return Origin(scheme, host, port)
 
 
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL, as messages name the server (no credentials, no path)."""
+    return urlsplit(url).netloc.rpartition("@")[2] or url
+
+
 def same_origin(a: str, b: str) -> bool:
     """True when two URLs share scheme, host and port (the only place a token may go)."""
     try:
@@ -306,7 +311,11 @@ class HubUnreachable(TransferError):
 
 
 class HubClient:
-    """Metadata calls against one endpoint, with bounded, budgeted retries."""
+    """Metadata calls against one endpoint, with bounded, budgeted retries.
+
+    ``policy`` bounds the retries of one call; ``watch`` (share the pull's, as its transfer does) gives up
+    on an endpoint that has said nothing for its budget, and cuts every timeout and backoff to fit it.
+    """
 
     def __init__(
         self,
@@ -316,11 +325,15 @@ class HubClient:
         policy: RetryPolicy | None = None,
         clock: Clock = SYSTEM_CLOCK,
         timeout: float = 30.0,
+        watch: ProgressWatch | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self._host = host_of(self.endpoint)
         self._token = token
         self._policy = policy or RetryPolicy()
         self._clock = clock
+        self._watch = watch or ProgressWatch(clock=clock)
+        self._timeout = timeout
         headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible"}
         self._client = httpx2.Client(
             headers=headers,
@@ -353,25 +366,51 @@ class HubClient:
         data: Mapping[str, Any] | None = None,
         fail_fast: bool = False,
     ) -> httpx2.Response:
+        with self._watch.waiting(self._host, what):
+            return self._attempts(method, url, repo_id=repo_id, what=what, data=data, fail_fast=fail_fast)
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        *,
+        repo_id: str,
+        what: str,
+        data: Mapping[str, Any] | None,
+        fail_fast: bool,
+    ) -> httpx2.Response:
         policy = self._policy
+        watch = self._watch
         while True:
+            watch.check(what, repo_id=repo_id)
             status: int | None = None
             retry_after: float | None = None
             error: BaseException | None = None
+            # Cut to the give-up budget: a server that accepts and never answers cannot hold one attempt
+            # longer than the whole pull may wait.
+            limits = httpx2.Timeout(
+                watch.timeout(self._timeout), connect=watch.timeout(min(self._timeout, 10.0))
+            )
             try:
-                response = self._client.request(method, url, headers=self._auth_headers(url), data=data)
+                response = self._client.request(
+                    method, url, headers=self._auth_headers(url), data=data, timeout=limits
+                )
             except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+                watch.failed(self._host, what, describe_failure(exc, None))
                 if fail_fast and isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
                     raise HubUnreachable(f"{what}: cannot connect to {self.endpoint} ({exc})") from exc
                 error = exc
             else:
                 mapped = error_from_response(response, repo_id=repo_id, what=what)
+                if mapped is not None or response.status_code < 400:
+                    watch.progress()  # an answer, even "no", is a sign of life
                 if mapped is not None:
                     raise mapped
                 if response.status_code < 400:
                     return response
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+                watch.failed(self._host, what, describe_failure(None, status))
             try:
                 policy = policy.increment(error=error, status=status, retry_after=retry_after)
             except RetriesExhausted as exc:
@@ -388,7 +427,11 @@ class HubClient:
                     "check the network or HF_ENDPOINT and run again",
                     repo_id=repo_id,
                 ) from exc
-            self._clock.sleep(policy.backoff())
+            delay = policy.backoff()
+            if retry_after is not None or status == 429:
+                watch.respite(delay)  # the server answered, asking for this wait
+            watch.tick()
+            self._clock.sleep(watch.pause(delay))
 
     def resolve_commit(
         self, repo_id: str, revision: str | None, repo_type: str = "model", *, fail_fast: bool = False

@@ -20,11 +20,12 @@ Invariant: nothing reaches ``blobs/`` or ``snapshots/`` unless it passed its che
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from vcache.checks import StreamingCheck
 from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers, still_stands
 from vcache.checks.pickles import parse_allow_imports
 from vcache.cluster import start_jitter, transfer_settings
-from vcache.config import Settings, resolve_settings
+from vcache.config import Settings, give_up_seconds, resolve_settings
 from vcache.errors import (
     CacheNotWritable,
     DiskFull,
@@ -72,6 +73,7 @@ from vcache.report import (
     fail,
     info,
 )
+from vcache.retry import SYSTEM_CLOCK, ProgressWatch
 from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.verify import (
     attach_repo_findings,
@@ -104,7 +106,7 @@ class Progress:
         """A file is settled (published, cached, or failed)."""
 
     def message(self, text: str) -> None:
-        """A human-readable event worth showing (a refetch, a quarantine)."""
+        """A human-readable event worth showing (a refetch, a quarantine, a wait for a silent Hub)."""
 
 
 class _FileMeter:
@@ -211,9 +213,30 @@ def pull(
         return _pull_offline(
             repo, revision, allow_patterns, ignore_patterns, files, opts.strict, opts.allow_imports
         )
-    return _Puller(settings, repo, opts, progress or Progress(), force_download).run(
-        revision, allow_patterns, ignore_patterns, files, local_dir
-    )
+    puller = _Puller(settings, repo, opts, progress or Progress(), force_download)
+    with _ticking(puller.watch):
+        return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
+
+
+#: How often (real seconds) a pull asks its watch whether a "waiting for …" line is due.
+_TICK = 0.5
+
+
+@contextlib.contextmanager
+def _ticking(watch: ProgressWatch) -> Iterator[None]:
+    """While the block runs, tick ``watch`` from a thread: a request that hangs gets its notice too."""
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(_TICK):
+            watch.tick()
+
+    ticker = threading.Thread(target=tick, name="vcache-waiting", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _pull_offline(
@@ -305,6 +328,16 @@ class _Puller:
         self.force = force
         self.ledger = Ledger(repo.ledger_dir)
         self.read_only = False
+        # One give-up budget for the whole pull: its Hub calls and every file's connections share it.
+        clock = opts.transfer.get("clock", SYSTEM_CLOCK)
+        self.watch: ProgressWatch = opts.transfer.get("watch") or ProgressWatch(
+            give_up_seconds(), clock=clock, notify=self._waiting
+        )
+
+    def _waiting(self, text: str) -> None:
+        """A "waiting for …" line from the watch: shown above the progress bar, logged at INFO."""
+        log.info("%s", text)
+        self.progress.message(text)
 
     def run(
         self,
@@ -322,7 +355,7 @@ class _Puller:
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
         shared = {k: v for k, v in self.opts.transfer.items() if k in ("policy", "clock")}
-        with HubClient(s.endpoint, s.token, **shared) as hub:
+        with HubClient(s.endpoint, s.token, watch=self.watch, **shared) as hub:
             if revision and COMMIT_RE.fullmatch(revision):
                 commit = revision
             else:
@@ -385,7 +418,8 @@ class _Puller:
         not_fetched: set[str] = set()
         judged: list[Judgement] = []  # files judged now and published: their headers go to the repo checks
         if to_fetch:
-            knobs = {**transfer_settings(), **self.opts.transfer}  # partial staleness = the lease length
+            # partial staleness = the lease length; the give-up budget is the pull's, not the Transfer's own
+            knobs = {**transfer_settings(), **self.opts.transfer, "watch": self.watch}
             with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
                 workers = min(s.max_workers, len(to_fetch))
                 # Largest first: the long pole starts early and small files fill the gaps. ONNX models in
@@ -404,12 +438,13 @@ class _Puller:
                             except (DiskFull, CacheNotWritable):
                                 raise
                             except VcacheError as exc:
-                                errors.append(f"{path}: {exc}")
+                                why = _naming(path, exc)
+                                errors.append(why)
                                 not_fetched.add(path)
                                 judgement = None
                                 rep = FileReport(
                                     path,
-                                    findings=(fail(NOT_FETCHED, f"{path}: {exc}"),),
+                                    findings=(fail(NOT_FETCHED, why),),
                                     strict=self.opts.strict,
                                 )
                             if judgement is not None:
@@ -752,6 +787,12 @@ class _Puller:
             format=judgement.format,
             checks=judgement.checks,
         )
+
+
+def _naming(path: str, exc: BaseException) -> str:
+    """``<path>: <error>``, without naming the path twice when the error's message already starts with it."""
+    text = str(exc)
+    return text if text.startswith(f"{path}: ") else f"{path}: {text}"
 
 
 def _damage_summary(findings: Sequence[Finding]) -> str:

@@ -30,12 +30,15 @@ Transfer-wide connection cap and the shared rate-limit gate. :meth:`Transfer.fet
   back at a part boundary whenever another fetch of the Transfer is waiting for its first one.
 * **Retries**: each part has its own :class:`~vcache.retry.RetryPolicy` budget, reset whenever that part
   makes progress. 429 / 503 ``Retry-After`` closes a gate that every connection of this Transfer waits at.
+  Over all of them, one :class:`~vcache.retry.ProgressWatch` (shared with the pull's Hub calls) gives up
+  once no byte has arrived anywhere for its budget, however many parts, connections or queued files wait.
 * **Never two versions**: every 206 must start where asked and report the expected total; an ETag or
   ``X-Linked-Etag`` other than the expected one discards the partial and raises
   :class:`~vcache.errors.RemoteChanged`; a CDN whose ETag changes between requests does the same; a 200
   answer to a ranged request restarts the file from byte zero on that very response.
 * **Bounded waits**: connect, read (first byte) and stall (no byte for ``stall_timeout``) timeouts are
-  socket timeouts; every retry is budgeted; every sleep uses the injected clock.
+  socket timeouts, each cut to what is left of the watch's budget; every retry is budgeted; every sleep
+  uses the injected clock.
 * **Token**: sent only to the endpoint's own origin (scheme, host, port); never logged, never in errors.
 
 This module never decides whether bytes are *right* (the caller compares :attr:`FetchResult.actual` with
@@ -93,6 +96,7 @@ from vcache.hashing import Digest, StreamHasher, hash_stream_into
 
 # One definition of an origin for the whole package: the token rule (invariant 7) must not have twins.
 from vcache.hub import Origin as _Origin
+from vcache.hub import host_of as _host_of
 from vcache.hub import origin_of as _origin_of
 from vcache.partial import (
     DEFAULT_STALE_AFTER,
@@ -102,7 +106,15 @@ from vcache.partial import (
     open_partial,
     remove_partial,
 )
-from vcache.retry import SYSTEM_CLOCK, Clock, RetryEvent, RetryPolicy, SystemClock, parse_retry_after
+from vcache.retry import (
+    SYSTEM_CLOCK,
+    Clock,
+    ProgressWatch,
+    RetryEvent,
+    RetryPolicy,
+    SystemClock,
+    parse_retry_after,
+)
 
 __all__ = ["ByteObserver", "FetchResult", "FetchSpec", "Transfer"]
 
@@ -342,8 +354,11 @@ class _Pool:
         url = self._proxies.get(origin.scheme) or self._proxies.get("all")
         return _parse_proxy(url) if url else None
 
-    def get(self, origin: _Origin, *, new: bool = False) -> _Conn:
-        """An idle connection to ``origin`` (unless ``new``), or a newly connected one (see ``.reused``)."""
+    def get(self, origin: _Origin, *, new: bool = False, connect_timeout: float | None = None) -> _Conn:
+        """An idle connection to ``origin`` (unless ``new``), or a newly connected one (see ``.reused``).
+
+        ``connect_timeout`` replaces the pool's for this connection (the caller's budget may be shorter).
+        """
         with self._lock:
             if self._closed:
                 raise TransferError("the Transfer is closed")
@@ -355,18 +370,19 @@ class _Pool:
                     return conn
                 conn.close()
         proxy = self._proxy_for(origin)
+        timeout = self._connect_timeout if connect_timeout is None else connect_timeout
         http_conn: http.client.HTTPConnection
         target_host, target_port = (proxy.host, proxy.port) if proxy else (origin.host, origin.port)
         if origin.scheme == "https":
             context = self._ssl_context or ssl.create_default_context()
             http_conn = http.client.HTTPSConnection(
-                target_host, target_port, timeout=self._connect_timeout, context=context
+                target_host, target_port, timeout=timeout, context=context
             )
             if proxy is not None:
                 tunnel_headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
                 http_conn.set_tunnel(origin.host, origin.port, headers=tunnel_headers)
         else:
-            http_conn = http.client.HTTPConnection(target_host, target_port, timeout=self._connect_timeout)
+            http_conn = http.client.HTTPConnection(target_host, target_port, timeout=timeout)
         http_conn.connect()
         conn = _Conn(origin, http_conn, proxy)
         if conn.sock is not None:
@@ -555,6 +571,8 @@ class Transfer:
 
     * ``endpoint`` / ``token``: the Hub origin and the token sent to it (and only to it).
     * ``policy``: the retry budget of each part; ``clock``: time for backoff and the rate-limit gate.
+    * ``watch``: the give-up budget over every fetch of this Transfer (pass the pull's, shared with its Hub
+      calls); by default one of :data:`~vcache.retry.DEFAULT_GIVE_UP` seconds on ``clock``.
     * ``connect_timeout``, ``read_timeout`` (until the response headers), ``stall_timeout`` (no body byte).
     * ``max_connections``: cap over all files; ``connections_per_file``: ``None`` ramps up to 16 while it
       pays off, a number uses exactly that many from the start; ``part_size``: ``None`` picks 16-64 MiB.
@@ -571,6 +589,7 @@ class Transfer:
         token: str | None,
         policy: RetryPolicy | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        watch: ProgressWatch | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         stall_timeout: float = 30.0,
@@ -598,6 +617,7 @@ class Transfer:
         self._token = token or None
         self.policy = policy if policy is not None else RetryPolicy()
         self.clock = clock
+        self.watch = watch if watch is not None else ProgressWatch(clock=clock)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stall_timeout = stall_timeout
@@ -681,7 +701,10 @@ class Transfer:
         with self._waiters_lock:
             self._fetching += 1
         try:
-            return _Fetch(self, spec, partial, on_progress, observer).run()
+            # Waiting for a connection slot counts too: files queued behind a dead server's fetches do not
+            # each start a budget of their own.
+            with self.watch.waiting(_host_of(spec.url), spec.path):
+                return _Fetch(self, spec, partial, on_progress, observer).run()
         finally:
             with self._waiters_lock:
                 self._fetching -= 1
@@ -1201,6 +1224,7 @@ class _Fetch:
 
     def _run_part(self, part: _Part, buf: memoryview) -> None:
         policy = self.t.policy
+        watch = self.t.watch
         cdn_refusals = 0
         while True:
             with self.cv:
@@ -1210,12 +1234,14 @@ class _Fetch:
                     self.parts.remove(part)
                     return
             self.t._gate.wait(self.cancel)
+            watch.check(self.spec.path, path=self.spec.path)
             try:
                 self._attempt(part, buf)
                 cdn_refusals = 0
             except _Retry as failure:
                 if part.pos > part.hwm:
                     part.hwm, policy, cdn_refusals = part.pos, policy.reset(), 0
+                watch.failed(_host_of(self.location or self.spec.url), self.spec.path, failure.cause)
                 if failure.cdn_refusal:
                     cdn_refusals += 1
                     if cdn_refusals > 1:
@@ -1224,9 +1250,11 @@ class _Fetch:
                 delay = policy.backoff()
                 _log.info("%s: %s; retrying in %.1f s", self.spec.path, failure.cause, delay)
                 if failure.status == 429 or failure.retry_after is not None:
+                    watch.respite(delay)  # the server answered, asking for this wait
                     self.t._gate.close_for(delay)  # everyone waits, not just this connection
                 else:
-                    self._sleep(delay)
+                    self._sleep(watch.pause(delay))
+                watch.tick()
                 continue
             if part.pos > part.hwm:
                 part.hwm, policy = part.pos, policy.reset()
@@ -1299,7 +1327,8 @@ class _Fetch:
     def _read_body(self, part: _Part, generation: int, body: _Body, start: int, buf: memoryview) -> bool:
         """Read the body into the file; True when the response was consumed to its end."""
         conn, resp = body.conn, body.resp
-        conn.settimeout(self.t.stall_timeout)
+        self.local.stall = self.t.watch.timeout(self.t.stall_timeout)
+        conn.settimeout(self.local.stall)
         pos = start
         open_ended = body.whole and body.length is None  # chunked, or delimited by the connection's end
         stop = self.spec.size if open_ended else body.stop
@@ -1311,12 +1340,10 @@ class _Fetch:
             if pos >= limit:
                 return False  # the rest of this part was stolen: drop the connection, not the bytes
             began = time.monotonic()
-            n, failure = self._receive(resp, buf[: min(len(buf), limit - pos)], pos)
-            waited = time.monotonic() - began
-            if n:
-                self._write(
-                    part, generation, buf[:n], pos, waited
-                )  # keep what arrived, even before a failure
+            n, failure, arrived = self._receive(resp, buf[: min(len(buf), limit - pos)], pos)
+            now = time.monotonic()
+            if n:  # keep what arrived, even before a failure
+                self._write(part, generation, buf[:n], pos, now - began, now - arrived)
                 pos += n
                 if self.running > 1:  # each of several connections needs only a share of the window
                     conn.note_backlog()
@@ -1336,39 +1363,45 @@ class _Fetch:
 
     def _receive(
         self, resp: http.client.HTTPResponse, view: memoryview, pos: int
-    ) -> tuple[int, _Retry | None]:
-        """Fill ``view`` from the body: (bytes read, the failure that stopped it early, if any).
+    ) -> tuple[int, _Retry | None, float]:
+        """Fill ``view`` from the body: (bytes read, the failure that stopped it early, if any, and when the
+        last of those bytes arrived: before a stall that is the stall's length ago).
 
         ``HTTPResponse.readinto`` loops over ``recv`` in C and drops what it already read when a reset
         or a timeout interrupts it; this loop keeps those bytes, so a resume starts exactly where the
         data stopped. Chunked bodies still go through ``http.client`` for the framing.
         """
         n = 0
+        arrived = time.monotonic()
         try:
             if resp.chunked:
-                return resp.readinto(view), None
+                return resp.readinto(view), None, time.monotonic()
             assert resp.fp is not None
-            deadline = time.monotonic() + _FILL_TIME
+            deadline = arrived + _FILL_TIME
             while n < len(view):
                 got = resp.fp.readinto1(view[n:])  # one recv at most: what has arrived so far
                 if not got:
                     break
                 n += got
-                if time.monotonic() >= deadline:
+                arrived = time.monotonic()
+                if arrived >= deadline:
                     break  # a slow link: write (and account for) what arrived so far
-            return n, None
+            return n, None, arrived
         except http.client.IncompleteRead as exc:
-            return len(exc.partial), _Retry(
-                f"connection lost at byte {pos + len(exc.partial):,} (body cut short)"
+            return (
+                len(exc.partial),
+                _Retry(f"connection lost at byte {pos + len(exc.partial):,} (body cut short)"),
+                time.monotonic(),
             )
         except TimeoutError:
-            stalled = f"no data for {self.t.stall_timeout:g} s (stalled) at byte {pos + n:,}"
-            return n, _Retry(stalled)
+            waited = getattr(self.local, "stall", self.t.stall_timeout)
+            stalled = f"no data for {waited:.3g} s (stalled) at byte {pos + n:,}"
+            return n, _Retry(stalled), arrived
         except (OSError, http.client.HTTPException) as exc:
-            return n, _Retry(f"connection lost at byte {pos + n:,} ({_describe_net(exc)})")
+            return n, _Retry(f"connection lost at byte {pos + n:,} ({_describe_net(exc)})"), arrived
 
     def _expect_end(self, resp: http.client.HTTPResponse, buf: memoryview) -> bool:
-        n, failure = self._receive(resp, buf[:1], self.spec.size)
+        n, failure, _ = self._receive(resp, buf[:1], self.spec.size)
         if n:
             raise RemoteChanged(
                 f"{self.spec.path}: the server sent more than the expected {self.spec.size:,} bytes; "
@@ -1377,10 +1410,13 @@ class _Fetch:
             )
         return failure is None
 
-    def _write(self, part: _Part, generation: int, view: memoryview, pos: int, waited: float) -> None:
+    def _write(
+        self, part: _Part, generation: int, view: memoryview, pos: int, waited: float, late: float = 0.0
+    ) -> None:
         """pwrite ``view`` at ``pos`` and record it complete (unless a restart or a thief got there first).
 
-        ``waited`` is how long the bytes took to arrive, for the ramp-up's link-bound test.
+        ``waited`` is how long the bytes took to arrive, for the ramp-up's link-bound test; ``late`` is how
+        long ago the last of them arrived (the give-up budget counts from then, not from this write).
         """
         with self.cv:
             if self.error is not None or generation != self.generation:
@@ -1411,6 +1447,7 @@ class _Fetch:
                     part.pos = max(part.pos, hi)
                     committed = hi - pos
             self.cv.notify_all()
+        self.t.watch.progress(ago=late)
         if committed and self.on_progress is not None:
             self.on_progress(committed)
 
@@ -1481,6 +1518,10 @@ class _Fetch:
                 headers["Authorization"] = f"Bearer {self.t._token}"
             conn, resp = self._request(url, origin, headers)
             status = resp.status
+            if status >= 400 and not self.t.policy.is_retryable_status(status):
+                # A final "no" is a sign of life. Headers or a redirect are not: a server that answers
+                # them and then sends no byte must not restart the give-up budget on every retry.
+                self.t.watch.progress()
             try:
                 self._check_identity(resp, origin, is_hub)
             except BaseException:
@@ -1514,9 +1555,12 @@ class _Fetch:
     def _request(
         self, url: str, origin: _Origin, headers: dict[str, str]
     ) -> tuple[_Conn, http.client.HTTPResponse]:
+        watch = self.t.watch
         for fresh in (False, True):
             try:
-                conn = self.t._pool.get(origin, new=fresh)
+                conn = self.t._pool.get(
+                    origin, new=fresh, connect_timeout=watch.timeout(self.t.connect_timeout)
+                )
             except TimeoutError:
                 raise _Retry(f"cannot connect to {origin.host}:{origin.port} (timed out)") from None
             except ssl.SSLCertVerificationError as exc:
@@ -1533,13 +1577,14 @@ class _Fetch:
                     conn.close()
                     raise _Cancelled
                 self.conns.add(conn)
+            limit = watch.timeout(self.t.read_timeout)
             try:
-                conn.settimeout(self.t.read_timeout)
+                conn.settimeout(limit)
                 conn.http.request("GET", conn.target(url), headers=headers)
                 return conn, conn.http.getresponse()
             except TimeoutError:
                 self._drop(conn)
-                raise _Retry(f"no response within {self.t.read_timeout:g} s") from None
+                raise _Retry(f"no response within {limit:.3g} s") from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(conn)
                 if conn.reused and not fresh:
