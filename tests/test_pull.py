@@ -476,6 +476,57 @@ def test_the_content_scan_rides_on_the_digest_read(
     assert list(shard.findings) == list(fresh.findings)
 
 
+@pytest.mark.parametrize("fault", ["none", "cut", "range_ignored"])
+def test_the_gguf_content_scan_rides_on_the_digest_read(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """The same for a GGUF file (recognised by its magic, not its name): its header is parsed from the first
+    bytes the download hashes and its tensors are judged from the same buffers, never read again."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    import vcache.checks.gguf
+    from vcache.checks import check_file
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    ffn = rng.standard_normal((2048, 1024), dtype=np.float32)
+    ffn[100:132] = 0  # 128 KiB of zeros, shipped that way by the publisher: warnings naming the tensor
+    writer = GGUFWriter(folder / "model-q4.bin", "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["<s>", "</s>", "hi"] * 1000)
+    writer.add_tensor("blk.0.ffn_down.weight", ffn)
+    q4 = quantize(rng.standard_normal((256, 1024), dtype=np.float32), GGMLQuantizationType.Q4_0)
+    writer.add_tensor("blk.0.attn_q.weight", q4, raw_dtype=GGMLQuantizationType.Q4_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    calls: list[str] = []
+    real = vcache.checks.gguf.scan_gguf
+
+    def spy(path: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(vcache.checks.gguf, "scan_gguf", spy)
+    with HubServer([repo_from_folder("acme/gguf", folder)]) as hub:
+        if fault == "cut":
+            hub.fault("acme/gguf", "model-q4.bin", Fault.drop_after(5 << 20))
+        elif fault == "range_ignored":
+            hub.fault("acme/gguf", "model-q4.bin", Fault.drop_after(3 << 20), Fault.ignore_range())
+        report = pull("acme/gguf", endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+        assert len(hub.body_requests("acme/gguf", "model-q4.bin")) == (1 if fault == "none" else 2)
+    assert report.ok and calls == []
+    (model,) = report.files
+    assert model.format == "gguf" and model.checks == ("digest", "sniff", "structure", "content")
+    assert [f.code for f in model.findings if f.tensor == "blk.0.ffn_down.weight"]
+    monkeypatch.setattr(vcache.checks.gguf, "scan_gguf", real)
+    fresh = check_file(Path(report.snapshot_path or "") / "model-q4.bin", "model-q4.bin", vouched=True)
+    assert list(model.findings) == list(fresh.findings) and calls == []
+
+
 def test_the_index_check_takes_the_headers_the_judgements_parsed(
     hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.checks.pickles import parse_allow_imports
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
 from vcache.hub import validate_repo_id, validate_revision
@@ -39,22 +40,28 @@ def verify(
     cache_dir: str | os.PathLike[str] | None = None,
     deep: bool = False,
     strict: bool = False,
+    allow_imports: Collection[str] = (),
 ) -> list[PullReport]:
     """Verify each target offline and return one report per target.
 
     A target is a repo id present in the cache (its ``revision``, default ``main``), a snapshot folder or
     a file inside one (ledger-aware; failing blobs are quarantined), or any other file or folder (structure
     and content only; nothing is moved). No targets: every snapshot of every repo in the cache.
+    ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals (as for ``pull``).
     """
     if revision is not None:
         validate_revision(revision)
+    try:
+        allowed = parse_allow_imports(allow_imports)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     reports: list[PullReport] = []
     if not targets:
         for rtype, repo_id, _ in iter_repo_folders(root):
             repo = CacheRepo(root, repo_id, rtype)
             for commit in repo.snapshots():
-                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict))
+                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, allow_imports=allowed))
         return reports
     for target in targets:
         path = Path(target)
@@ -64,15 +71,21 @@ def verify(
             only = None
             if rel is not None:
                 only = [rel] if not path.is_dir() else _files_under(repo.snapshot_dir(commit), rel)
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, only=only))
+            reports.append(
+                verify_snapshot(repo, commit, deep=deep, strict=strict, only=only, allow_imports=allowed)
+            )
         elif path.exists():
-            reports.append(verify_path(path, strict=strict))
+            reports.append(verify_path(path, strict=strict, allow_imports=allowed))
         elif isinstance(target, str) and _is_repo_id(target):
             repo = CacheRepo(root, target, repo_type)
             if not repo.root.is_dir():
                 raise UsageError(f"{target!r} is neither a path nor a repo in the cache at {root}")
             commit = resolve_cached_commit(repo, revision)
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, revision=revision))
+            reports.append(
+                verify_snapshot(
+                    repo, commit, deep=deep, strict=strict, revision=revision, allow_imports=allowed
+                )
+            )
         else:
             raise UsageError(f"{str(target)!r} is neither a path nor a repo id")
     return reports

@@ -45,7 +45,18 @@ def _exit_code(reports: Sequence[PullReport]) -> int:
     return EXIT_OK
 
 
+def _coverage(f: FileReport) -> str:
+    """The table's coverage column: the format and how completely it was checked (``gguf: full``,
+    ``other: digest only``, ``unchecked``)."""
+    from vcache.checks import coverage
+
+    level = coverage(f.format, f.checks)
+    return level if f.format is None else f"{f.format}: {level}"
+
+
 def _first_note(f: FileReport, strict: bool) -> str:
+    from vcache.checks import COMPLETE_CHECKS, coverage
+
     order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
     relevant = [
         x for x in f.findings if x.code not in ("transfer.refetched",) and x.severity is not Severity.INFO
@@ -54,6 +65,19 @@ def _first_note(f: FileReport, strict: bool) -> str:
         x = sorted(relevant, key=lambda x: order[x.severity])[0]
         more = f" (+{len(relevant) - 1} more)" if len(relevant) > 1 else ""
         return f"[{x.code}] {x.message}{more}"
+    level = coverage(f.format, f.checks)
+    if level == "digest only":
+        what = (
+            "vcache has no checks for its format"
+            if f.format in (None, "other")
+            else "its format was not checked"
+        )
+        return f"digest matched; {what}"
+    if level == "unchecked":
+        return "unchecked: no publisher digest to compare, and vcache has no checks for its format"
+    if level == "partial":
+        missing = sorted(COMPLETE_CHECKS[f.format or ""] - set(f.checks))
+        return f"partly checked: {', '.join(missing)} did not run"
     refetched = [x for x in f.findings if x.code == "transfer.refetched"]
     if refetched:
         return f"verified after {len(refetched) + 1} attempts (damaged in transit before)"
@@ -61,12 +85,15 @@ def _first_note(f: FileReport, strict: bool) -> str:
 
 
 def print_table(report: PullReport, *, title: str | None = None) -> None:
-    """A short per-file summary: verdict, size, attempts, and the most important finding."""
+    """A short per-file summary: verdict, size, format and how completely it was checked, and the most
+    important finding (or, without one, what the checks amount to)."""
     if title:
         click.echo(title)
     for f in report.files:
         verdict = f.verdict.value.upper()
-        click.echo(f"  {verdict:<4}  {f.path}  {human_bytes(f.size)}  {_first_note(f, report.strict)}")
+        click.echo(
+            f"  {verdict:<4}  {f.path}  {human_bytes(f.size)}  [{_coverage(f)}]  {_first_note(f, report.strict)}"
+        )
         if f.verdict is Verdict.FAIL:
             fails = [x for x in f.findings if x.severity is Severity.FAIL]
             for x in fails[1:]:
@@ -167,6 +194,16 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+_allow_import_opt = click.option(
+    "--allow-import",
+    "allow_imports",
+    multiple=True,
+    metavar="MODULE.NAME",
+    help="Accept this pickle global beyond what torch.load(weights_only=True) accepts, for a repo you trust "
+    "(repeatable). Globals that run code (os.system, builtins.eval...) are never accepted.",
+)
+
+
 @main.command()
 @click.argument("repo_id")
 @click.option("--revision", help="Branch, tag, commit or refs/pr/N (default: main).")
@@ -195,6 +232,7 @@ def main(verbose: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_allow_import_opt
 def pull(
     repo_id: str,
     revision: str | None,
@@ -210,6 +248,7 @@ def pull(
     verify_signature: str | None,
     as_json: bool,
     quiet: bool,
+    allow_imports: tuple[str, ...],
 ) -> None:
     """Download REPO_ID, verifying every file; exit 1 if any file fails verification."""
     from vcache.pull import pull as do_pull
@@ -230,6 +269,7 @@ def pull(
             strict=strict,
             progress=progress.sink,
             verify_signature=verify_signature,
+            allow_imports=allow_imports,
         )
     except UsageError as exc:
         progress.close()
@@ -284,6 +324,7 @@ def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summa
 @click.option("--deep", is_flag=True, help="Re-hash and re-scan even files the ledger vouches for.")
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_allow_import_opt
 def verify(
     targets: tuple[str, ...],
     revision: str | None,
@@ -292,6 +333,7 @@ def verify(
     deep: bool,
     strict: bool,
     as_json: bool,
+    allow_imports: tuple[str, ...],
 ) -> None:
     """Verify repos in the cache, snapshot folders, or any files/folders (offline).
 
@@ -308,6 +350,7 @@ def verify(
             cache_dir=cache_dir,
             deep=deep,
             strict=strict,
+            allow_imports=allow_imports,
         )
     except UsageError as exc:
         _die(exc, EXIT_USAGE)
@@ -320,15 +363,22 @@ def verify(
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
 @click.option("--deep", is_flag=True, help="Re-hash and re-scan every blob, ignoring the ledger.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def scan(cache_dir: Path | None, deep: bool, as_json: bool) -> None:
+@_allow_import_opt
+def scan(cache_dir: Path | None, deep: bool, as_json: bool, allow_imports: tuple[str, ...]) -> None:
     """Check the whole HF cache (any tool's repos): one line per problem, exit 1 if anything failed."""
+    from vcache.checks import coverage
+    from vcache.checks.pickles import parse_allow_imports
     from vcache.config import default_cache_dir
     from vcache.verify import scan_cache
 
     root = cache_dir or default_cache_dir()
     if not root.is_dir():
         _die(UsageError(f"no cache at {root}"), EXIT_USAGE)
-    reports = scan_cache(root, deep=deep)
+    try:
+        allowed = parse_allow_imports(allow_imports)
+    except ValueError as exc:
+        _die(UsageError(str(exc)), EXIT_USAGE)
+    reports = scan_cache(root, deep=deep, allow_imports=allowed)
     if as_json:
         _finish(reports, True, False)
     problems = 0
@@ -342,9 +392,11 @@ def scan(cache_dir: Path | None, deep: bool, as_json: bool) -> None:
             where = f"{r.repo_id}@{(r.commit or '')[:12]}" if r.commit else str(r.repo_id)
             click.echo(f"{x.severity.value.upper():<4}  {where}  {f.path}: [{x.code}] {x.message}")
     files = sum(len(r.files) for r in reports)
+    levels = [coverage(f.format, f.checks) for r in reports if r.commit for f in r.files]
+    less = [f"{levels.count(w)} {w}" for w in ("partial", "digest only", "unchecked") if w in levels]
     click.echo(
         f"scanned {len({r.repo_id for r in reports})} repo(s), {files} file(s) in {root}: "
-        f"{problems} problem(s)"
+        f"{problems} problem(s)" + (f"; not fully checked: {', '.join(less)}" if less else "")
     )
     sys.exit(_exit_code(reports))
 

@@ -39,8 +39,9 @@ from vcache._version import __version__
 from vcache.cache import entry_kind, read_state, write_atomic
 from vcache.report import Finding, findings_from_json
 
-#: Bump when the checks change in a way that should make old records untrusted.
-CHECKS_VERSION = 1
+#: Bump when the checks change in a way that should make old records untrusted. 2: GGUF, PyTorch, pickle,
+#: TorchScript and ONNX files are checked (a pickle importing ``os.system`` passed version 1).
+CHECKS_VERSION = 2
 #: Bump when the layout of the derived (snapshot, model) records changes.
 DERIVED_FORMAT = 1
 
@@ -108,7 +109,8 @@ def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
 
 @dataclass(frozen=True)
 class LedgerRecord:
-    """A remembered verification of one blob."""
+    """A remembered verification of one blob: its findings, the format it was checked as and the checks
+    that ran (None and empty for a record that does not know them, such as a restored quarantine entry)."""
 
     etag: str
     digest: str
@@ -119,6 +121,8 @@ class LedgerRecord:
     checks_version: int
     verified_at: float
     restored: bool = False
+    format: str | None = None
+    checks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form."""
@@ -138,6 +142,8 @@ class LedgerRecord:
             "checks_version": self.checks_version,
             "verified_at": self.verified_at,
             "restored": self.restored,
+            "format": self.format,
+            "checks": list(self.checks),
         }
 
     @classmethod
@@ -157,6 +163,8 @@ class LedgerRecord:
             checks_version=int(data.get("checks_version", 0)),
             verified_at=float(data.get("verified_at", 0.0)),
             restored=bool(data.get("restored", False)),
+            format=None if data.get("format") is None else str(data["format"]),
+            checks=tuple(str(c) for c in data.get("checks", [])),
         )
 
 
@@ -170,9 +178,18 @@ class Ledger:
         return self.directory / f"{etag}.json"
 
     def record(
-        self, etag: str, blob: Path, digest: str, findings: Sequence[Finding], *, restored: bool = False
+        self,
+        etag: str,
+        blob: Path,
+        digest: str,
+        findings: Sequence[Finding],
+        *,
+        restored: bool = False,
+        format: str | None = None,
+        checks: Sequence[str] = (),
     ) -> LedgerRecord:
-        """Remember that ``blob`` (now at its final path) was verified with these findings.
+        """Remember that ``blob`` (now at its final path) was verified with these findings, as ``format``
+        with ``checks``.
 
         Raises :class:`OSError` when ``blob`` is not a regular file: nothing else is ever vouched for.
         """
@@ -187,6 +204,8 @@ class Ledger:
             checks_version=CHECKS_VERSION,
             verified_at=time.time(),
             restored=restored,
+            format=format,
+            checks=tuple(checks),
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path(etag), json.dumps(rec.to_json(), indent=1).encode())

@@ -6,8 +6,10 @@ Data flows one way (``docs/design.md`` §4):
 2. plan: the files at that commit with size and digest, filtered, paths validated before anything is written;
 3. fetch each missing file (bounded parallelism) under its blob lock, into a resumable partial, hashed as
    written (``transfer``);
-4. judge the finished partial: size, digest, sniff, safetensors structure, tensor content
-   (``checks.judge``, given what the transfer computed while writing it);
+4. judge the finished partial: size, digest, sniff, the structure of its format (safetensors, GGUF,
+   PyTorch/pickle/TorchScript, ONNX), tensor content, pickle imports (``checks.judge``, given what the
+   transfer computed while writing it); ONNX models last, once the files their external data is in are
+   published;
 5. publish (fsync + ``os.replace`` into ``blobs/``, ledger record, snapshot link) or, when the failure is in
    transport, discard and fetch again a bounded number of times; otherwise quarantine with a report;
 6. repo checks (sharded index and config coherence), and the publisher's signature when one is required
@@ -24,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +36,8 @@ from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
 from vcache.checks import StreamingCheck
-from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers
+from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers, still_stands
+from vcache.checks.pickles import parse_allow_imports
 from vcache.cluster import start_jitter
 from vcache.config import (
     Settings,
@@ -152,11 +155,14 @@ class PullOptions:
 
     ``transfer``: the transfer settings; ``None`` resolves them from the environment
     (:func:`~vcache.config.resolve_transfer_settings`).
+    ``allow_imports``: pickle globals (``module.name``) accepted beyond ``torch.load(weights_only=True)``'s
+    allowlist (:func:`pull`'s ``allow_imports`` adds to them).
     """
 
     strict: bool = False
     max_integrity_attempts: int = MAX_INTEGRITY_ATTEMPTS
     transfer: TransferSettings | None = None
+    allow_imports: tuple[str, ...] = ()
 
 
 def pull(
@@ -178,13 +184,18 @@ def pull(
     progress: Progress | None = None,
     options: PullOptions | None = None,
     verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
 ) -> PullReport:
     """Download and verify a repo snapshot into the HF cache; return what happened to every file.
 
-    Every file is checked against the publisher's digest while it is written, then sniffed and (for
-    safetensors) structurally and content-checked; failures are fetched again when downloading again might
-    help, and quarantined otherwise. Offline (``HF_HUB_OFFLINE`` or ``local_files_only``) the cached
-    snapshot is verified from the ledger instead. ``files`` limits the pull to exact paths.
+    Every file is checked against the publisher's digest while it is written, then sniffed and, by the
+    format its content shows (safetensors, GGUF, PyTorch checkpoint, pickle, TorchScript, ONNX), checked
+    for structure and content, and a pickle for what it imports (never unpickled); failures are fetched
+    again when downloading again might help, and quarantined otherwise. Offline (``HF_HUB_OFFLINE`` or
+    ``local_files_only``) the cached snapshot is verified from the ledger instead. ``files`` limits the
+    pull to exact paths. ``allow_imports`` (``module.name`` entries, e.g. a training config class) widens
+    the allowlist of pickle globals for a user who trusts the repo; a global that runs code (``os.system``,
+    ``builtins.eval``) is never allowed.
     Raises :class:`~vcache.errors.HubError` subclasses for repo/revision/file errors and
     :class:`~vcache.errors.TransferError` subclasses for disk problems; per-file verification failures are
     in the report (``report.ok``), not raised. An invalid ``repo_id`` or ``revision`` raises
@@ -204,6 +215,10 @@ def pull(
     signature = prepare_signature(verify_signature) if verify_signature is not None else None
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
+    try:
+        opts.allow_imports = parse_allow_imports((*opts.allow_imports, *allow_imports))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     settings = resolve_settings(
         endpoint=endpoint,
         cache_dir=cache_dir,
@@ -214,7 +229,9 @@ def pull(
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
     if settings.offline:
-        return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict, signature)
+        return _pull_offline(
+            repo, revision, allow_patterns, ignore_patterns, files, opts.strict, opts.allow_imports, signature
+        )
     puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature)
     with _ticking(puller.watch):
         return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
@@ -248,6 +265,7 @@ def _pull_offline(
     ignore: str | Sequence[str] | None,
     files: Sequence[str] | None,
     strict: bool,
+    allow_imports: Collection[str],
     signature: SignatureCheck | None = None,
 ) -> PullReport:
     commit = resolve_cached_commit(repo, revision)
@@ -265,7 +283,15 @@ def _pull_offline(
     if sig is not None and only is not None and sig not in only and (tree is None or sig in tree):
         only.append(sig)  # the signature is checked whatever the patterns select
     writable = os.access(repo.root, os.W_OK)
-    report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
+    report = verify_snapshot(
+        repo,
+        commit,
+        strict=strict,
+        only=only,
+        revision=revision,
+        quarantine=writable,
+        allow_imports=allow_imports,
+    )
     if only is not None:
         missing = set(only) - {f.path for f in report.files}
         if missing:
@@ -278,6 +304,12 @@ def _pull_offline(
     if signature is not None:
         report = signature.check(report, listed=tree.keys() if tree is not None else None)
     return report
+
+
+def _judged_last(path: str) -> bool:
+    """Files fetched after the others: ONNX models (by name), whose external-data references are judged
+    against the files already in the snapshot."""
+    return path.lower().endswith(".onnx")
 
 
 def _import_scan() -> None:
@@ -445,29 +477,35 @@ class _Puller:
                 ssl_context=ts.ssl_context,
             ) as transfer:
                 workers = min(s.max_workers, len(to_fetch))
-                # Largest first: the long pole starts early and small files fill the gaps.
+                # Largest first: the long pole starts early and small files fill the gaps. ONNX models in
+                # a second wave: the files their external data is in must be published when they are judged.
                 ordered = sorted(to_fetch, key=lambda f: -f.size)
+                waves = [
+                    [f for f in ordered if not _judged_last(f.path)],
+                    [f for f in ordered if _judged_last(f.path)],
+                ]
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vcache-pull") as pool:
-                    futures = {f.path: pool.submit(self._fetch_one, transfer, commit, f) for f in ordered}
-                    for path, fut in futures.items():
-                        try:
-                            rep, judgement = fut.result()
-                        except (DiskFull, CacheNotWritable):
-                            raise
-                        except VcacheError as exc:
-                            why = _naming(path, exc)
-                            errors.append(why)
-                            not_fetched.add(path)
-                            judgement = None
-                            rep = FileReport(
-                                path,
-                                findings=(fail(NOT_FETCHED, why),),
-                                strict=self.opts.strict,
-                            )
-                        if judgement is not None:
-                            judged.append(judgement)
-                        reports[path] = rep
-                        self.progress.file_done(rep)
+                    for wave in waves:
+                        futures = {f.path: pool.submit(self._fetch_one, transfer, commit, f) for f in wave}
+                        for path, fut in futures.items():
+                            try:
+                                rep, judgement = fut.result()
+                            except (DiskFull, CacheNotWritable):
+                                raise
+                            except VcacheError as exc:
+                                why = _naming(path, exc)
+                                errors.append(why)
+                                not_fetched.add(path)
+                                judgement = None
+                                rep = FileReport(
+                                    path,
+                                    findings=(fail(NOT_FETCHED, why),),
+                                    strict=self.opts.strict,
+                                )
+                            if judgement is not None:
+                                judged.append(judgement)
+                            reports[path] = rep
+                            self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
         ordered_reports = attach_repo_findings(
@@ -522,7 +560,16 @@ class _Puller:
         message = f"{self.settings.endpoint} could not be reached ({exc}); using the cached snapshot"
         log.warning("%s", message)
         self.progress.message(message)
-        return _pull_offline(self.repo, revision, allow, ignore, files, self.opts.strict, self.signature)
+        return _pull_offline(
+            self.repo,
+            revision,
+            allow,
+            ignore,
+            files,
+            self.opts.strict,
+            self.opts.allow_imports,
+            self.signature,
+        )
 
     # -- planning ---------------------------------------------------------------------------------------------
     def _cached_report(self, commit: str, f: RemoteFile) -> FileReport | None:
@@ -533,8 +580,8 @@ class _Puller:
         if not blob.exists():
             return None
         rec = self.ledger.lookup(f.etag, blob)
-        if rec is None:
-            return None  # present but not verified by vcache: _fetch_one verifies it locally first
+        if rec is None or not still_stands(rec.findings, self.opts.allow_imports):
+            return None  # present but not verified by vcache (or not for this allowlist): checked first
         if self.repo.linked_etag(commit, f.path) != f.etag:
             if self.read_only:
                 return None  # cannot link it: only what the snapshot serves counts
@@ -547,12 +594,22 @@ class _Puller:
             cached=True,
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
+            format=rec.format,
+            checks=rec.checks,
         )
 
     def _verified_in_place(self, commit: str, f: RemoteFile) -> FileReport | None:
         """On a read-only cache: the file the snapshot serves, hashed against the listing's digest and checked
         where it is (nothing written or moved); None when the snapshot does not serve it."""
-        rep = verify_in_place(self.repo, commit, f.path, size=f.size, etag=f.etag, strict=self.opts.strict)
+        rep = verify_in_place(
+            self.repo,
+            commit,
+            f.path,
+            size=f.size,
+            etag=f.etag,
+            strict=self.opts.strict,
+            allow_imports=self.opts.allow_imports,
+        )
         if any(x.code in ("snapshot.missing_file", "snapshot.broken_link") for x in rep.findings):
             return None
         return rep
@@ -615,13 +672,21 @@ class _Puller:
         None when it failed (it is quarantined: fetch the file)."""
         rec = self.ledger.lookup(f.etag, blob)
         judgement = None
-        if rec is not None:
+        if rec is not None and still_stands(rec.findings, self.opts.allow_imports):
             findings: Sequence[Finding] = rec.findings
+            fmt, checks = rec.format, rec.checks
         else:
             judgement = judge(
-                blob, f.path, expected_size=f.size, expected_digest=f.digest, strict=self.opts.strict
+                blob,
+                f.path,
+                expected_size=f.size,
+                expected_digest=f.digest,
+                strict=self.opts.strict,
+                allow_imports=self.opts.allow_imports,
+                root=self.repo.snapshot_dir(commit),
             )
             findings, actual = judgement.findings, judgement.actual_digest
+            fmt, checks = judgement.format, judgement.checks
             if judgement.verdict is Verdict.FAIL:
                 entry = quarantine_file(
                     self.repo,
@@ -639,7 +704,7 @@ class _Puller:
                     f"{f.path}: cached copy failed verification; quarantined as {entry.id}, fetching again"
                 )
                 return None
-            self.ledger.record(f.etag, blob, str(actual), findings)
+            self.ledger.record(f.etag, blob, str(actual), findings, format=fmt, checks=checks)
         self.repo.link(commit, f.path, f.etag)
         report = FileReport(
             f.path,
@@ -649,6 +714,8 @@ class _Puller:
             cached=True,
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
+            format=fmt,
+            checks=checks,
         )
         return report, judgement
 
@@ -668,6 +735,7 @@ class _Puller:
         transferred = 0
         history: list[Finding] = []
         result: FetchResult | None = None
+        judgement: Judgement | None = None
         findings: Sequence[Finding] = ()
         changed_once = False
         meter = _FileMeter(self.progress, f.size)
@@ -698,10 +766,12 @@ class _Puller:
                 actual_digest=result.actual,
                 streamed=stream,
                 strict=self.opts.strict,
+                allow_imports=self.opts.allow_imports,
+                root=repo.snapshot_dir(commit),
             )
             findings = judgement.findings
             if not judgement.mismatch and judgement.verdict is not Verdict.FAIL:
-                report = self._publish(commit, f, result, findings, history, attempts, transferred)
+                report = self._publish(commit, f, result, judgement, history, attempts, transferred)
                 transfer.discard(result)  # the bytes moved to blobs/; drop the partial's sidecar
                 return report, judgement
             if not judgement.mismatch:
@@ -720,7 +790,7 @@ class _Puller:
                 f"{f.path}: attempt {n} failed verification ({_damage_summary(findings)}); fetching again"
             )
             transfer.discard(result.data_path)
-        assert result is not None
+        assert result is not None and judgement is not None
         entry = quarantine_file(
             repo,
             result.data_path,
@@ -745,6 +815,8 @@ class _Puller:
             actual_digest=str(result.actual),
             quarantine_id=entry.id,
             strict=self.opts.strict,
+            format=judgement.format,
+            checks=judgement.checks,
         )
         return report, None  # the index check must see this shard as missing: no header of it
 
@@ -753,15 +825,18 @@ class _Puller:
         commit: str,
         f: RemoteFile,
         result: FetchResult,
-        findings: Sequence[Finding],
+        judgement: Judgement,
         history: Sequence[Finding],
         attempts: int,
         transferred: int,
     ) -> FileReport:
         repo = self.repo
+        findings = judgement.findings
         blob = repo.publish_blob(result.data_path, f.etag)
         try:
-            self.ledger.record(f.etag, blob, str(result.actual), findings)
+            self.ledger.record(
+                f.etag, blob, str(result.actual), findings, format=judgement.format, checks=judgement.checks
+            )
         except OSError as exc:
             raise translate_os_error(exc, f"recording {f.path}") from exc
         repo.link(commit, f.path, f.etag)
@@ -774,6 +849,8 @@ class _Puller:
             bytes_transferred=transferred,
             location=str(repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
+            format=judgement.format,
+            checks=judgement.checks,
         )
 
 
@@ -833,6 +910,7 @@ def snapshot_download(
     endpoint: str | None = None,
     strict: bool = False,
     verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
     **_ignored: Any,
 ) -> str:
     """Drop-in for ``huggingface_hub.snapshot_download`` that verifies every file; returns the snapshot path.
@@ -842,6 +920,7 @@ def snapshot_download(
     misses raise the errors huggingface_hub raises there too (see :mod:`vcache.errors`). Extra keyword
     arguments huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
     ``verify_signature`` requires the publisher's model signature, as in :func:`pull`.
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`.
     """
     report = pull(
         repo_id,
@@ -858,6 +937,7 @@ def snapshot_download(
         endpoint=endpoint,
         strict=strict,
         verify_signature=verify_signature,
+        allow_imports=allow_imports,
     )
     raise_for_report(report)
     assert report.snapshot_path is not None
@@ -878,9 +958,11 @@ def hf_hub_download(
     local_files_only: bool = False,
     endpoint: str | None = None,
     strict: bool = False,
+    allow_imports: Collection[str] = (),
     **_ignored: Any,
 ) -> str:
-    """Drop-in for ``huggingface_hub.hf_hub_download``: one verified file; returns its path in the snapshot."""
+    """Drop-in for ``huggingface_hub.hf_hub_download``: one verified file; returns its path in the snapshot.
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`."""
     path = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
     report = pull(
         repo_id,
@@ -894,6 +976,7 @@ def hf_hub_download(
         endpoint=endpoint,
         strict=strict,
         files=[path],
+        allow_imports=allow_imports,
     )
     raise_for_report(report)
     assert report.snapshot_path is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vcache.cache import CacheRepo, entry_kind, iter_repo_folders
-from vcache.checks.judge import Judgement, judge, parsed_headers
+from vcache.checks.judge import Judgement, judge, parsed_headers, still_stands
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
 from vcache.hashing import Digest
@@ -111,6 +111,7 @@ def verify_snapshot(
     quarantine: bool = True,
     only: Iterable[str] | None = None,
     revision: str | None = None,
+    allow_imports: Collection[str] = (),
 ) -> PullReport:
     """Verify a cached snapshot offline: trust unchanged ledger records unless ``deep``; quarantine failures.
 
@@ -124,6 +125,9 @@ def verify_snapshot(
     whose link, blob and per-blob record are all unchanged since it was written, and remembers the repo
     checks' findings for an unchanged folder; it holds nothing the per-blob records and the files do not say,
     so the report is the same as without it. It is (re)written when the cache is writable.
+
+    ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals; a record whose verdict
+    relied on globals allowed then but not now is not trusted (the file is judged again).
     """
     import time
 
@@ -132,14 +136,23 @@ def verify_snapshot(
     wanted = set(only) if only is not None else None
     expected = [e for e in _expected_files(repo, commit) if wanted is None or e.path in wanted]
     remembered = None if deep else _read_snapshot_record(ledger, commit)
-    reports = _remembered_reports(repo, ledger, commit, expected, remembered, strict=strict)
+    reports = _remembered_reports(
+        repo, ledger, commit, expected, remembered, strict=strict, allow_imports=allow_imports
+    )
     files_known = reports is not None
     judged: list[Judgement] = []
     if reports is None:
         reports = []
         for exp in expected:
             report, judgement = _verify_cached_file(
-                repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine
+                repo,
+                ledger,
+                commit,
+                exp,
+                deep=deep,
+                strict=strict,
+                quarantine=quarantine,
+                allow_imports=allow_imports,
             )
             reports.append(report)
             if judgement is not None:
@@ -166,7 +179,7 @@ def verify_snapshot(
 #
 # ``files``: path -> {"state": entry_state of the snapshot entry (a link into blobs/), "etag", "record":
 # entry_state of the per-blob record file, and the report fields that record gave: "size", "digest",
-# "findings"}. An entry answers only while the entry and the record file are both unchanged, so it says
+# "findings", "format", "checks"}. An entry answers only while the entry and the record file are both unchanged, so it says
 # exactly what the per-blob record would (same record file, same blob stat token).
 #
 # ``repo``: a few {"key", "folder", "extra"} entries: the findings attach_repo_findings added (per path), for
@@ -190,8 +203,10 @@ def _remembered_reports(
     remembered: Mapping[str, Any] | None,
     *,
     strict: bool,
+    allow_imports: Collection[str],
 ) -> list[FileReport] | None:
-    """The reports the per-blob records give, when the snapshot record vouches for every expected file."""
+    """The reports the per-blob records give, when the snapshot record vouches for every expected file (and
+    their verdicts stand under ``allow_imports``)."""
     files = remembered.get("files") if remembered is not None else None
     if not isinstance(files, dict) or not expected:
         return None
@@ -208,15 +223,20 @@ def _remembered_reports(
                 return None  # the slow path names the unsafe path
             if entry_state(snap) != entry["state"] or ledger.record_state(entry["etag"]) != entry["record"]:
                 return None
+            findings = findings_from_json(entry["findings"])
+            if not still_stands(findings, allow_imports):
+                return None
             out.append(
                 FileReport(
                     exp.path,
                     entry["size"],
                     entry["digest"],
-                    findings=findings_from_json(entry["findings"]),
+                    findings=findings,
                     cached=True,
                     location=snap,
                     strict=strict,
+                    format=None if entry["format"] is None else str(entry["format"]),
+                    checks=tuple(str(c) for c in entry["checks"]),
                 )
             )
     except (OSError, ValueError, KeyError, TypeError):
@@ -246,6 +266,8 @@ def _remembered_file(repo: CacheRepo, ledger: Ledger, commit: str, path: str) ->
         "size": rec.size,
         "digest": str(expected) if expected else rec.digest,
         "findings": findings,
+        "format": rec.format,
+        "checks": list(rec.checks),
     }
 
 
@@ -359,7 +381,14 @@ def _attach_remembered(
 
 
 def verify_in_place(
-    repo: CacheRepo, commit: str, path: str, *, size: int | None, etag: str, strict: bool
+    repo: CacheRepo,
+    commit: str,
+    path: str,
+    *,
+    size: int | None,
+    etag: str,
+    strict: bool,
+    allow_imports: Collection[str] = (),
 ) -> FileReport:
     """One file of a cached snapshot, hashed against the digest ``etag`` names and checked where it is (as
     :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved or quarantined (a
@@ -373,6 +402,7 @@ def verify_in_place(
         deep=False,
         strict=strict,
         quarantine=False,
+        allow_imports=allow_imports,
     )
     return report
 
@@ -386,6 +416,7 @@ def _verify_cached_file(
     deep: bool,
     strict: bool,
     quarantine: bool,
+    allow_imports: Collection[str] = (),
 ) -> tuple[FileReport, Judgement | None]:
     """One file of a cached snapshot: its report, and the judgement made of it when it was judged now and
     is still what the snapshot serves (not answered from the ledger, not quarantined)."""
@@ -457,7 +488,7 @@ def _verify_cached_file(
     expected = _digest_for(etag)
     if etag and not deep:
         rec = ledger.lookup(etag, blob)
-        if rec is not None:
+        if rec is not None and still_stands(rec.findings, allow_imports):
             return FileReport(
                 exp.path,
                 rec.size,
@@ -466,8 +497,18 @@ def _verify_cached_file(
                 cached=True,
                 location=location,
                 strict=strict,
+                format=rec.format,
+                checks=rec.checks,
             ), None
-    judgement = judge(blob, exp.path, expected_size=exp.size, expected_digest=expected, strict=strict)
+    judgement = judge(
+        blob,
+        exp.path,
+        expected_size=exp.size,
+        expected_digest=expected,
+        strict=strict,
+        allow_imports=allow_imports,
+        root=repo.snapshot_dir(commit),
+    )
     findings, actual = judgement.findings, judgement.actual_digest
     qid = None
     if judgement.verdict is Verdict.FAIL and quarantine and blob != snap and _writable(repo):
@@ -487,7 +528,7 @@ def _verify_cached_file(
         _unlink_all(repo, etag or "")
     elif etag and expected is not None and actual == expected and kind == "file" and _writable(repo):
         # (a snapshot entry that is a symlink elsewhere, not a copy, has no record: it is hashed every time)
-        ledger.record(etag, blob, str(actual), findings)
+        ledger.record(etag, blob, str(actual), findings, format=judgement.format, checks=judgement.checks)
     return FileReport(
         exp.path,
         os.stat(entry.data).st_size if qid else exp.size,
@@ -498,6 +539,8 @@ def _verify_cached_file(
         quarantine_id=qid,
         location=location,
         strict=strict,
+        format=judgement.format,
+        checks=judgement.checks,
     ), None if qid else judgement  # a quarantined file's bytes left the snapshot
 
 
@@ -579,8 +622,9 @@ def _read_json(path: Path) -> Mapping[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def verify_path(target: Path, *, strict: bool = False) -> PullReport:
-    """Verify any file or folder on disk (no publisher digest known): structure and content, reported only."""
+def verify_path(target: Path, *, strict: bool = False, allow_imports: Collection[str] = ()) -> PullReport:
+    """Verify any file or folder on disk (no publisher digest known): structure and content, reported only.
+    ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals."""
     import time
 
     t0 = time.monotonic()
@@ -610,10 +654,18 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
                 )
             )
             continue
-        judgement = judge(p, name, strict=strict)
+        judgement = judge(p, name, strict=strict, allow_imports=allow_imports, root=folder)
         judged.append(judgement)
         reports.append(
-            FileReport(name, judgement.size, findings=judgement.findings, location=str(p), strict=strict)
+            FileReport(
+                name,
+                judgement.size,
+                findings=judgement.findings,
+                location=str(p),
+                strict=strict,
+                format=judgement.format,
+                checks=judgement.checks,
+            )
         )
     if target.is_dir():
         reports = attach_repo_findings(folder, reports, strict=strict, headers=parsed_headers(judged))
@@ -626,7 +678,9 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
     )
 
 
-def scan_cache(cache_dir: Path, *, deep: bool = False, strict: bool = False) -> list[PullReport]:
+def scan_cache(
+    cache_dir: Path, *, deep: bool = False, strict: bool = False, allow_imports: Collection[str] = ()
+) -> list[PullReport]:
     """``vcache scan``: every repo in the cache, any tool's, plus hygiene findings per repo.
 
     Snapshot files are verified as by :func:`verify_snapshot` (ledger trusted unless ``deep``) without
@@ -637,7 +691,11 @@ def scan_cache(cache_dir: Path, *, deep: bool = False, strict: bool = False) -> 
     for rtype, repo_id, _folder in iter_repo_folders(cache_dir):
         repo = CacheRepo(cache_dir, repo_id, rtype)
         for commit in repo.snapshots():
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, quarantine=False))
+            reports.append(
+                verify_snapshot(
+                    repo, commit, deep=deep, strict=strict, quarantine=False, allow_imports=allow_imports
+                )
+            )
         hygiene = _hygiene(repo)
         if hygiene:
             reports.append(PullReport(repo_id=repo_id, repo_type=rtype, files=hygiene, strict=strict))

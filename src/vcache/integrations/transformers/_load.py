@@ -12,7 +12,7 @@ anything other than through ``vcache.pull``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,7 @@ def from_pretrained(
     ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
     max_workers: int | None = None,
     verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
     **kwargs: Any,
 ) -> Any:
     """Pull and verify ``repo_id``, refuse anything incomplete or damaged, then ``cls.from_pretrained`` it.
@@ -108,6 +109,10 @@ def from_pretrained(
     ``verify_signature`` (``"key:PUBLIC_KEY.pem"``, ``"certificate:CHAIN.pem"``, ``"sigstore:IDENTITY@ISSUER"``)
     makes step 1 also require the publisher's model signature (see :func:`vcache.pull`): a missing, invalid,
     untrusted or mismatched signature refuses the load before transformers reads anything.
+    PyTorch checkpoints (``pytorch_model.bin``, ``.pt``, ...) are never unpickled by vcache: every global
+    their pickle imports must be one ``torch.load(weights_only=True)`` accepts, else the file fails
+    (``pickle.unsafe_import``, with or without ``strict``) and nothing is loaded. ``allow_imports``
+    (``module.name`` entries) widens that list for a repo you trust.
     """
     if not callable(getattr(cls, "from_pretrained", None)):
         raise UsageError(
@@ -135,6 +140,7 @@ def from_pretrained(
         max_workers=max_workers,
         force_download=force_download,
         verify_signature=verify_signature,
+        allow_imports=allow_imports,
     )
     where = _describe_source(repo_id, report)
     cls_name = getattr(cls, "__name__", repr(cls))
