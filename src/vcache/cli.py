@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-# The command line uses numpy only for elementwise bit checks, never BLAS: OpenBLAS's thread pool (one
-# thread per core, started at import) would only take CPU from the download. Set before anything imports
-# numpy; an explicit setting in the environment wins. (The library API leaves the environment alone.)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import click
 
 from vcache._version import __version__
+from vcache.config import limit_blas_threads
 from vcache.console import TqdmProgress, print_table
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
 from vcache.report import PullReport, Severity, Verdict, human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
+
+# OPENBLAS_NUM_THREADS=1 unless set: before anything imports numpy, which nothing above does.
+limit_blas_threads()
 
 
 def _die(exc: BaseException, code: int) -> NoReturn:
