@@ -9,6 +9,9 @@ What this module owns: every read of the environment in vcache (a test keeps it 
   :func:`node_variable`, :func:`endpoint_variable`, :func:`hf_token_path`, :func:`xet_disabled`,
   :func:`offline_variable`, and :func:`environment_values` for the doctor's comparison with ``vcache.env``.
 
+Not here: the proxy variables (``HTTP(S)_PROXY``, ``NO_PROXY``), which the HTTP libraries read themselves
+(``urllib.request`` in ``transfer``, httpx in ``hub``), and what huggingface_hub reads in :func:`resolve_token`.
+
 The environment is read when these are called (not at import, unlike huggingface_hub's constants), so a
 process can change it between calls — tests do. This module never creates directories or touches the
 network. It writes the environment only where the command line asks: :func:`limit_blas_threads`, and
