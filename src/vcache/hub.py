@@ -235,32 +235,39 @@ def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -
         return None
     code = response.headers.get("x-error-code", "")
     message = response.headers.get("x-error-message", "")
-    context = {"repo_id": repo_id, "status": status}
     if code == "RepoNotFound":
         return RepoNotFound(
             f"repository {repo_id!r} not found (or private and your token cannot see it): "
             "check the name and your HF_TOKEN",
-            **context,
+            repo_id=repo_id,
+            status=status,
         )
     if code == "RevisionNotFound":
-        return RevisionNotFound(f"{what}: revision not found in {repo_id!r}; check --revision", **context)
+        return RevisionNotFound(
+            f"{what}: revision not found in {repo_id!r}; check --revision", repo_id=repo_id, status=status
+        )
     if code == "EntryNotFound":
-        return EntryNotFound(f"{what}: file not found in {repo_id!r}", **context)
+        return EntryNotFound(f"{what}: file not found in {repo_id!r}", repo_id=repo_id, status=status)
     if code == "GatedRepo":
         return GatedRepo(
-            f"{repo_id!r} is gated: request access on the Hub, then pass a token that has it", **context
+            f"{repo_id!r} is gated: request access on the Hub, then pass a token that has it",
+            repo_id=repo_id,
+            status=status,
         )
     if status in (401, 403):
         detail = f" ({message})" if message else ""
         return AuthError(
             f"{what}: the server refused the credentials (HTTP {status}){detail}; check HF_TOKEN / --token",
-            **context,
+            repo_id=repo_id,
+            status=status,
         )
     if status == 404:
-        return EntryNotFound(f"{what}: not found (HTTP 404) in {repo_id!r}", **context)
+        return EntryNotFound(f"{what}: not found (HTTP 404) in {repo_id!r}", repo_id=repo_id, status=status)
     if status in (408, 429) or status >= 500:
         return None
-    return HubError(f"{what}: the server answered HTTP {status} {message}".rstrip(), **context)
+    return HubError(
+        f"{what}: the server answered HTTP {status} {message}".rstrip(), repo_id=repo_id, status=status
+    )
 
 
 _JSON_KINDS: dict[type, str] = {

@@ -1276,17 +1276,17 @@ class _Fetch:
             else:
                 what = f"gave up after {policy.consecutive + 1} failed attempts in a row"
             message = f"{self.spec.path}: {what}; last cause: {failure.cause}"
-            context = {
-                "path": self.spec.path,
-                "status": failure.status,
-                "reason": failure.cause,
-                "history": getattr(exc, "history", ()),
-            }
             if failure.status == 429:
                 raise RateLimited(
-                    f"{message}; try again later or with fewer parallel downloads", **context
+                    f"{message}; try again later or with fewer parallel downloads",
+                    path=self.spec.path,
+                    status=failure.status,
+                    reason=failure.cause,
+                    history=exc.history,
                 ) from None
-            raise RetriesExhausted(message, **context) from None
+            raise RetriesExhausted(
+                message, path=self.spec.path, status=failure.status, reason=failure.cause, history=exc.history
+            ) from None
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and not self.cancel.is_set():
@@ -1776,17 +1776,24 @@ def _error_from_body(body: bytes) -> str:
 
 def _hub_refusal(spec: FetchSpec, status: int, code: str, detail: str) -> HubError:
     where = f"{spec.path} at {spec.commit[:12]}"
-    context = {"path": spec.path, "status": status}
     if code == "GatedRepo":
-        return GatedRepo(f"{where}: the repository is gated ({detail}); request access on the Hub", **context)
+        return GatedRepo(
+            f"{where}: the repository is gated ({detail}); request access on the Hub",
+            path=spec.path,
+            status=status,
+        )
     if code == "RepoNotFound":
         return RepoNotFound(
-            f"{where}: repository not found or not visible with this token ({detail})", **context
+            f"{where}: repository not found or not visible with this token ({detail})",
+            path=spec.path,
+            status=status,
         )
     if code == "RevisionNotFound":
-        return RevisionNotFound(f"{where}: revision not found ({detail})", **context)
+        return RevisionNotFound(f"{where}: revision not found ({detail})", path=spec.path, status=status)
     if code == "EntryNotFound" or status in (404, 410):
-        return EntryNotFound(f"{where}: file not found ({detail})", **context)
+        return EntryNotFound(f"{where}: file not found ({detail})", path=spec.path, status=status)
     return AuthError(
-        f"{where}: access refused ({detail}); check the token (HF_TOKEN or `hf auth login`)", **context
+        f"{where}: access refused ({detail}); check the token (HF_TOKEN or `hf auth login`)",
+        path=spec.path,
+        status=status,
     )
