@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vcache.config import symlinks_disabled
 from vcache.errors import CacheNotWritable, DiskFull, UnsafePath
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ class CacheRepo:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            if _symlinks_disabled():
+            if symlinks_disabled():
                 shutil.copyfile(blob, tmp)
             else:
                 try:
@@ -403,10 +404,6 @@ class CacheRepo:
             return sorted(p.name for p in (self.root / "snapshots").iterdir() if p.is_dir())
         except OSError:
             return []
-
-
-def _symlinks_disabled() -> bool:
-    return os.environ.get("HF_HUB_DISABLE_SYMLINKS", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:

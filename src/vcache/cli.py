@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-# The command line uses numpy only for elementwise bit checks, never BLAS: OpenBLAS's thread pool (one
-# thread per core, started at import) would only take CPU from the download. Set before anything imports
-# numpy; an explicit setting in the environment wins. (The library API leaves the environment alone.)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import click
 
 from vcache._version import __version__
+from vcache.config import limit_blas_threads
+from vcache.console import TqdmProgress, print_table
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
-from vcache.report import FileReport, PullReport, Severity, Verdict, human_bytes
+from vcache.report import PullReport, Severity, Verdict, human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
+
+# OPENBLAS_NUM_THREADS=1 unless set: before anything imports numpy, which nothing above does.
+limit_blas_threads()
 
 
 def _die(exc: BaseException, code: int) -> NoReturn:
@@ -43,143 +41,6 @@ def _exit_code(reports: Sequence[PullReport]) -> int:
     if any(r.errors for r in reports):
         return EXIT_TRANSFER
     return EXIT_OK
-
-
-def _coverage(f: FileReport) -> str:
-    """The table's coverage column: the format and how completely it was checked (``gguf: full``,
-    ``other: digest only``, ``unchecked``)."""
-    from vcache.checks import coverage
-
-    level = coverage(f.format, f.checks)
-    return level if f.format is None else f"{f.format}: {level}"
-
-
-def _first_note(f: FileReport, strict: bool) -> str:
-    from vcache.checks import COMPLETE_CHECKS, coverage
-
-    order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
-    relevant = [
-        x for x in f.findings if x.code not in ("transfer.refetched",) and x.severity is not Severity.INFO
-    ]
-    if relevant:
-        x = sorted(relevant, key=lambda x: order[x.severity])[0]
-        more = f" (+{len(relevant) - 1} more)" if len(relevant) > 1 else ""
-        return f"[{x.code}] {x.message}{more}"
-    level = coverage(f.format, f.checks)
-    if level == "digest only":
-        what = (
-            "vcache has no checks for its format"
-            if f.format in (None, "other")
-            else "its format was not checked"
-        )
-        return f"digest matched; {what}"
-    if level == "unchecked":
-        return "unchecked: no publisher digest to compare, and vcache has no checks for its format"
-    if level == "partial":
-        missing = sorted(COMPLETE_CHECKS[f.format or ""] - set(f.checks))
-        return f"partly checked: {', '.join(missing)} did not run"
-    refetched = [x for x in f.findings if x.code == "transfer.refetched"]
-    if refetched:
-        return f"verified after {len(refetched) + 1} attempts (damaged in transit before)"
-    return "cached, verified earlier" if f.cached else "verified"
-
-
-def print_table(report: PullReport, *, title: str | None = None) -> None:
-    """A short per-file summary: verdict, size, format and how completely it was checked, and the most
-    important finding (or, without one, what the checks amount to)."""
-    if title:
-        click.echo(title)
-    for f in report.files:
-        verdict = f.verdict.value.upper()
-        click.echo(
-            f"  {verdict:<4}  {f.path}  {human_bytes(f.size)}  [{_coverage(f)}]  {_first_note(f, report.strict)}"
-        )
-        if f.verdict is Verdict.FAIL:
-            fails = [x for x in f.findings if x.severity is Severity.FAIL]
-            for x in fails[1:]:
-                click.echo(f"        [{x.code}] {x.message}")
-        if f.quarantine_id:
-            click.echo(
-                f"        quarantined as {f.quarantine_id} (see `vcache quarantine show {f.quarantine_id}`)"
-            )
-    for e in report.errors:
-        click.echo(f"  ERROR {e}")
-
-
-class _TqdmProgress:
-    """Progress sink for the CLI: one total bar (bytes and rate) and event lines above it."""
-
-    def __init__(self, quiet: bool) -> None:
-        from vcache.pull import Progress
-
-        self._quiet = quiet
-        self._bar: Any = None
-        self._lock = threading.Lock()
-        self._tty = False
-        self._again = 0  # bytes fetched again: shown beside the bar, never added to its planned total
-        outer = self
-
-        class _P(Progress):
-            def planned(self, total_bytes: int, files: int) -> None:
-                outer._start(total_bytes, files)
-
-            def advance(self, nbytes: int) -> None:
-                outer._advance(nbytes)
-
-            def refetched(self, nbytes: int) -> None:
-                outer._refetched(nbytes)
-
-            def message(self, text: str) -> None:
-                outer._message(text)
-
-        self.sink = _P()
-
-    def _start(self, total: int, files: int) -> None:
-        if self._quiet or files == 0:
-            return
-        from tqdm import tqdm
-
-        self._tty = sys.stderr.isatty()
-        self._bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            desc=f"{files} file(s)",
-            dynamic_ncols=True,
-            leave=True,
-        )
-
-    def _advance(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(n)
-
-    def _refetched(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._again += n
-                self._bar.set_postfix_str(f"refetched {human_bytes(self._again)}", refresh=False)
-                self._bar.update(0)  # redraws at the bar's own rate, also when the plan is already complete
-
-    def _message(self, text: str) -> None:
-        if self._quiet:
-            return
-        if self._bar is None:
-            click.echo(text, err=True)
-        elif self._tty:
-            self._bar.write(text, file=sys.stderr)  # clears the bar, writes the line, draws the bar below it
-        else:
-            # A log file or a notebook cell does not clear a line on a carriage return: end the bar's line
-            # (its last frame stays as a record) so that the message starts a line of its own.
-            with self._bar.get_lock():
-                self._bar.fp.write(f"\n{text}\n")
-                self._bar.refresh(nolock=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -253,7 +114,7 @@ def pull(
     """Download REPO_ID, verifying every file; exit 1 if any file fails verification."""
     from vcache.pull import pull as do_pull
 
-    progress = _TqdmProgress(quiet or as_json)
+    progress = TqdmProgress(quiet or as_json)
     try:
         report = do_pull(
             repo_id,

@@ -37,7 +37,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vcache.cache import CACHEDIR_TAG, default_file_mode, iter_repo_folders, write_atomic
-from vcache.config import DEFAULT_ENDPOINT, default_hf_home, env_float, env_true
+from vcache.config import (
+    DEFAULT_ENDPOINT,
+    default_hf_home,
+    endpoint_variable,
+    env_float,
+    environment_values,
+    hf_token_path,
+    offline_variable,
+    xet_disabled,
+)
 from vcache.errors import UsageError
 from vcache.locks import (
     LockMode,
@@ -360,7 +369,7 @@ def init_shared_cache(
         cache,
         layout.env_file,
         lock_mode=lock_mode,
-        endpoint=endpoint or os.environ.get("HF_ENDPOINT"),
+        endpoint=endpoint or endpoint_variable(),
         lease=lease_seconds(),
     )
     write_atomic(layout.env_file, text.encode())
@@ -620,7 +629,7 @@ def _check_traversal(path: Path) -> list[Finding]:
     """Every ancestor must let the group in; huggingface_hub's `hf auth login` makes HF_HOME 0700."""
     out: list[Finding] = []
     hf_home = Path(os.path.abspath(default_hf_home()))
-    token_path = Path(os.path.abspath(os.environ.get("HF_TOKEN_PATH") or hf_home / "token"))
+    token_path = Path(os.path.abspath(hf_token_path()))
     closed = []
     for anc in [path, *path.parents]:
         with contextlib.suppress(OSError):
@@ -748,8 +757,8 @@ def _xet_installed() -> bool:
 
 def _check_hub_settings(writable: bool) -> list[Finding]:
     out: list[Finding] = []
-    endpoint = os.environ.get("HF_ENDPOINT")
-    xet_off = env_true("HF_HUB_DISABLE_XET")
+    endpoint = endpoint_variable()
+    xet_off = xet_disabled()
     xet_installed = _xet_installed()
     if _is_mirror(endpoint) and not xet_off and xet_installed:
         out.append(
@@ -764,10 +773,8 @@ def _check_hub_settings(writable: bool) -> list[Finding]:
         state = "off" if xet_off or not xet_installed else "on"
         where = f"mirror {endpoint}" if _is_mirror(endpoint) else "the Hub"
         out.append(_ok("xet", f"Xet {state}, endpoint {where}: nothing bypasses the endpoint"))
-    hub_offline = env_true("HF_HUB_OFFLINE")
-    tf_offline = env_true("TRANSFORMERS_OFFLINE")
-    if hub_offline or tf_offline:
-        which = "HF_HUB_OFFLINE" if hub_offline else "TRANSFORMERS_OFFLINE"
+    which = offline_variable()
+    if which is not None:
         out.append(
             _ok("offline", f"{which} is set: pulls answer from this cache only (verified from the ledger)")
         )
@@ -796,14 +803,11 @@ def _check_env_file(layout: SharedLayout) -> list[Finding]:
             )
         ]
     differ = []
-    for key in (
-        "HF_HUB_CACHE",
-        "VCACHE_LOCK_MODE",
-        "VCACHE_LEASE_SECONDS",
-        "HF_HUB_DISABLE_XET",
-        "HF_ENDPOINT",
-    ):
-        want, have = values.get(key), os.environ.get(key)
+    environment = environment_values(
+        ("HF_HUB_CACHE", "VCACHE_LOCK_MODE", "VCACHE_LEASE_SECONDS", "HF_HUB_DISABLE_XET", "HF_ENDPOINT")
+    )
+    for key, have in environment.items():
+        want = values.get(key)
         if want is None:
             continue
         same = have is not None and (

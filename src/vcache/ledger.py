@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vcache._version import __version__
 from vcache.cache import entry_kind, read_state, write_atomic
@@ -45,9 +45,49 @@ CHECKS_VERSION = 2
 #: Bump when the layout of the derived (snapshot, model) records changes.
 DERIVED_FORMAT = 1
 
-#: ``[link target or None, ino, size, mtime_ns, ctime_ns, regular]`` (stat fields None when the target is
-#: missing); the JSON form is the same list, so a state read from a record compares equal to a fresh one.
-EntryState = list[Any]
+
+class EntryState(NamedTuple):
+    """What :func:`entry_state` found at a path that has something: the link target (None when the path is not
+    a symlink), the stat token of what it resolves to (``ino``, ``size``, ``mtime_ns``, ``ctime_ns``; None for a
+    dangling link; no ``st_dev``, see :class:`StatToken`) and whether that is a regular file reached in at most
+    one hop.
+
+    A derived record stores it as the JSON list of these six fields in this order (how ``json`` writes a
+    tuple); :meth:`from_json` reads it back, so a stored state compares equal to a fresh one.
+    """
+
+    link: str | None
+    ino: int | None
+    size: int | None
+    mtime_ns: int | None
+    ctime_ns: int | None
+    regular: bool
+
+    @classmethod
+    def from_json(cls, value: Any) -> EntryState | None:
+        """A state as a record holds it (a six-item list, or null for "nothing there"); raises
+        :class:`ValueError` for anything else."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != len(cls._fields):
+            raise ValueError(f"not an entry state: {value!r:.80}")
+        link, ino, size, mtime_ns, ctime_ns, regular = value
+        numbers = (ino, size, mtime_ns, ctime_ns)
+        if (
+            not isinstance(link, str | None)
+            or not all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in numbers)
+            or not isinstance(regular, bool)
+        ):
+            raise ValueError(f"not an entry state: {value!r:.80}")
+        return cls(link, ino, size, mtime_ns, ctime_ns, regular)
+
+
+def states_from_json(value: Any) -> dict[str, EntryState | None]:
+    """A ``{name: state}`` mapping as a record holds it (see :meth:`EntryState.from_json`); raises
+    :class:`ValueError` for anything else."""
+    if not isinstance(value, dict):
+        raise ValueError(f"not a mapping of entry states: {value!r:.80}")
+    return {str(name): EntryState.from_json(state) for name, state in value.items()}
 
 
 @dataclass(frozen=True)
@@ -103,8 +143,8 @@ def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
         if not regular:
             st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return None if link is None else [link, None, None, None, None, False]
-    return [link, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, regular]  # no st_dev: see StatToken
+        return None if link is None else EntryState(link, None, None, None, None, False)
+    return EntryState(link, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, regular)
 
 
 @dataclass(frozen=True)
@@ -246,7 +286,9 @@ class Ledger:
             st = os.stat(os.path.join(self.directory, f"{etag}.json"))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return [None, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISREG(st.st_mode)]
+        return EntryState(
+            None, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISREG(st.st_mode)
+        )
 
     # -- derived records (snapshots/, models/) -------------------------------------------------------------
 

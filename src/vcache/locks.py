@@ -43,12 +43,11 @@ from pathlib import Path
 
 import filelock
 
-from vcache.config import DEFAULT_LEASE_SECONDS, env_float, lease_seconds
+from vcache.config import DEFAULT_LEASE_SECONDS, DEFAULT_LOCK_TIMEOUT, lease_seconds, lock_settings
 from vcache.errors import LockTimeout, UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TIMEOUT = 600.0
 #: How often a waiter says it is still waiting (huggingface_hub logs every 10 s; a cluster log needs less).
 _WAIT_LOG_INTERVAL = 30.0
 
@@ -97,7 +96,7 @@ class LockPolicy:
 
 def lock_timeout() -> float:
     """Seconds to wait for a blob lock (``VCACHE_LOCK_TIMEOUT``, default 600)."""
-    return env_float("VCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
+    return lock_settings().timeout
 
 
 # -- filesystem detection ----------------------------------------------------------------------------------------
@@ -155,7 +154,7 @@ def flock_trusted(fs_type: str) -> bool:
 def lock_policy(directory: Path) -> LockPolicy:
     """The lock mode for blobs whose locks live in ``directory``: ``VCACHE_LOCK_MODE``, else by filesystem type."""
     fs_type = filesystem_type(directory)
-    raw = os.environ.get("VCACHE_LOCK_MODE", "").strip().lower() or "auto"
+    raw = lock_settings().mode
     if raw != "auto":
         try:
             return LockPolicy(LockMode(raw), fs_type, "set by VCACHE_LOCK_MODE")

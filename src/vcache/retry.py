@@ -352,8 +352,9 @@ class ProgressWatch:
         """A backoff of ``seconds``, cut so it does not sleep past the give-up."""
         return max(0.0, min(seconds, self.left()))
 
-    def check(self, what: str, **context: Any) -> None:
-        """Raise :class:`~vcache.errors.RetriesExhausted` (with ``context``) once the budget is spent."""
+    def check(self, what: str, *, repo_id: str | None = None, path: str | None = None) -> None:
+        """Raise :class:`~vcache.errors.RetriesExhausted` (naming ``repo_id`` or ``path``) once the budget is
+        spent."""
         now = self.clock.monotonic()
         with self._lock:
             if self._since is None or (not self._gave_up and now - self._since < self.give_up):
@@ -369,7 +370,8 @@ class ProgressWatch:
             "Check the network or HF_ENDPOINT and run again; on a slow or flaky link set "
             f"VCACHE_GIVE_UP_SECONDS above {self.give_up:g}",
             reason=cause,
-            **context,
+            repo_id=repo_id,
+            path=path,
         )
 
     def tick(self) -> None:

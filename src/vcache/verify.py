@@ -24,7 +24,7 @@ from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
 from vcache.hashing import Digest
 from vcache.hub import COMMIT_RE
-from vcache.ledger import EntryState, Ledger, entry_state
+from vcache.ledger import EntryState, Ledger, entry_state, states_from_json
 from vcache.partial import PartialInfo
 from vcache.report import (
     FileReport,
@@ -221,7 +221,9 @@ def _remembered_reports(
             snap = os.path.normpath(os.path.join(base, exp.path))
             if not snap.startswith(base + os.sep):
                 return None  # the slow path names the unsafe path
-            if entry_state(snap) != entry["state"] or ledger.record_state(entry["etag"]) != entry["record"]:
+            if entry_state(snap) != EntryState.from_json(entry["state"]):
+                return None
+            if ledger.record_state(entry["etag"]) != EntryState.from_json(entry["record"]):
                 return None
             findings = findings_from_json(entry["findings"])
             if not still_stands(findings, allow_imports):
@@ -248,7 +250,7 @@ def _remembered_file(repo: CacheRepo, ledger: Ledger, commit: str, path: str) ->
     """The snapshot-record entry for one file: what its valid per-blob record says now (None: none)."""
     snap = repo.snapshot_file(commit, path)
     state = entry_state(snap)
-    etag = repo.linked_etag(commit, path) if state is not None and state[0] is not None else None
+    etag = repo.linked_etag(commit, path) if state is not None and state.link is not None else None
     if not etag:
         return None  # not a link into blobs/: always verified the slow way
     record_state = ledger.record_state(etag)
@@ -317,6 +319,14 @@ def _folder_state(folder: Path) -> dict[str, EntryState | None]:
     return {name: entry_state(os.path.join(base, name)) for name in sorted(os.listdir(base))}
 
 
+def _same_states(stored: Any, now: Mapping[str, EntryState | None]) -> bool:
+    """True when a record's ``{name: state}`` (as JSON gives it back) is exactly ``now``."""
+    try:
+        return states_from_json(stored) == now
+    except ValueError:
+        return False
+
+
 def _repo_check_key(reports: Sequence[FileReport]) -> dict[str, Any]:
     """What of the reports attach_repo_findings looks at (besides the folder)."""
     names = {r.path for r in reports}
@@ -353,7 +363,11 @@ def _attach_remembered(
         before = None
     if before is not None and remembered is not None:
         for entry in remembered.get("repo", []):
-            if not isinstance(entry, dict) or entry.get("key") != key or entry.get("folder") != before:
+            if (
+                not isinstance(entry, dict)
+                or entry.get("key") != key
+                or not _same_states(entry.get("folder"), before)
+            ):
                 continue
             try:
                 extra = {path: findings_from_json(items) for path, items in entry["extra"].items()}
