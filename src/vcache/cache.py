@@ -329,7 +329,10 @@ class CacheRepo:
         outside the repo folder)."""
         from huggingface_hub._tree_cache import read_tree_cache
 
-        self.tree_path(commit)  # refuses a commit that would lead outside; huggingface_hub does not check
+        # Refuses a commit that would lead outside (huggingface_hub does not check). huggingface_hub also keeps
+        # every listing it read in memory for the life of the process: a file gc deleted since must read as absent.
+        if not self.tree_path(commit).is_file():
+            return None
         entries = read_tree_cache(str(self.root), commit)
         if entries is None:
             return None
