@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -10,8 +11,9 @@ from pathlib import Path
 from vcache.cache import CacheRepo, iter_repo_folders
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
-from vcache.hub import validate_repo_id, validate_revision
+from vcache.hub import COMMIT_RE, validate_repo_id, validate_revision
 from vcache.report import PullReport
+from vcache.usage import use
 from vcache.verify import resolve_cached_commit, verify_path, verify_snapshot
 
 _SNAPSHOT_RE = re.compile(r"^(models|datasets|spaces)--(.+)$")
@@ -54,7 +56,8 @@ def verify(
         for rtype, repo_id, _ in iter_repo_folders(root):
             repo = CacheRepo(root, repo_id, rtype)
             for commit in repo.snapshots():
-                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict))
+                with _use(repo, commit):
+                    reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict))
         return reports
     for target in targets:
         path = Path(target)
@@ -64,18 +67,27 @@ def verify(
             only = None
             if rel is not None:
                 only = [rel] if not path.is_dir() else _files_under(repo.snapshot_dir(commit), rel)
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, only=only))
+            with _use(repo, commit):
+                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, only=only))
         elif path.exists():
             reports.append(verify_path(path, strict=strict))
         elif isinstance(target, str) and _is_repo_id(target):
             repo = CacheRepo(root, target, repo_type)
             if not repo.root.is_dir():
                 raise UsageError(f"{target!r} is neither a path nor a repo in the cache at {root}")
-            commit = resolve_cached_commit(repo, revision)
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, revision=revision))
+            with use(target, revision, cache_dir=root, repo_type=repo_type):
+                commit = resolve_cached_commit(repo, revision)
+                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, revision=revision))
         else:
             raise UsageError(f"{str(target)!r} is neither a path nor a repo id")
     return reports
+
+
+def _use(repo: CacheRepo, commit: str) -> contextlib.AbstractContextManager[object]:
+    """Register the use of a snapshot found on disk (names that could not come from the Hub register nothing)."""
+    if _is_repo_id(repo.repo_id) and COMMIT_RE.fullmatch(commit):
+        return use(repo.repo_id, commit, cache_dir=repo.cache_dir, repo_type=repo.repo_type)
+    return contextlib.nullcontext()
 
 
 def _is_repo_id(target: str) -> bool:

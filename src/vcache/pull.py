@@ -70,6 +70,7 @@ from vcache.report import (
     verdict_of,
 )
 from vcache.transfer import FetchResult, FetchSpec, Transfer
+from vcache.usage import use
 from vcache.verify import (
     assess_file,
     attach_repo_findings,
@@ -192,11 +193,13 @@ def pull(
         repo_type=repo_type,
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
-    if settings.offline:
-        return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict)
-    return _Puller(settings, repo, opts, progress or Progress(), force_download).run(
-        revision, allow_patterns, ignore_patterns, files, local_dir
-    )
+    # Registered before anything is read, so gc leaves the repo's revisions and blobs alone (see usage).
+    with use(repo_id, revision, cache_dir=settings.cache_dir, repo_type=settings.repo_type):
+        if settings.offline:
+            return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict)
+        return _Puller(settings, repo, opts, progress or Progress(), force_download).run(
+            revision, allow_patterns, ignore_patterns, files, local_dir
+        )
 
 
 def _pull_offline(
