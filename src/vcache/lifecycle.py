@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.cache import CacheRepo, iter_repo_folders, translate_os_error
 from vcache.errors import LockTimeout, UsageError
 from vcache.hub import COMMIT_RE, validate_repo_id, validate_revision
 from vcache.ledger import Ledger
@@ -799,7 +799,9 @@ def plan_gc(
             if rev.commit in picked:
                 continue
             before = _freed_by(repo, picked)
-            picked[rev.commit] = f"least recently used (last {_ago(at - used)} ago), over {human_bytes(max_size)}"
+            picked[rev.commit] = (
+                f"least recently used (last {_ago(at - used)} ago), over {human_bytes(max_size)}"
+            )
             total -= _freed_by(repo, picked) - before
     targets = []
     for r in listing.repos:
@@ -846,7 +848,13 @@ def run_plan(plan: Plan) -> CleanupReport:
     removed: list[Removal] = []
     skipped: list[Skip] = []
     for target in plan.targets:
-        r, s = _run_target(plan.cache_dir, target)
+        try:
+            r, s = _run_target(plan.cache_dir, target)
+        except OSError as exc:  # EACCES, EROFS: say so plainly (a LockTimeout passes through)
+            translated = translate_os_error(exc, f"removing from {target.repo_id} in {plan.cache_dir}")
+            if translated is exc:
+                raise
+            raise translated from exc
         removed.extend(r)
         skipped.extend(s)
     return CleanupReport(tuple(removed), tuple(skipped))
