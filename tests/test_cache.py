@@ -338,3 +338,14 @@ def test_a_tree_file_naming_entries_outside_the_repo_folder_is_not_used(
         (repo.root / "trees" / f"{commit}.json").write_text(json.dumps(doc))
     assert repo.read_tree("c" * 40) is None
     assert repo.read_tree("d" * 40) == {"ok.txt": (1, "e" * 40, None)}
+
+
+def test_a_tree_file_deleted_since_it_was_read_reads_as_absent(cache_dir: Path) -> None:
+    """huggingface_hub keeps every listing it read in memory; a file deleted since (by gc) is absent all the same."""
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "f" * 40
+    repo.ensure_layout()
+    repo.write_tree(commit, {"a.txt": (3, git_blob_sha1(b"abc"), None)})
+    assert repo.read_tree(commit) == {"a.txt": (3, git_blob_sha1(b"abc"), None)}
+    repo.tree_path(commit).unlink()
+    assert repo.read_tree(commit) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Collection, Sequence
@@ -11,8 +12,9 @@ from vcache.cache import CacheRepo, iter_repo_folders
 from vcache.checks.pickles import parse_allow_imports
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
-from vcache.hub import validate_repo_id, validate_revision
+from vcache.hub import COMMIT_RE, validate_repo_id, validate_revision
 from vcache.report import PullReport
+from vcache.usage import use
 from vcache.verify import resolve_cached_commit, verify_path, verify_snapshot
 
 _SNAPSHOT_RE = re.compile(r"^(models|datasets|spaces)--(.+)$")
@@ -61,7 +63,10 @@ def verify(
         for rtype, repo_id, _ in iter_repo_folders(root):
             repo = CacheRepo(root, repo_id, rtype)
             for commit in repo.snapshots():
-                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, allow_imports=allowed))
+                with _use(repo, commit):
+                    reports.append(
+                        verify_snapshot(repo, commit, deep=deep, strict=strict, allow_imports=allowed)
+                    )
         return reports
     for target in targets:
         path = Path(target)
@@ -71,24 +76,33 @@ def verify(
             only = None
             if rel is not None:
                 only = [rel] if not path.is_dir() else _files_under(repo.snapshot_dir(commit), rel)
-            reports.append(
-                verify_snapshot(repo, commit, deep=deep, strict=strict, only=only, allow_imports=allowed)
-            )
+            with _use(repo, commit):
+                reports.append(
+                    verify_snapshot(repo, commit, deep=deep, strict=strict, only=only, allow_imports=allowed)
+                )
         elif path.exists():
             reports.append(verify_path(path, strict=strict, allow_imports=allowed))
         elif isinstance(target, str) and _is_repo_id(target):
             repo = CacheRepo(root, target, repo_type)
             if not repo.root.is_dir():
                 raise UsageError(f"{target!r} is neither a path nor a repo in the cache at {root}")
-            commit = resolve_cached_commit(repo, revision)
-            reports.append(
-                verify_snapshot(
-                    repo, commit, deep=deep, strict=strict, revision=revision, allow_imports=allowed
+            with use(target, revision, cache_dir=root, repo_type=repo_type):
+                commit = resolve_cached_commit(repo, revision)
+                reports.append(
+                    verify_snapshot(
+                        repo, commit, deep=deep, strict=strict, revision=revision, allow_imports=allowed
+                    )
                 )
-            )
         else:
             raise UsageError(f"{str(target)!r} is neither a path nor a repo id")
     return reports
+
+
+def _use(repo: CacheRepo, commit: str) -> contextlib.AbstractContextManager[object]:
+    """Register the use of a snapshot found on disk (names that could not come from the Hub register nothing)."""
+    if _is_repo_id(repo.repo_id) and COMMIT_RE.fullmatch(commit):
+        return use(repo.repo_id, commit, cache_dir=repo.cache_dir, repo_type=repo.repo_type)
+    return contextlib.nullcontext()
 
 
 def _is_repo_id(target: str) -> bool:

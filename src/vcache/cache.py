@@ -4,11 +4,12 @@
 
     <cache>/CACHEDIR.TAG
     <cache>/.locks/<repo_folder>/<etag>.lock          (huggingface_hub's lock path; see ``locks``)
+    <cache>/.locks/<repo_folder>/{gc.lock,uses/}      (vcache's per-repo gc lock and use markers; see ``usage``)
     <cache>/<repo_folder>/blobs/<etag>
     <cache>/<repo_folder>/refs/<revision>              (commit, no newline; written only for whole snapshots)
     <cache>/<repo_folder>/snapshots/<commit>/<path>    (relative symlink to ../../blobs/<etag>)
     <cache>/<repo_folder>/trees/<commit>.json          (huggingface_hub's tree cache, for offline completeness)
-    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine,tmp}/   (vcache's own state, nowhere else)
+    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine,tmp,used,trash}/   (vcache's own state, nowhere else)
 
 Every path :class:`CacheRepo` builds from a name (blob name, commit, ref, snapshot path) is refused with
 :class:`~vcache.errors.UnsafePath` when it would leave its folder, whoever supplied the name.
@@ -217,13 +218,28 @@ class CacheRepo:
         """Files that failed verification, kept with their reports."""
         return self.state / "quarantine"
 
+    @property
+    def used_dir(self) -> Path:
+        """``used/<commit>``: empty files whose mtime is when vcache last used that revision (see ``usage``)."""
+        return self.state / "used"
+
+    @property
+    def trash_dir(self) -> Path:
+        """Where ``lifecycle`` renames a snapshot folder before deleting it (same filesystem: atomic)."""
+        return self.state / "trash"
+
+    @property
+    def locks_dir(self) -> Path:
+        """``<cache>/.locks/<repo_folder>``: huggingface_hub's per-blob locks, and vcache's gc lock and use markers."""
+        return self.cache_dir / ".locks" / self.folder_name
+
     def blob_path(self, etag: str) -> Path:
         """``blobs/<etag>``."""
         return self.blobs / _checked(etag, "blob name")
 
     def lock_path(self, etag: str) -> Path:
         """huggingface_hub's per-blob lock path, so the two tools never fetch one blob at once."""
-        return self.cache_dir / ".locks" / self.folder_name / f"{_checked(etag, 'blob name')}.lock"
+        return self.locks_dir / f"{_checked(etag, 'blob name')}.lock"
 
     def snapshot_dir(self, commit: str) -> Path:
         """``snapshots/<commit>``."""
@@ -370,9 +386,10 @@ class CacheRepo:
         :func:`read_state`), or when a name in it would lead outside the repo folder)."""
         from huggingface_hub._tree_cache import TREE_CACHE_FORMAT_VERSION
 
-        path = self.tree_path(
-            commit
-        )  # refuses a commit that would lead outside; huggingface_hub does not check
+        # Refuses a commit that would lead outside (huggingface_hub does not check). Read from the file every
+        # time (not through huggingface_hub, which keeps every listing it read in memory): a tree gc deleted
+        # since must read as absent.
+        path = self.tree_path(commit)
         data = read_state(path)
         if data is None or data.get("format_version") != TREE_CACHE_FORMAT_VERSION:
             return None

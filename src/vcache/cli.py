@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -22,6 +22,9 @@ from vcache.config import limit_blas_threads
 from vcache.console import TqdmProgress, print_table
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
 from vcache.report import PullReport, Severity, Verdict, human_bytes
+
+if TYPE_CHECKING:
+    from vcache.lifecycle import Plan, Removal, Skip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
 
@@ -334,15 +337,26 @@ def q_restore(qid: str, to: str | None, cache_dir: Path | None) -> None:
 @quarantine.command("purge")
 @click.argument("qid", required=False)
 @click.option("--all", "purge_all", is_flag=True, help="Delete every entry.")
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="Delete entries quarantined this long ago (30d, 12h).",
+)
 @_cache_opt
-def q_purge(qid: str | None, purge_all: bool, cache_dir: Path | None) -> None:
-    """Delete a quarantined file (ID) or all of them (--all). The only command that deletes."""
+def q_purge(qid: str | None, purge_all: bool, older_than: str | None, cache_dir: Path | None) -> None:
+    """Delete a quarantined file (ID), all of them (--all), or the old ones (--older-than DURATION).
+
+    With `vcache gc --purge-quarantine`, the only commands that delete quarantined files.
+    """
+    from vcache.lifecycle import parse_duration
     from vcache.quarantine import purge
 
-    if (qid is None) == (not purge_all):
-        _die(UsageError("give exactly one of ID or --all"), EXIT_USAGE)
+    if sum([qid is not None, purge_all, older_than is not None]) != 1:
+        _die(UsageError("give exactly one of ID, --all or --older-than DURATION"), EXIT_USAGE)
     try:
-        ids = purge(_cache(cache_dir), None if purge_all else qid)
+        age = parse_duration(older_than) if older_than is not None else None
+        ids = purge(_cache(cache_dir), qid, older_than=age)
     except UsageError as exc:
         _die(exc, EXIT_USAGE)
     click.echo(f"purged {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}")
@@ -362,6 +376,249 @@ def demo(keep: Path | None) -> None:
 from vcache.cluster_cli import cluster  # noqa: E402  (the group lives with the cluster code)
 
 main.add_command(cluster)
+
+# -- the cache's life: ls, rm, gc ------------------------------------------------------------------------------------
+
+
+def _when(t: float | None) -> str:
+    import time
+
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+@main.command("ls")
+@click.argument("repo_id", required=False)
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), help="Only repos of this type."
+)
+@_cache_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON (schema in the README).")
+def ls_command(repo_id: str | None, repo_type: str | None, cache_dir: Path | None, as_json: bool) -> None:
+    """List cached repos and revisions: size on disk, files, refs, last verified and last used (any tool's repos).
+
+    Reads only metadata (no blob is opened). Shared blobs are counted once per repo and once in the total.
+    """
+    from vcache.lifecycle import dumps, list_cache
+
+    root = _cache(cache_dir)
+    listing = list_cache(root, repo_id, repo_type=repo_type)
+    if repo_id is not None and not listing.repos:
+        _die(UsageError(f"{repo_id} is not in the cache at {root}; `vcache ls` lists what is"), EXIT_USAGE)
+    if as_json:
+        click.echo(dumps(listing))
+        return
+    for repo in listing.repos:
+        kind = "" if repo.repo_type == "model" else f" ({repo.repo_type})"
+        busy = f", in use by {repo.in_use[0]}" if repo.in_use else ""
+        click.echo(
+            f"{repo.repo_id}{kind}  {human_bytes(repo.size_on_disk)}  {len(repo.revisions)} revision(s)  "
+            f"last used {_when(repo.last_used)}{busy}"
+        )
+        for rev in repo.revisions:
+            refs = ", ".join(rev.refs) or "-"
+            verified = f"{rev.verdict} {_when(rev.last_verified)}" if rev.last_verified else rev.verdict
+            click.echo(
+                f"  {rev.commit[:12]}  {refs:<12}  {human_bytes(rev.size_on_disk):>10}  {rev.nb_files} file(s)  "
+                f"used {_when(rev.last_used)}  verified: {verified}"
+            )
+        if repo.quarantined:
+            size = sum(q.size or 0 for q in repo.quarantined)
+            click.echo(
+                f"  quarantined: {len(repo.quarantined)} file(s), {human_bytes(size)} (`vcache quarantine list`)"
+            )
+        if repo.partials:
+            live = sum(p.live for p in repo.partials)
+            size = sum(p.on_disk for p in repo.partials)
+            click.echo(
+                f"  partial downloads: {len(repo.partials)}, {human_bytes(size)} ({live} being written)"
+            )
+        if repo.incomplete:
+            size = sum(f.size for f in repo.incomplete)
+            click.echo(f"  other tools' unfinished downloads: {len(repo.incomplete)}, {human_bytes(size)}")
+        if repo.orphaned_blobs:
+            click.echo(
+                f"  blobs no snapshot links: {len(repo.orphaned_blobs)}, {human_bytes(repo.orphaned_size)}"
+            )
+    revisions = sum(len(r.revisions) for r in listing.repos)
+    click.echo(
+        f"{len(listing.repos)} repo(s), {revisions} revision(s), {human_bytes(listing.size_on_disk)} in {root}"
+    )
+
+
+def _show_plan(removals: Sequence[Removal], skipped: Sequence[Skip], *, done: bool) -> None:
+    """Revisions, partials, unfinished downloads and quarantine entries one per line; blobs and records counted."""
+    from vcache.lifecycle import describe
+
+    verb = "removed" if done else "would remove"
+    counted = ("blob", "ledger")
+    for r in removals:
+        if r.kind not in counted:
+            click.echo(f"{verb} {describe(r)}")
+    for kind, label in (
+        ("blob", "blob(s) no remaining revision links"),
+        ("ledger", "orphaned ledger record(s)"),
+    ):
+        picked = [r for r in removals if r.kind == kind]
+        if picked:
+            size = sum(r.size for r in picked)
+            extra = f", {human_bytes(size)}" if size else ""
+            click.echo(f"{verb} {len(picked)} {label}{extra}")
+    for s in skipped:
+        where = (
+            s.repo_id
+            if s.kind == "repo"
+            else f"{s.repo_id}@{s.name[:12]}"
+            if s.kind == "revision"
+            else f"{s.repo_id} {s.name[:12]}"
+        )
+        click.echo(f"kept {where}: {s.reason}", err=True)
+
+
+def _confirm_or_refuse(yes: bool, what: str) -> bool:
+    """--yes, or a terminal's yes; exit 2 on a non-terminal without --yes (a script must say so)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        _die(
+            UsageError(
+                f"refusing to {what} without confirmation: stdin is not a terminal; add --yes "
+                "(or --dry-run to see what would go)"
+            ),
+            EXIT_USAGE,
+        )
+    return click.confirm(f"{what}?", default=False)
+
+
+def _warn_if_unprotected(plan: Plan) -> None:
+    from vcache.locks import LockMode
+
+    if plan.lock_mode is LockMode.NONE:
+        click.echo(
+            "vcache: warning: VCACHE_LOCK_MODE=none records no uses, so this cannot tell what other processes "
+            "are reading; make sure nothing uses the cache",
+            err=True,
+        )
+
+
+@main.command("rm")
+@click.argument("target", metavar="REPO_ID[@REVISION]")
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True
+)
+@_cache_opt
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal)."
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def rm_command(target: str, repo_type: str, cache_dir: Path | None, yes: bool, dry_run: bool) -> None:
+    """Remove a revision (a commit, a commit prefix, or a ref such as main), or with no @REVISION the whole repo.
+
+    Blobs another revision links stay; so does the quarantine. A revision a process is using (pull, verify,
+    from_pretrained, vcache.use) is kept and named; exit 3 when that happens.
+    """
+    from vcache.lifecycle import plan_removal, run_plan, summarize
+
+    repo_id, at, revision = target.partition("@")
+    try:
+        if at and not revision:
+            raise UsageError(f"{target!r}: nothing after '@'; give a revision, or drop the '@'")
+        plan = plan_removal(_cache(cache_dir), repo_id, revision or None, repo_type=repo_type)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    _warn_if_unprotected(plan)
+    if dry_run or not plan.removals:
+        _show_plan(plan.removals, plan.skipped, done=False)
+        click.echo(
+            f"dry run: nothing removed ({human_bytes(plan.freed)} would be freed)"
+            if dry_run
+            else "nothing to remove"
+        )
+        kept = any(s.kind == "revision" for s in plan.skipped)
+        sys.exit(EXIT_TRANSFER if kept and not dry_run else EXIT_OK)
+    _show_plan(plan.removals, plan.skipped, done=False)
+    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
+        click.echo("nothing removed")
+        sys.exit(EXIT_OK)
+    try:
+        report = run_plan(plan)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    _show_plan(report.removed, report.skipped, done=True)
+    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+    sys.exit(EXIT_TRANSFER if any(s.kind == "revision" for s in report.skipped) else EXIT_OK)
+
+
+@main.command("gc")
+@click.option(
+    "--max-size",
+    "max_size",
+    metavar="SIZE",
+    help="Remove least recently used revisions until the cache holds at most SIZE (10G, 500MiB).",
+)
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="Remove revisions not used for DURATION (30d, 12h).",
+)
+@click.option("--purge-quarantine", is_flag=True, help="Also delete quarantined files (kept otherwise).")
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Keep orphaned blobs and other tools' .incomplete files changed more recently (a download in progress).",
+)
+@_cache_opt
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal)."
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def gc_command(
+    max_size: str | None,
+    older_than: str | None,
+    purge_quarantine: bool,
+    grace: str,
+    cache_dir: Path | None,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """Free space: least recently used revisions first, plus leftovers (dead writers' partials, stale
+    .incomplete files, orphaned blobs and ledger records, lock files of removed blobs).
+
+    Repos a process is using (pull, verify, from_pretrained, vcache.use, on any node) are left alone.
+    """
+    from vcache.lifecycle import parse_duration, parse_size, plan_gc, run_plan, summarize
+
+    root = _cache(cache_dir)
+    try:
+        plan = plan_gc(
+            root,
+            max_size=parse_size(max_size) if max_size is not None else None,
+            older_than=parse_duration(older_than) if older_than is not None else None,
+            purge_quarantine=purge_quarantine,
+            grace=parse_duration(grace),
+        )
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    _warn_if_unprotected(plan)
+    _show_plan(plan.removals, plan.skipped, done=False)
+    if dry_run:
+        click.echo(f"dry run: nothing removed ({human_bytes(plan.freed)} would be freed)")
+        sys.exit(EXIT_OK)
+    if not plan.removals:
+        click.echo("nothing to remove")
+        sys.exit(EXIT_OK)
+    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
+        click.echo("nothing removed")
+        sys.exit(EXIT_OK)
+    try:
+        report = run_plan(plan)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    _show_plan(report.removed, report.skipped, done=True)
+    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -52,6 +52,7 @@ from vcache.locks import (
     LockMode,
     LockPolicy,
     flock_trusted,
+    lease_is_stale,
     lease_seconds,
     lock_policy,
     lock_timeout,
@@ -681,35 +682,11 @@ def _now() -> float:
     return time.time()
 
 
-def _lease_is_stale(marker: Path, lease: float) -> tuple[bool, str]:
-    import filelock
-
-    owner = filelock.SoftFileLease(str(marker)).owner
-    try:
-        age = _now() - marker.stat().st_mtime
-    except OSError:
-        return False, ""
-    if owner is None:
-        return age > 3 * lease, f"{marker.name} (no readable owner, {age:.0f}s old)"
-    who = f"{marker.parent.name}/{marker.name} (pid {owner.pid} on {owner.hostname}, renewed {age:.0f}s ago)"
-    duration = owner.lease_duration or lease
-    try:
-        # filelock's own liveness test (PID and start time on this host); private, so optional.
-        from filelock._identity import owner_is_stale
-
-        if owner_is_stale(owner.pid, owner.hostname, owner.start):
-            return True, who
-    except ImportError:
-        pass
-    # Other hosts: only the age tells. Three lease lengths leave room for clock skew between nodes.
-    return age > 3 * duration, who
-
-
 def _check_stale_state(path: Path, lease: float) -> list[Finding]:
     out: list[Finding] = []
     stale = []
     for marker in sorted((path / LOCKS_DIR).glob("*/*.lease")):
-        is_stale, who = _lease_is_stale(marker, lease)
+        is_stale, who = lease_is_stale(marker, lease, now=_now())
         if is_stale:
             stale.append(who)
     if stale:

@@ -84,6 +84,7 @@ from vcache.retry import ProgressWatch
 from vcache.signing import SignatureCheck, SignatureMethod
 from vcache.signing import prepare as prepare_signature
 from vcache.transfer import FetchResult, FetchSpec, Transfer
+from vcache.usage import use
 from vcache.verify import (
     attach_repo_findings,
     blob_not_regular,
@@ -228,13 +229,22 @@ def pull(
         repo_type=repo_type,
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
-    if settings.offline:
-        return _pull_offline(
-            repo, revision, allow_patterns, ignore_patterns, files, opts.strict, opts.allow_imports, signature
-        )
-    puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature)
-    with _ticking(puller.watch):
-        return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
+    # Registered before anything is read, so gc leaves the repo's revisions and blobs alone (see usage).
+    with use(repo_id, revision, cache_dir=settings.cache_dir, repo_type=settings.repo_type):
+        if settings.offline:
+            return _pull_offline(
+                repo,
+                revision,
+                allow_patterns,
+                ignore_patterns,
+                files,
+                opts.strict,
+                opts.allow_imports,
+                signature,
+            )
+        puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature)
+        with _ticking(puller.watch):
+            return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
 
 
 #: How often (real seconds) a pull asks its watch whether a "waiting for …" line is due.

@@ -251,9 +251,15 @@ def _copy_out(entry: QuarantineEntry, to: str) -> Path:
     return dest
 
 
-def purge(cache_dir: Path, qid: str | None = None) -> list[str]:
-    """Delete one entry (``qid``) or, with ``qid=None``, all of them; returns the ids deleted."""
+def purge(
+    cache_dir: Path, qid: str | None = None, *, older_than: float | None = None, now: float | None = None
+) -> list[str]:
+    """Delete one entry (``qid``) or, with ``qid=None``, all of them, or with ``older_than`` only those
+    quarantined at least that many seconds ago (``now``: the current time); returns the ids deleted."""
     entries = [find_entry(cache_dir, qid)] if qid is not None else list_entries(cache_dir)
+    if older_than is not None:
+        at = time.time() if now is None else now
+        entries = [e for e in entries if at - e.quarantined_at >= older_than]
     for e in entries:
         shutil.rmtree(e.folder)
     return [e.id for e in entries]

@@ -113,7 +113,50 @@ def from_pretrained(
     their pickle imports must be one ``torch.load(weights_only=True)`` accepts, else the file fails
     (``pickle.unsafe_import``, with or without ``strict``) and nothing is loaded. ``allow_imports``
     (``module.name`` entries) widens that list for a repo you trust.
+    The load registers its use of the repo (:func:`vcache.use`) from the pull until ``cls.from_pretrained``
+    returns, so ``vcache gc`` and ``vcache rm`` leave it alone meanwhile.
     """
+    from vcache.usage import use
+
+    with use(repo_id, revision, cache_dir=cache_dir):
+        return _verified_load(
+            cls,
+            repo_id,
+            revision=revision,
+            strict=strict,
+            check_after_load=check_after_load,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            max_workers=max_workers,
+            verify_signature=verify_signature,
+            allow_imports=allow_imports,
+            **kwargs,
+        )
+
+
+def _verified_load(
+    cls: Any,
+    repo_id: str,
+    *,
+    revision: str | None,
+    strict: bool,
+    check_after_load: bool,
+    cache_dir: str | Path | None,
+    endpoint: str | None,
+    token: str | bool | None,
+    local_files_only: bool,
+    allow_patterns: str | Sequence[str] | None,
+    ignore_patterns: str | Sequence[str] | None,
+    max_workers: int | None,
+    verify_signature: str | SignatureMethod | None,
+    allow_imports: Collection[str],
+    **kwargs: Any,
+) -> Any:
+    """:func:`from_pretrained`'s steps, while its use is registered."""
     if not callable(getattr(cls, "from_pretrained", None)):
         raise UsageError(
             f"{cls!r} has no from_pretrained method; pass a transformers class such as "
