@@ -44,7 +44,6 @@ from vcache.config import (
     TransferSettings,
     give_up_seconds,
     resolve_settings,
-    resolve_transfer_settings,
 )
 from vcache.errors import (
     CacheNotWritable,
@@ -227,6 +226,7 @@ def pull(
         local_files_only=local_files_only,
         max_workers=max_workers,
         repo_type=repo_type,
+        transfer=opts.transfer,
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
     # Registered before anything is read, so gc leaves the repo's revisions and blobs alone (see usage).
@@ -371,7 +371,7 @@ class _Puller:
         self.ledger = Ledger(repo.ledger_dir)
         self.read_only = False
         # One give-up budget for the whole pull: its Hub calls and every file's connections share it.
-        self.transfer_settings = opts.transfer if opts.transfer is not None else resolve_transfer_settings()
+        self.transfer_settings = settings.transfer
         self.watch: ProgressWatch = self.transfer_settings.watch or ProgressWatch(
             give_up_seconds(), clock=self.transfer_settings.clock, notify=self._waiting
         )
