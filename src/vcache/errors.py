@@ -7,6 +7,7 @@ huggingface_hub's class for that case (in brackets), so code written for those k
 
     VcacheError
     ├── UsageError(ValueError)             bad arguments (CLI exit 2)
+    │   └── InvalidRepoId                  not ``name`` or ``org/name`` [HFValidationError]
     ├── HubError(OSError)                  the Hub answered, and the answer is "no" (CLI exit 3)
     │   ├── RepoNotFound                   [RepositoryNotFoundError]
     │   ├── RevisionNotFound               [RevisionNotFoundError]
@@ -98,6 +99,10 @@ class UsageError(VcacheError, ValueError):
         self.allow_patterns = allow_patterns
         self.ignore_patterns = ignore_patterns
         self._keep(revision=revision, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+
+
+class InvalidRepoId(UsageError, _hf.HFValidationError):
+    """A repo id that is not ``name`` or ``org/name`` by huggingface_hub's rules, refused before any request."""
 
 
 class HubError(VcacheError, OSError):
