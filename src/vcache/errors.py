@@ -22,7 +22,9 @@ huggingface_hub's class for that case (in brackets), so code written for those k
     │   ├── DiskFull                       ENOSPC / EDQUOT / RLIMIT_FSIZE, or the free-space pre-check
     │   └── CacheNotWritable               read-only cache or permission denied
     ├── IntegrityError(ValueError)         bytes arrived, but they are not the publisher's (CLI exit 1)
-    │   └── VerificationFailed             a file failed its checks; carries the findings
+    │   ├── VerificationFailed             a file failed its checks; carries the findings
+    │   └── BadBundle                      a bundle is truncated, altered, or holds unsafe names or links;
+    │                                      nothing of it was published (``vcache import``)
     ├── UnsafePath(ValueError)             a server-supplied path would escape the cache
     ├── LockTimeout(TimeoutError)          a bounded wait for a lock or lease ran out
     └── IncompleteSnapshot(OSError)        offline and the cache does not hold the whole snapshot
@@ -154,6 +156,11 @@ class VerificationFailed(IntegrityError):
         self.findings = tuple(findings)
 
 
+class BadBundle(IntegrityError):
+    """A bundle was refused (truncated, altered, unsafe names or links, not a vcache bundle); nothing of it was
+    published. ``bundle`` names it."""
+
+
 class UnsafePath(VcacheError, ValueError):
     """A path from the server would escape the target directory or is otherwise unsafe."""
 
@@ -179,6 +186,7 @@ class VcacheWarning(UserWarning):
 
 __all__ = [
     "AuthError",
+    "BadBundle",
     "CacheNotWritable",
     "DiskFull",
     "EntryNotFound",
