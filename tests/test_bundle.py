@@ -212,6 +212,21 @@ def test_export_piped_into_import_through_two_processes(source: Path, tmp_path: 
     assert done.returncode == 0, done.stdout.decode()
 
 
+def test_export_to_a_reader_that_goes_away_exits_3_with_one_line(source: Path) -> None:
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "vcache", "export", REPO, "-o", "-", "--cache-dir", str(source), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert exporter.stdout is not None and exporter.stderr is not None
+    assert exporter.stdout.read(512)  # the bundle (1.6 MiB) does not fit in the pipe: the exporter waits
+    exporter.stdout.close()
+    err = exporter.stderr.read().decode()
+    assert exporter.wait(timeout=60) == 3
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "reader closed the pipe" in lines[0] and "Traceback" not in err, err
+
+
 def test_importing_the_same_bundle_twice_does_no_work_the_second_time(bundle: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     first = import_bundle(io.BytesIO(bundle.read_bytes()), cache_dir=dest)

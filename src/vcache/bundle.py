@@ -39,7 +39,7 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -90,8 +90,8 @@ IMPORT_CHUNK = 256 << 10
 #: tarfile's stream buffer and copy size when writing: it concatenates bytes objects, which costs several
 #: times more per byte with larger chunks.
 EXPORT_CHUNK = 64 << 10
-#: Chunks an import may hold between reading and writing them (4 MiB).
-SPOOL_CHUNKS = 16
+#: Chunks an import's hashing or writing thread may lag behind its reading (4 MiB).
+QUEUED_CHUNKS = 16
 #: An import starts a background ``fdatasync`` of the file it writes every this many bytes.
 SYNC_EVERY = 64 << 20
 
@@ -550,36 +550,42 @@ def write_bundle(plan: ExportPlan, out: Sink, *, progress: Progress | None = Non
     progress.planned(plan.size, len(plan.sources))
     now = int(time.time())
     manifest = json.dumps(plan.manifest.to_json(), indent=1).encode()
-    # tarfile's stream mode only ever calls ``write`` on ``out``
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=EXPORT_CHUNK) as tar:  # type: ignore[call-overload]
-        tar.copybufsize = EXPORT_CHUNK
-        tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest), 0o644, now), io.BytesIO(manifest))
-        for member, (source, size) in plan.sources.items():
-            try:
-                fd = os.open(source, os.O_RDONLY)
-            except OSError as exc:
-                raise translate_os_error(exc, f"reading {source}") from exc
-            try:
-                if os.fstat(fd).st_size != size:
-                    raise OSError("it changed size")
-                with io.BufferedReader(_Metered(fd, progress), EXPORT_CHUNK) as reader:
-                    tar.addfile(_tarinfo(member, size, 0o444, now), reader)
-            except BrokenPipeError as exc:
-                raise TransferError(
-                    "the bundle's reader closed the pipe before the end; the bundle is incomplete (an import "
-                    "refuses it). See the reader's own error, then export again"
-                ) from exc
-            except OSError as exc:
-                if exc.errno is not None:  # the disk or the output: say which, as for any write
-                    raise translate_os_error(exc, f"exporting {source}") from exc
-                raise TransferError(
-                    f"{source} changed while it was being exported ({exc}); the bundle is incomplete (an import "
-                    "refuses it). Run `vcache verify` on its repo, then export again",
-                    path=str(source),
-                ) from exc
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+    try:
+        # tarfile's stream mode only ever calls ``write`` on ``out``
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=EXPORT_CHUNK) as tar:  # type: ignore[call-overload]
+            tar.copybufsize = EXPORT_CHUNK
+            tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest), 0o644, now), io.BytesIO(manifest))
+            for member, (source, size) in plan.sources.items():
+                _add_blob(tar, _tarinfo(member, size, 0o444, now), source, progress)
+    except BrokenPipeError as exc:
+        raise TransferError(
+            "the bundle's reader closed the pipe before the end, so the bundle is incomplete (an import refuses "
+            "it); see the reader's own error, then export again"
+        ) from exc
+
+
+def _add_blob(tar: tarfile.TarFile, info: tarfile.TarInfo, source: Path, progress: Progress) -> None:
+    """Append one blob's bytes as the member ``info`` describes (its size is the verified size)."""
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError as exc:
+        raise translate_os_error(exc, f"reading {source}") from exc
+    try:
+        if os.fstat(fd).st_size != info.size:
+            raise OSError("it changed size")
+        with io.BufferedReader(_Metered(fd, progress), EXPORT_CHUNK) as reader:
+            tar.addfile(info, reader)
+    except OSError as exc:
+        if exc.errno is not None:  # the disk, or the output: said as for any write
+            raise translate_os_error(exc, f"exporting {source}") from exc
+        raise TransferError(  # tarfile says "unexpected end of data" when the file is shorter than its size
+            f"{source} changed while it was being exported ({exc}), so the bundle is incomplete (an import "
+            "refuses it); run `vcache verify` on its repo, then export again",
+            path=str(source),
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def write_bundle_file(
@@ -867,20 +873,31 @@ def _receive_blob(
     _commit, path = blob.uses[0]  # the name decides which checks run
     scan = StreamingCheck(path, blob.size)
     data_path, fd = staging.new_file(repo)
+    writer = _FileWriter(fd)
+
+    def hash_chunk(data: bytes) -> None:
+        hasher.update(data)
+        if sha is not None:
+            sha.update(data)
+
     offset = 0
     try:
-        with _Spool(fd) as spool:
+        # Three threads over the same chunks: this one reads and content-scans, one hashes, one writes (on two
+        # cores, about twice as fast as doing all three in turn).
+        with (
+            _Worker(writer, "vcache-import-write") as write,
+            _Worker(hash_chunk, "vcache-import-hash") as hash_,
+        ):
             for data in _chunks(tar, member):
-                spool.write(data)  # written by the spool's thread while this one hashes and scans
-                hasher.update(data)
-                if sha is not None:
-                    sha.update(data)
+                write.put(data)
+                hash_.put(data)
                 scan.feed(offset, data)
                 offset += len(data)
                 progress.advance(len(data))
     except OSError as exc:
         raise translate_os_error(exc, f"importing {blob.repo.repo_id}: {path}") from exc
     finally:
+        writer.close()
         os.close(fd)
     actual = hasher.digest()
     judgement = judge(
@@ -907,26 +924,24 @@ def _receive_blob(
     return _Received(data_path, judgement, findings, str(actual))
 
 
-class _Spool:
-    """Writes one file's chunks, in order, from a thread of its own: the disk write then runs while the next
-    chunk is hashed and scanned (hashlib and the write both release the GIL), so with two cores an import takes
-    about as long as its hashing. Every :data:`SYNC_EVERY` bytes it also starts an ``fdatasync`` in the
-    background, so the fsync before publishing finds little left to write. A write error is raised by the next
-    :meth:`write` or by leaving the block."""
+class _Worker:
+    """Calls ``consume`` on every chunk given to :meth:`put`, in order, from a thread of its own, so that the
+    work (a hash, a disk write: both release the GIL) runs while the reading thread goes on. The first
+    :class:`OSError` it raises is raised again by the next :meth:`put` or on leaving the block; chunks after it
+    are taken and dropped, so the reading thread never blocks on a worker that stopped."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SPOOL_CHUNKS)
+    def __init__(self, consume: Callable[[bytes], object], name: str) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
         self._error: OSError | None = None
-        self._sync: threading.Thread | None = None
-        self._thread = threading.Thread(target=self._run, name="vcache-import-write", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> _Spool:
+    def __enter__(self) -> _Worker:
         self._thread.start()
         return self
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` to be written after everything queued before it."""
+    def put(self, data: bytes) -> None:
+        """Queue ``data`` after everything queued before it."""
         if self._error is not None:
             raise self._error
         self._queue.put(data)
@@ -934,28 +949,41 @@ class _Spool:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._queue.put(None)
         self._thread.join()
-        if self._sync is not None:
-            self._sync.join()
         if self._error is not None and exc_type is None:
             raise self._error
 
     def _run(self) -> None:
-        written = synced = 0
         while (data := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep taking chunks so the reader never blocks; it raises at its next write
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-            except OSError as exc:
-                self._error = exc
-                continue
-            written += len(data)
-            if written - synced >= SYNC_EVERY and (self._sync is None or not self._sync.is_alive()):
-                synced = written
-                self._sync = threading.Thread(target=_datasync, args=(self._fd,), name="vcache-import-sync")
-                self._sync.start()
+            if self._error is None:
+                try:
+                    self._consume(data)
+                except OSError as exc:
+                    self._error = exc
+
+
+class _FileWriter:
+    """Appends chunks to an open file and, every :data:`SYNC_EVERY` bytes, starts an ``fdatasync`` in the
+    background, so that the fsync before publishing finds little left to write. :meth:`close` waits for it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._written = self._synced = 0
+        self._sync: threading.Thread | None = None
+
+    def __call__(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._written += len(data)
+        if self._written - self._synced >= SYNC_EVERY and (self._sync is None or not self._sync.is_alive()):
+            self._synced = self._written
+            self._sync = threading.Thread(target=_datasync, args=(self._fd,), name="vcache-import-sync")
+            self._sync.start()
+
+    def close(self) -> None:
+        """Wait for the background ``fdatasync`` (the file descriptor is closed next)."""
+        if self._sync is not None:
+            self._sync.join()
 
 
 def _datasync(fd: int) -> None:
