@@ -14,6 +14,7 @@ from vcache._version import __version__
 from vcache.api import verify
 from vcache.errors import (
     AuthError,
+    BadBundle,
     CacheNotWritable,
     DiskFull,
     EntryNotFound,
@@ -60,6 +61,7 @@ def load_model(repo_id: str, **kwargs: _Any) -> _Any:
 
 __all__ = [
     "AuthError",
+    "BadBundle",
     "CacheNotWritable",
     "Digest",
     "DiskFull",

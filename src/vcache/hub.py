@@ -108,6 +108,7 @@ def validate_repo_path(path: str) -> str:
             f"refusing server-supplied path {path!r}: {reason}. Nothing was written; "
             "the repo listing is malformed or hostile.",
             path=path,
+            reason=reason,
         )
     return path
 

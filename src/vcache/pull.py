@@ -56,6 +56,7 @@ from vcache.errors import (
     VcacheError,
     VerificationFailed,
 )
+from vcache.hashing import Digest
 from vcache.hub import (
     COMMIT_RE,
     HubClient,
@@ -68,7 +69,7 @@ from vcache.hub import (
 )
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
-from vcache.quarantine import quarantine_file
+from vcache.quarantine import QuarantineEntry, quarantine_file
 from vcache.report import (
     NOT_FETCHED,
     FileReport,
@@ -647,30 +648,16 @@ class _Puller:
                 )
             kind = entry_kind(blob)
             if kind not in (None, "file"):
-                self._set_aside(commit, f, blob, kind)
+                self._set_aside(commit, f, kind)
             elif kind == "file" and not self.force:
                 settled = self._adopt_existing_blob(commit, f, blob)
                 if settled is not None:
                     return settled
             return self._download(transfer, commit, f)
 
-    def _set_aside(self, commit: str, f: RemoteFile, blob: Path, kind: str) -> None:
-        """A blob that is not a regular file (a symlink, maybe to outside the cache; a directory): never
-        followed or trusted. It is quarantined as it is (the link itself moves; whatever it points to is left
-        alone) and the file is fetched again."""
-        finding = blob_not_regular(self.repo, f.path, f.etag, kind)
-        self.repo.unlink(commit, f.path)  # no reader gets what it leads to meanwhile
-        entry = quarantine_file(
-            self.repo,
-            blob,
-            path=f.path,
-            commit=commit,
-            etag=f.etag,
-            expected_digest=str(f.digest),
-            actual_digest=None,
-            findings=[finding],
-            source="cache",
-        )
+    def _set_aside(self, commit: str, f: RemoteFile, kind: str) -> None:
+        """A blob that is not a regular file: set aside (:func:`set_aside_blob`) and the file fetched again."""
+        entry = set_aside_blob(self.repo, commit, f.path, f.etag, f.digest, kind)
         self.progress.message(
             f"{f.path}: its blob is a {kind}, not a regular file; set aside as {entry.id}, fetching again"
         )
@@ -842,13 +829,17 @@ class _Puller:
     ) -> FileReport:
         repo = self.repo
         findings = judgement.findings
-        blob = repo.publish_blob(result.data_path, f.etag)
-        try:
-            self.ledger.record(
-                f.etag, blob, str(result.actual), findings, format=judgement.format, checks=judgement.checks
-            )
-        except OSError as exc:
-            raise translate_os_error(exc, f"recording {f.path}") from exc
+        publish_verified(
+            repo,
+            self.ledger,
+            result.data_path,
+            f.etag,
+            str(result.actual),
+            findings,
+            f.path,
+            format=judgement.format,
+            checks=judgement.checks,
+        )
         repo.link(commit, f.path, f.etag)
         return FileReport(
             f.path,
@@ -868,6 +859,52 @@ def _naming(path: str, exc: BaseException) -> str:
     """``<path>: <error>``, without naming the path twice when the error's message already starts with it."""
     text = str(exc)
     return text if text.startswith(f"{path}: ") else f"{path}: {text}"
+
+
+def set_aside_blob(
+    repo: CacheRepo, commit: str, path: str, etag: str, expected: Digest, kind: str
+) -> QuarantineEntry:
+    """Quarantine ``blobs/<etag>`` when it is not a regular file (a symlink, maybe to outside the cache; a
+    directory), so a verified copy can take its place: never followed or trusted, it is moved as it is (the
+    link itself moves; whatever it points to is left alone), and ``path``'s snapshot entry is removed first
+    so no reader gets what it leads to meanwhile."""
+    finding = blob_not_regular(repo, path, etag, kind)
+    repo.unlink(commit, path)
+    return quarantine_file(
+        repo,
+        repo.blob_path(etag),
+        path=path,
+        commit=commit,
+        etag=etag,
+        expected_digest=str(expected),
+        actual_digest=None,
+        findings=[finding],
+        source="cache",
+    )
+
+
+def publish_verified(
+    repo: CacheRepo,
+    ledger: Ledger,
+    data_path: Path,
+    etag: str,
+    actual: str,
+    findings: Sequence[Finding],
+    path: str,
+    *,
+    format: str | None = None,
+    checks: Sequence[str] = (),
+) -> Path:
+    """Publish bytes that passed their judgement as ``blobs/<etag>`` and record the verification in the
+    ledger (``actual`` is the digest they hashed to); returns the blob path. ``path`` names the file in
+    errors; ``format`` and ``checks`` are what the judgement recognised and ran. Linking it into a snapshot is
+    the caller's next step."""
+    blob = repo.publish_blob(data_path, etag)
+    try:
+        ledger.record(etag, blob, actual, findings, format=format, checks=checks)
+    except OSError as exc:
+        raise translate_os_error(exc, f"recording {path}") from exc
+    return blob
 
 
 def _damage_summary(findings: Sequence[Finding]) -> str:
