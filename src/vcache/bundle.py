@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from vcache._version import __version__
-from vcache.cache import CacheRepo, entry_kind, translate_os_error
+from vcache.cache import CacheRepo, entry_kind, translate_os_error, written_in_place
 from vcache.checks import StreamingCheck
 from vcache.checks.judge import Judgement, digest_mismatch, judge, parsed_headers
 from vcache.config import REPO_TYPES, default_cache_dir
@@ -592,8 +592,19 @@ def write_bundle_file(
     plan: ExportPlan, path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> None:
     """Write the bundle to the file ``path`` whole or not at all: into a temporary file beside it, fsynced, then
-    renamed over ``path``. :class:`UsageError` when ``path``'s folder does not exist."""
+    renamed over ``path``. :class:`UsageError` when ``path``'s folder does not exist. A device or a fifo
+    (``-o /dev/null``) is written into, never replaced (:func:`~vcache.cache.written_in_place`)."""
     target = Path(path)
+    if written_in_place(target):
+        try:
+            fd = os.open(target, os.O_WRONLY)
+            try:
+                write_bundle(plan, FdSink(fd), progress=progress)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise translate_os_error(exc, f"writing {path}") from exc
+        return
     if not target.parent.is_dir():
         raise UsageError(f"-o {path}: the folder {target.parent} does not exist; create it first")
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")

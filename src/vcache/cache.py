@@ -78,6 +78,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def written_in_place(path: str | os.PathLike[str]) -> bool:
+    """Whether an output at ``path`` must be written into rather than replaced: a device, a fifo or a socket
+    (``-o /dev/null``, ``--to /dev/stdout``, a named pipe). Outputs are otherwise written to a temporary file and
+    renamed over ``path``, and a rename over ``/dev/null``, run as root, would leave a regular file there for
+    every process on the machine."""
+    return entry_kind(path) not in (None, "file", "symlink", "directory")
+
+
 def entry_kind(path: str | os.PathLike[str]) -> str | None:
     """What is at ``path``, symlinks not followed: None when nothing is, ``"file"`` for a regular file, else
     ``"symlink"``, ``"directory"``, ``"fifo"``, ``"socket"``, ``"device"`` or ``"special file"``.

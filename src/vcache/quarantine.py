@@ -27,6 +27,7 @@ from vcache.cache import (
     read_state,
     translate_os_error,
     write_atomic,
+    written_in_place,
 )
 from vcache.errors import DiskFull, TransferError, UsageError
 from vcache.ledger import Ledger
@@ -226,6 +227,15 @@ def _copy_out(entry: QuarantineEntry, to: str) -> Path:
         raise UsageError(f"--to {to}: the folder {target.parent} does not exist; create it first")
     else:
         dest = target
+    if written_in_place(dest):  # a device or a fifo (--to /dev/stdout): written into, never replaced
+        try:
+            with open(entry.data, "rb") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out)
+        except OSError as exc:
+            raise TransferError(
+                f"cannot copy {entry.path} to {dest} ({exc.strerror or exc})", path=entry.path
+            ) from exc
+        return dest
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
     try:
         shutil.copyfile(entry.data, tmp)
