@@ -83,6 +83,17 @@ def resolve_token(token: str | bool | None) -> str | None:
     return get_token()
 
 
+def resolve_lock_path(lock: str | os.PathLike[str] | None) -> Path | None:
+    """The lockfile a pull applies: the argument, else ``VCACHE_LOCK``, else none.
+
+    Only the path is resolved here; reading and checking the file is :mod:`vcache.lockfile`'s business.
+    """
+    if lock is not None:
+        return Path(lock).expanduser()
+    value = os.environ.get("VCACHE_LOCK", "").strip()
+    return Path(os.path.expandvars(os.path.expanduser(value))) if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a pull needs to know about its environment, resolved once."""

@@ -12,9 +12,10 @@ anything other than through ``vcache.pull``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vcache.errors import UsageError
 from vcache.integrations.transformers._after_load import _scanned_by_pull, check_loaded_model
@@ -30,6 +31,9 @@ from vcache.integrations.transformers._messages import (
 )
 from vcache.integrations.transformers._remembered import _RememberedVerdict
 from vcache.report import Finding, Severity
+
+if TYPE_CHECKING:
+    from vcache.lockfile import Lock
 
 #: Files a transformers (PyTorch) load never reads; skipped by default so that, e.g., Llama's ``original/``
 #: consolidated checkpoint is not downloaded twice. Pass ``ignore_patterns=()`` to fetch everything.
@@ -74,6 +78,7 @@ def from_pretrained(
     allow_patterns: str | Sequence[str] | None = None,
     ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
     max_workers: int | None = None,
+    lock: str | os.PathLike[str] | Lock | None = None,
     **kwargs: Any,
 ) -> Any:
     """Pull and verify ``repo_id``, refuse anything incomplete or damaged, then ``cls.from_pretrained`` it.
@@ -100,6 +105,11 @@ def from_pretrained(
     By default files that a PyTorch load never reads (:data:`DEFAULT_IGNORE_PATTERNS`; for tokenizers,
     configs and processors also the weight files, :data:`WEIGHT_PATTERNS`) are not fetched; pass
     ``ignore_patterns=None`` to fetch every file of the revision.
+
+    ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``) pins the load to
+    the lock's commit and bytes: step 1 pulls the locked commit and checks every file against the lock's
+    sha256 (offline: the cache against the lock), so a cache or server that does not match the lock is
+    refused with ``VerificationFailed`` before transformers reads a weight.
     """
     if not callable(getattr(cls, "from_pretrained", None)):
         raise UsageError(
@@ -126,6 +136,7 @@ def from_pretrained(
         strict=False,  # strictness decides what we load, not what pull quarantines
         max_workers=max_workers,
         force_download=force_download,
+        lock=lock,
     )
     where = _describe_source(repo_id, report)
     cls_name = getattr(cls, "__name__", repr(cls))
