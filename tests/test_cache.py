@@ -12,7 +12,7 @@ import pytest
 import vcache.cache
 from vcache.cache import CacheRepo, iter_repo_folders, read_state
 from vcache.hashing import git_blob_sha1
-from vcache.ledger import Ledger, StatToken, entry_state
+from vcache.ledger import EntryState, Ledger, StatToken, entry_state, states_from_json
 from vcache.report import warn
 
 
@@ -128,6 +128,26 @@ def test_ledger_notices_bytes_changed_in_place_with_the_mtime_put_back(cache_dir
     assert (os.stat(blob).st_size, os.stat(blob).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     assert ledger.lookup(etag, blob) is None
     assert entry_state(link) != before  # the derived records (snapshot, transformers verdicts) see it too
+
+
+def test_entry_state_reads_back_from_a_record_as_written(cache_dir: Path) -> None:
+    """A state is stored as the JSON list of its fields (the form records have always had) and reads back equal."""
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "c" * 40
+    etag = _publish(repo, commit, "w.bin", b"x" * 100)
+    link = repo.snapshot_dir(commit) / "w.bin"
+    state = entry_state(link)
+    assert state is not None and state.link == os.readlink(link) and state.regular
+    blob = os.stat(repo.blob_path(etag))
+    as_written = [state.link, blob.st_ino, blob.st_size, blob.st_mtime_ns, blob.st_ctime_ns, True]
+    assert json.loads(json.dumps(state)) == as_written
+    assert EntryState.from_json(as_written) == state and EntryState.from_json(None) is None
+    assert states_from_json({"w.bin": as_written, "gone": None}) == {"w.bin": state, "gone": None}
+    for bad in ([1, 2], "x", [None, "1", 1, 1, 1, True], [None, 1, 1, 1, 1, 1], {"a": 1}):
+        with pytest.raises(ValueError):
+            EntryState.from_json(bad)
+    with pytest.raises(ValueError):
+        states_from_json([as_written])
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
@@ -318,3 +338,14 @@ def test_a_tree_file_naming_entries_outside_the_repo_folder_is_not_used(
         (repo.root / "trees" / f"{commit}.json").write_text(json.dumps(doc))
     assert repo.read_tree("c" * 40) is None
     assert repo.read_tree("d" * 40) == {"ok.txt": (1, "e" * 40, None)}
+
+
+def test_a_tree_file_deleted_since_it_was_read_reads_as_absent(cache_dir: Path) -> None:
+    """huggingface_hub keeps every listing it read in memory; a file deleted since (by gc) is absent all the same."""
+    repo = CacheRepo(cache_dir, "acme/tiny")
+    commit = "f" * 40
+    repo.ensure_layout()
+    repo.write_tree(commit, {"a.txt": (3, git_blob_sha1(b"abc"), None)})
+    assert repo.read_tree(commit) == {"a.txt": (3, git_blob_sha1(b"abc"), None)}
+    repo.tree_path(commit).unlink()
+    assert repo.read_tree(commit) is None

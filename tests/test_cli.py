@@ -8,12 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from transfer_helpers import KiB, MiB, blob, closed_endpoint, silent_server
 from vcache.api import verify
 from vcache.cache import CacheRepo
 from vcache.cli import main
@@ -23,7 +25,7 @@ from vcache.partial import PartialMeta, RangeSet, open_partial
 from vcache.pull import pull
 from vcache.quarantine import quarantine_file
 from vcache.report import human_bytes
-from vcache.testing.hub import Fault, HubServer
+from vcache.testing.hub import Fault, HubServer, Repo
 from vcache.testing.models import repo_from_folder
 
 REPO = "acme/tiny-llama"
@@ -466,3 +468,93 @@ def test_quarantine_restore_to_folders_and_bad_targets(cache_dir: Path, tmp_path
     res = restore_to(str(out))
     assert res.returncode == 3 and "quarantined bytes" in one_error_line(res)
     assert list(out.iterdir()) == []
+# -- a Hub that stops answering: exit 3 within the give-up budget, after a line saying what vcache waits for --
+
+GIVE_UP = 3.0
+#: What a run may take beyond the budget: interpreter start-up and imports (~1 s), the last attempt's grace.
+MARGIN = 4.0
+
+
+def start_cli(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """``python -m vcache ARGS`` in a real process with VCACHE_GIVE_UP_SECONDS=3; (process, stdout, stderr)."""
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    full = {**os.environ, "VCACHE_GIVE_UP_SECONDS": str(GIVE_UP), **env}
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "vcache", *args], env=full, stdout=o, stderr=e)
+    return proc, out, err
+
+
+def assert_gave_up(proc: subprocess.Popen[bytes], out: Path, err: Path, since: float, host: str) -> None:
+    """Exit 3 within the budget, the waiting line on stderr first, an error naming the setting, no traceback."""
+    try:
+        code = proc.wait(timeout=GIVE_UP + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"vcache still running {GIVE_UP + 30:.0f} s later (give-up budget {GIVE_UP:g} s)")
+    elapsed = time.monotonic() - since
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 3, stdout + stderr
+    assert elapsed < GIVE_UP + MARGIN, f"gave up after {elapsed:.1f} s"
+    waiting = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.startswith(f"waiting for {host}")]
+    assert waiting and "giving up in" in waiting[0], stderr
+    assert "VCACHE_GIVE_UP_SECONDS" in stdout + stderr and "Traceback" not in stderr
+
+
+def test_refusing_endpoint_gives_up_within_the_budget(tmp_path: Path, cache_dir: Path) -> None:
+    endpoint = closed_endpoint()
+    started = time.monotonic()
+    proc, out, err = start_cli(
+        tmp_path, "pull", REPO, "--cache-dir", str(cache_dir), env={"HF_ENDPOINT": endpoint}
+    )
+    assert_gave_up(proc, out, err, started, endpoint.removeprefix("http://"))
+    assert (
+        err.read_text().strip().splitlines()[-1].startswith("vcache: error: resolving acme/tiny-llama@main")
+    )
+
+
+def test_api_that_accepts_and_never_answers_gives_up_within_the_budget(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    with silent_server() as srv:
+        started = time.monotonic()
+        env = {"HF_ENDPOINT": srv.endpoint}
+        proc, out, err = start_cli(tmp_path, "pull", REPO, "--cache-dir", str(cache_dir), env=env)
+        assert_gave_up(proc, out, err, started, srv.endpoint.removeprefix("http://"))
+        assert len(srv.requests) >= 1
+
+
+def _bytes_landed(cache_dir: Path) -> bool:
+    return any(p.stat().st_blocks > 0 for p in cache_dir.glob("*/.vcache/partials/*/data"))
+
+
+@pytest.mark.parametrize(
+    ("how", "max_connections"), [("killed", None), ("killed", "2"), ("stalled", None), ("stalled", "2")]
+)
+def test_hub_that_stops_mid_download_gives_up_within_the_budget(
+    tmp_path: Path, cache_dir: Path, how: str, max_connections: str | None
+) -> None:
+    """Six files at once, through 2 or 16 connections: the budget is the pull's, not each file's or part's."""
+    files = {f"w{i}.bin": blob(2 * MiB, seed=i) for i in range(6)}
+    repo = Repo("acme/slow")
+    repo.commit(files)
+    with HubServer([repo], lfs_style="direct", throttle_bps=256 * KiB) as hub:
+        if how == "stalled":  # alive but silent: some bytes, then nothing, and nothing to every retry
+            for path in files:
+                hub.fault(
+                    "acme/slow", path, Fault.stall(after=64 * KiB, seconds=60), Fault.stall(0, 60, times=None)
+                )
+        env = {"HF_ENDPOINT": hub.endpoint}
+        if max_connections:
+            env["VCACHE_MAX_CONNECTIONS"] = max_connections
+        started = time.monotonic()
+        proc, out, err = start_cli(tmp_path, "pull", "acme/slow", "--cache-dir", str(cache_dir), env=env)
+        deadline = time.monotonic() + 20
+        while not _bytes_landed(cache_dir) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _bytes_landed(cache_dir), err.read_text()
+        if how == "killed":
+            hub.stop()
+            started = time.monotonic()
+        assert_gave_up(proc, out, err, started, hub.endpoint.removeprefix("http://"))
+    assert "ERROR w" in out.read_text()  # the table names the files that could not be fetched

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vcache.hashing import Digest, StreamHasher, git_blob_sha1, hash_file
+from vcache.hashing import Digest, StreamHasher, git_blob_sha1, hash_file, sha256_of_git_file
 
 
 def test_git_blob_sha1_matches_git(tmp_path: Path) -> None:
@@ -33,3 +33,13 @@ def test_digest_parse_and_validate() -> None:
         Digest("sha256", "xyz")
     with pytest.raises(ValueError):
         Digest.parse("md5:" + "a" * 32)
+
+
+def test_sha256_of_a_git_file_checks_its_blob_id_on_the_same_read(tmp_path: Path) -> None:
+    data = b'{"hidden_size": 64}\n' * 10
+    p = tmp_path / "config.json"
+    p.write_bytes(data)
+    blob_id = Digest("gitsha1", git_blob_sha1(data))
+    assert sha256_of_git_file(p, blob_id) == Digest("sha256", hashlib.sha256(data).hexdigest())
+    p.write_bytes(data.replace(b"64", b"65"))  # changed since it was verified: no sha256 is vouched for
+    assert sha256_of_git_file(p, blob_id) is None

@@ -1,12 +1,15 @@
-"""Hub client pieces: path safety, listing parsing, origins, error mapping, and answers that are not the API's."""
+"""Hub client pieces: path safety, listing parsing, origins, error mapping, answers that are not the API's,
+and how the client gives up on a server that refuses or never answers."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx2
 import pytest
 
+from transfer_helpers import closed_endpoint, silent_server
 from vcache.errors import (
     AuthError,
     EntryNotFound,
@@ -14,6 +17,7 @@ from vcache.errors import (
     HubError,
     RepoNotFound,
     RevisionNotFound,
+    TransferError,
     UnsafePath,
     UsageError,
 )
@@ -27,6 +31,7 @@ from vcache.hub import (
     validate_repo_path,
     validate_revision,
 )
+from vcache.retry import FakeClock, ProgressWatch, RetryPolicy
 from vcache.testing.hub import Fault
 
 SHA1 = "a" * 40
@@ -254,3 +259,51 @@ def test_an_answer_that_is_not_the_api_json_is_a_hub_error_naming_url_and_type(
     message = str(err.value)
     assert f"{hub.endpoint}/api/models/{repo}/" in message and content_type in message
     assert err.value.context["repo_id"] == repo
+# -- giving up on a server that says nothing ------------------------------------------------------------------
+
+
+def test_a_refusing_endpoint_is_given_up_on_after_the_budget_not_the_retry_count() -> None:
+    """The budget ends it, in fake time, however many retries the policy would still allow."""
+    clock = FakeClock()
+    lines: list[str] = []
+    watch = ProgressWatch(10.0, clock=clock, notify=lines.append)
+    endpoint = closed_endpoint()
+    policy = RetryPolicy(total=100, rand=lambda: 0.5)
+    with (
+        HubClient(endpoint, None, clock=clock, watch=watch, policy=policy) as hub,
+        pytest.raises(TransferError) as info,
+    ):
+        hub.resolve_commit("acme/m", None)
+    assert "resolving acme/m@main: gave up after 10 s without progress from 127.0.0.1:" in str(info.value)
+    assert "VCACHE_GIVE_UP_SECONDS" in str(info.value)
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 2.5]  # the last backoff is cut to the budget
+    assert lines and all(ln.startswith(f"waiting for {endpoint.removeprefix('http://')}") for ln in lines)
+    assert "giving up in" in lines[0] and "failed attempts" in lines[0]
+
+
+def test_fail_fast_and_the_retry_after_it_share_one_budget() -> None:
+    clock = FakeClock()
+    watch = ProgressWatch(10.0, clock=clock)
+    with HubClient(closed_endpoint(), None, clock=clock, watch=watch) as hub:
+        with pytest.raises(TransferError):  # HubUnreachable: the caller may answer from its cache
+            hub.resolve_commit("acme/m", None, fail_fast=True)
+        clock.advance(10.0)  # the caller took its time before asking again: the silence goes on
+        with pytest.raises(TransferError, match="gave up after 10 s"):
+            hub.resolve_commit("acme/m", None)
+    assert clock.sleeps == []
+
+
+def test_an_api_that_accepts_and_never_answers_is_given_up_on_within_the_budget() -> None:
+    """The read timeout (30 s) is cut to the budget: one hanging request cannot outlast the pull's patience."""
+    lines: list[str] = []
+    with (
+        silent_server() as srv,
+        HubClient(srv.endpoint, None, watch=ProgressWatch(1.0, notify=lines.append)) as hub,
+    ):
+        started = time.monotonic()
+        with pytest.raises(TransferError, match=r"without progress from 127\.0\.0\.1.*ReadTimeout"):
+            hub.list_files("acme/m", "a" * 40)
+        elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 3.0
+    assert len(srv.requests) == 1
+    assert lines and "listing acme/m@aaaaaaaaaaaa" in lines[0]

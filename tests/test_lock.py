@@ -152,8 +152,9 @@ def _valid_lock_text() -> str:
         ('path = "w.bin"', 'path = "../../outside"', "escape"),
         ('path = "w.bin"', 'path = "/etc/passwd"', "escape"),
         ("exclude = []", 'exclude = []\nsigned = "yes"', "unknown key"),
+        ("exclude = []", 'exclude = []\nsignature = "pgp:me"', "is not a METHOD"),
     ],
-    ids=["version", "sha256", "duplicate-path", "dotdot-path", "absolute-path", "unknown-key"],
+    ids=["version", "sha256", "duplicate-path", "dotdot-path", "absolute-path", "unknown-key", "signature"],
 )
 def test_an_invalid_lockfile_is_refused_with_exit_2_naming_it(
     tmp_path: Path, old: str, new: str, needle: str
@@ -178,6 +179,7 @@ def test_the_lockfile_round_trips_names_that_need_escaping() -> None:
         "b" * 40,
         include=('we"ird\\*', "ünï/*"),
         files=(LockedFile('dir/a "quoted" näme #1.txt', 0, "2" * 64),),
+        signature='key:keys/pub "1".pem',
     )
     lock = Lock((entry,))
     assert Lock.parse(lock.render()) == lock
@@ -462,3 +464,97 @@ def test_a_cached_blob_is_trusted_under_a_lock_only_when_its_verified_sha256_is_
     assert files[SHARD1]["cached"] and files[SHARD1]["verdict"] == "ok"  # these match the lock: not fetched
     assert {r.file_path for r in hub.body_requests(REPO)} == {"config.json"}
     assert served.read_bytes() == config  # the snapshot the plain pull made is left as it was
+
+
+# -- signatures ------------------------------------------------------------------------------------------------
+
+
+def test_a_lock_made_with_a_signature_method_requires_it_in_every_locked_pull(
+    llama_folder: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("model_signing", reason="needs the signing extra: pip install 'vcache[signing]'")
+    import shutil
+
+    from test_signing import REPO as SIGNED  # (test_signing imports model_signing: skipped above without it)
+    from test_signing import key_method, make_key, sign_folder
+    from vcache.signing import SIGNATURE_FILE
+
+    publisher, other = make_key(tmp_path, "publisher"), make_key(tmp_path, "other")
+    model = Path(shutil.copytree(llama_folder, tmp_path / "model"))
+    sign_folder(model, key=publisher)
+    method, wrong = key_method(publisher), key_method(other)
+    with HubServer([repo_from_folder(SIGNED, model)]) as hub:
+        env = {"HF_ENDPOINT": hub.endpoint}
+        lockfile, unsigned_lock = tmp_path / "vcache.lock", tmp_path / "unsigned.lock"
+        lock_cli(hub, lockfile, tmp_path / "locking-cache", SIGNED, "--verify-signature", method)
+        (entry,) = Lock.read(lockfile).repos
+        assert entry.signature == method and f'signature = "{method}"' in lockfile.read_text()
+        assert entry.file(SIGNATURE_FILE) is not None  # locked with the other files
+
+        # A locked pull that names no method checks the recorded one, online and offline.
+        cache = tmp_path / "cache"
+        report = pull(SIGNED, endpoint=hub.endpoint, cache_dir=cache, lock=lockfile)
+        assert report.ok, report.to_json()
+        verified = [x for fr in report.files for x in fr.findings if x.code == "signature.verified"]
+        assert verified and verified[0].detail["method"] == method
+        offline = pull(SIGNED, cache_dir=cache, local_files_only=True, lock=lockfile)
+        assert offline.ok and any(x.code == "signature.verified" for fr in offline.files for x in fr.findings)
+        # The same method given again is fine.
+        assert pull(SIGNED, endpoint=hub.endpoint, cache_dir=cache, lock=lockfile, verify_signature=method).ok
+
+        # The recorded method is required: a lock recording another key fails the pull (exit 1, no ref).
+        other_lock = tmp_path / "other.lock"
+        other_lock.write_text(lockfile.read_text().replace(method, wrong))
+        res = run("pull", "--lock", str(other_lock), "--cache-dir", str(tmp_path / "c2"), "-q", env=env)
+        assert res.exit_code == 1, res.output
+        assert "[signature.untrusted]" in res.output
+        assert CacheRepo(tmp_path / "c2", SIGNED).read_ref("main") is None
+
+        # A different --verify-signature than the lock records: exit 2 naming the lock, nothing asked.
+        requests = len(hub.log)
+        done = vcache(
+            "pull",
+            "--lock",
+            str(lockfile),
+            "--verify-signature",
+            wrong,
+            "--cache-dir",
+            str(tmp_path / "c3"),
+            env=env,
+        )
+        assert done.returncode == 2
+        line = one_error_line(done)
+        assert str(lockfile) in line and method in line and wrong in line
+        with pytest.raises(UsageError, match="requires"):
+            pull(
+                SIGNED,
+                endpoint=hub.endpoint,
+                cache_dir=tmp_path / "c3",
+                lock=lockfile,
+                verify_signature=wrong,
+            )
+        assert len(hub.log) == requests and not (tmp_path / "c3").exists()
+
+        # --update re-applies the recorded method, and refuses another one.
+        lock_cli(hub, lockfile, tmp_path / "locking-cache", "--update", SIGNED)
+        assert Lock.read(lockfile).repos[0].signature == method
+        res = run(
+            "lock",
+            "--update",
+            SIGNED,
+            "--verify-signature",
+            wrong,
+            "-o",
+            str(lockfile),
+            "--cache-dir",
+            str(tmp_path / "locking-cache"),
+            "-q",
+            env=env,
+        )
+        assert res.exit_code == 2 and Lock.read(lockfile).repos[0].signature == method
+
+        # A lock without the signature file cannot check a signature: a usage error naming the file.
+        lock_cli(hub, unsigned_lock, tmp_path / "locking-cache", SIGNED, "--exclude", SIGNATURE_FILE)
+        assert Lock.read(unsigned_lock).repos[0].signature is None
+        with pytest.raises(UsageError, match=re.escape(SIGNATURE_FILE)):
+            pull(SIGNED, endpoint=hub.endpoint, cache_dir=cache, lock=unsigned_lock, verify_signature=method)

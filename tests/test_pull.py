@@ -36,6 +36,9 @@ def _blob_names(cache_dir: Path, repo_id: str = REPO) -> set[str]:
 
 def fast_options(**transfer: Any) -> PullOptions:
     """Transfer knobs for tests: short timeouts and a clock that never really sleeps."""
+    from dataclasses import replace
+
+    from vcache.config import resolve_transfer_settings
     from vcache.retry import RetryPolicy
 
     class InstantClock:
@@ -59,7 +62,7 @@ def fast_options(**transfer: Any) -> PullOptions:
         "policy": RetryPolicy(backoff_factor=0.01),
     }
     opts.update(transfer)
-    return PullOptions(transfer=opts)
+    return PullOptions(transfer=replace(resolve_transfer_settings(), **opts))
 
 
 @pytest.mark.parametrize("lfs_style", ["redirect", "direct"])
@@ -258,7 +261,7 @@ def test_503_and_429_are_retried(hub: Any, cache_dir: Path, status: int, retry_a
     statuses = [r.status for r in hub.log if r.file_path == SHARD1 and r.method == "GET"]
     assert statuses.count(status) == 2 and statuses[-1] in (200, 206)
     if retry_after:
-        assert any(s >= retry_after for s in opts.transfer["clock"].sleeps)
+        assert any(s >= retry_after for s in opts.transfer.clock.sleeps)
 
 
 def test_missing_repo_revision_file(hub: Any, cache_dir: Path) -> None:
@@ -473,6 +476,57 @@ def test_the_content_scan_rides_on_the_digest_read(
     assert list(shard.findings) == list(fresh.findings)
 
 
+@pytest.mark.parametrize("fault", ["none", "cut", "range_ignored"])
+def test_the_gguf_content_scan_rides_on_the_digest_read(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """The same for a GGUF file (recognised by its magic, not its name): its header is parsed from the first
+    bytes the download hashes and its tensors are judged from the same buffers, never read again."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    import vcache.checks.gguf
+    from vcache.checks import check_file
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    ffn = rng.standard_normal((2048, 1024), dtype=np.float32)
+    ffn[100:132] = 0  # 128 KiB of zeros, shipped that way by the publisher: warnings naming the tensor
+    writer = GGUFWriter(folder / "model-q4.bin", "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["<s>", "</s>", "hi"] * 1000)
+    writer.add_tensor("blk.0.ffn_down.weight", ffn)
+    q4 = quantize(rng.standard_normal((256, 1024), dtype=np.float32), GGMLQuantizationType.Q4_0)
+    writer.add_tensor("blk.0.attn_q.weight", q4, raw_dtype=GGMLQuantizationType.Q4_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    calls: list[str] = []
+    real = vcache.checks.gguf.scan_gguf
+
+    def spy(path: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(vcache.checks.gguf, "scan_gguf", spy)
+    with HubServer([repo_from_folder("acme/gguf", folder)]) as hub:
+        if fault == "cut":
+            hub.fault("acme/gguf", "model-q4.bin", Fault.drop_after(5 << 20))
+        elif fault == "range_ignored":
+            hub.fault("acme/gguf", "model-q4.bin", Fault.drop_after(3 << 20), Fault.ignore_range())
+        report = pull("acme/gguf", endpoint=hub.endpoint, cache_dir=cache_dir, options=fast_options())
+        assert len(hub.body_requests("acme/gguf", "model-q4.bin")) == (1 if fault == "none" else 2)
+    assert report.ok and calls == []
+    (model,) = report.files
+    assert model.format == "gguf" and model.checks == ("digest", "sniff", "structure", "content")
+    assert [f.code for f in model.findings if f.tensor == "blk.0.ffn_down.weight"]
+    monkeypatch.setattr(vcache.checks.gguf, "scan_gguf", real)
+    fresh = check_file(Path(report.snapshot_path or "") / "model-q4.bin", "model-q4.bin", vouched=True)
+    assert list(model.findings) == list(fresh.findings) and calls == []
+
+
 def test_the_index_check_takes_the_headers_the_judgements_parsed(
     hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -554,6 +608,7 @@ def test_a_shard_that_cannot_be_fetched_is_a_transfer_error_not_a_verification_f
     if killer is not None:
         killer.join()
     assert report.errors and any(e.startswith(f"{SHARD1}:") for e in report.errors)
+    assert not any(e.startswith(f"{SHARD1}: {SHARD1}:") for e in report.errors)  # the path is named once
     assert all({x.code for x in f.findings} == {"transfer.failed"} for f in report.failed)
     assert SHARD1 in {f.path for f in report.failed}
     index = next(f for f in report.files if f.path == "model.safetensors.index.json")

@@ -151,7 +151,7 @@ def test_no_connections_are_added_while_no_cpu_is_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Connections that wait while every CPU is busy wait for a CPU, not for the link: no ramp-up."""
-    from vcache import transfer as tr
+    from vcache.transfer import _ramp as tr
 
     busy = iter(range(0, 10**9, 100))
     monkeypatch.setattr(tr, "_cpu_times", lambda: (0, next(busy)))  # the machine never idles
@@ -575,8 +575,8 @@ def test_a_connection_that_stays_behind_gets_a_clamped_receive_buffer() -> None:
     import http.client
     import socket
 
-    from vcache import transfer as tr
     from vcache.hub import Origin
+    from vcache.transfer import _pool as tr
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

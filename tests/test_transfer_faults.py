@@ -6,8 +6,10 @@ downloads); the second half talks raw bytes from a scripted server for framing f
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,8 @@ from transfer_helpers import (
 )
 from vcache.errors import AuthError, RateLimited, RemoteChanged, RetriesExhausted, TransferError
 from vcache.partial import list_partials
-from vcache.retry import SYSTEM_CLOCK, FakeClock, RetryPolicy
-from vcache.testing.hub import Fault
+from vcache.retry import SYSTEM_CLOCK, FakeClock, ProgressWatch, RetryPolicy
+from vcache.testing.hub import Fault, HubServer, Repo
 from vcache.transfer import FetchResult
 
 DATA = blob(MULTI_SIZE, seed=11)
@@ -172,6 +174,71 @@ def test_persistent_5xx_exhausts_the_budget_naming_the_file_and_cause(served: Se
         PATH in str(info.value) and "HTTP 502" in str(info.value) and "3 failed attempts" in str(info.value)
     )
     assert info.value.reason.startswith("HTTP 502")
+
+
+# -- a server that stops answering: one give-up budget, however many parts, connections and files wait ------
+
+FILES = {f"f{i}.bin": blob(1 * MiB, seed=30 + i) for i in range(4)}
+
+
+@pytest.mark.parametrize("how", ["killed", "headers_then_silence"])
+def test_a_server_that_stops_mid_body_is_given_up_on_within_the_budget(tmp_path: Path, how: str) -> None:
+    """4 files over 2 connections (the rest queue for a slot): all end within the budget, not one by one.
+
+    The retry policy alone would allow 100 attempts per part. Each stall (0.5 s) is shorter than the budget:
+    only if the answers' headers do not count as progress does the silence add up to it.
+    """
+    repo = Repo("acme/four")
+    commit = repo.commit(FILES)
+    with HubServer([repo], lfs_style="direct", throttle_bps=512 * KiB) as hub:
+        if how == "headers_then_silence":  # some bytes, then every answer is headers and nothing more
+            for path in FILES:
+                hub.fault(
+                    "acme/four", path, Fault.stall(after=64 * KiB, seconds=60), Fault.stall(0, 60, times=None)
+                )
+        first_bytes = threading.Event()
+        lines: list[str] = []
+        watch = ProgressWatch(1.5, notify=lines.append)
+        settings: dict[str, Any] = {
+            "clock": SYSTEM_CLOCK,
+            "watch": watch,
+            "policy": RetryPolicy(total=100, backoff_factor=0.05),
+            "stall_timeout": 0.5,
+            "max_connections": 2,
+            "min_multipart_size": 512 * KiB,
+        }
+        with make_transfer(endpoint=hub.endpoint, **settings) as t:
+
+            def one(path: str) -> BaseException | None:
+                spec = spec_for(hub.endpoint, "acme/four", commit, path, FILES[path], lfs=True)
+                try:
+                    t.fetch(spec, tmp_path / path, on_progress=lambda n: first_bytes.set())
+                except RetriesExhausted as exc:
+                    return exc
+                return None
+
+            with ThreadPoolExecutor(len(FILES)) as pool:
+                futures = [pool.submit(one, path) for path in FILES]
+                assert first_bytes.wait(10)
+                if how == "killed":
+                    hub.stop()
+                stopped = time.monotonic()
+                errors = [f.result(timeout=30) for f in futures]
+            elapsed = time.monotonic() - stopped
+    assert all(isinstance(e, RetriesExhausted) and "without progress" in str(e) for e in errors), errors
+    assert elapsed < watch.worst_case + 1.5, f"{elapsed:.1f} s"
+    assert lines and lines[0].startswith(f"waiting for {hub.endpoint.removeprefix('http://')}")
+
+
+def test_a_persistent_503_is_given_up_on_after_the_budget(served: Served, tmp_path: Path) -> None:
+    clock = FakeClock()
+    served.hub.fault("acme/tiny", PATH, Fault.status(503, times=None))
+    watch = ProgressWatch(10.0, clock=clock)
+    policy = RetryPolicy(total=100, rand=lambda: 0.5)
+    with pytest.raises(RetriesExhausted, match=r"gave up after 10 s without progress.*HTTP 503") as info:
+        fetch(served, tmp_path, "single", clock=clock, watch=watch, policy=policy)
+    assert info.value.path == PATH
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 2.5]
 
 
 # -- the remote changed ---------------------------------------------------------------------------------------
@@ -370,6 +437,37 @@ def test_silence_before_the_headers_hits_the_read_timeout(tmp_path: Path) -> Non
     with file_server(silent) as srv:
         result = raw_fetch(srv, tmp_path, read_timeout=0.3)
         assert any("no response within 0.3 s" in e.cause for e in result.retries)
+
+
+def test_the_budget_counts_from_the_last_byte_not_from_headers_or_a_late_write(tmp_path: Path) -> None:
+    """Two pieces of 500 bytes, then silence; every retry gets headers and silence. The second piece waits in
+    the read buffer until the stall timeout hands it over (at ~1 s), yet the silence began when it arrived."""
+    done = threading.Event()
+
+    def stop_after(req: RawRequest, sock: Any) -> bool:
+        start, end = parse_range(req.headers.get("range"), len(RAW))
+        headers = {"Content-Length": str(end - start), "Content-Range": f"bytes {start}-{end - 1}/{len(RAW)}"}
+        sock.sendall(http_response(206, headers))
+        if req.index == 0:
+            time.sleep(0.05)  # the first piece ends one read (a buffer's fill time has passed) ...
+            sock.sendall(RAW[start : start + 500])
+            time.sleep(0.005)  # ... the second starts the next one, which then waits for more
+            sock.sendall(RAW[start + 500 : start + 1000])
+        done.wait(30)
+        return False
+
+    with ScriptedServer(stop_after) as srv:
+        spec = spec_for(srv.endpoint, "a/b", "c" * 40, "raw.bin", RAW, lfs=True)
+        knobs: dict[str, Any] = {"clock": SYSTEM_CLOCK, "watch": ProgressWatch(2.0), "stall_timeout": 1.0}
+        policy = RetryPolicy(total=100, backoff_factor=0.01)
+        with make_transfer(endpoint=srv.endpoint, connections_per_file=1, policy=policy, **knobs) as t:
+            started = time.monotonic()
+            with pytest.raises(RetriesExhausted, match="gave up after 2 s without progress"):
+                t.fetch(spec, tmp_path)
+            elapsed = time.monotonic() - started
+        done.set()
+    assert 1.9 < elapsed < 2.6, f"{elapsed:.2f} s"
+    assert len(srv.requests) >= 2 and srv.requests[1].headers["range"] == f"bytes=1000-{len(RAW) - 1}"
 
 
 def test_content_length_disagreeing_with_content_range_is_retried(tmp_path: Path) -> None:

@@ -282,3 +282,27 @@ def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext] | 
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cafile=str(cert))
     return server, client
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[ScriptedServer]:
+    """A server that accepts every connection, reads the request, and never answers (until the block ends)."""
+    done = threading.Event()
+
+    def never_answer(req: RawRequest, sock: socket.socket) -> bool:
+        done.wait(120)
+        return False
+
+    with ScriptedServer(never_answer) as srv:
+        try:
+            yield srv
+        finally:
+            done.set()
+
+
+def closed_endpoint() -> str:
+    """``http://127.0.0.1:<port>`` where nothing listens: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

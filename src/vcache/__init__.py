@@ -1,6 +1,7 @@
 """vcache: verified, resumable downloads from the Hugging Face Hub into a standard HF cache.
 
-The public API is re-exported here. Importing vcache never imports torch or transformers: the
+The public API is re-exported here; :func:`use` registers a reader of the cache so that ``vcache gc`` and
+``vcache rm`` leave what it reads alone. Importing vcache never imports torch or transformers: the
 transformers integration is loaded on first use of :func:`from_pretrained` / :func:`load_model`.
 """
 
@@ -36,6 +37,7 @@ from vcache.errors import (
 from vcache.hashing import Digest
 from vcache.pull import Progress, hf_hub_download, pull, snapshot_download
 from vcache.report import FileReport, Finding, PullReport, Severity, Verdict
+from vcache.usage import use
 
 # A library never configures logging; the application decides where vcache's records go.
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
@@ -89,5 +91,6 @@ __all__ = [
     "load_model",
     "pull",
     "snapshot_download",
+    "use",
     "verify",
 ]

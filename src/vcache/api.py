@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from vcache.cache import CacheRepo, iter_repo_folders
+from vcache.checks.pickles import parse_allow_imports
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
-from vcache.hub import validate_repo_id, validate_revision
+from vcache.hub import COMMIT_RE, validate_repo_id, validate_revision
 from vcache.lockfile import Lock, read_lock
 from vcache.report import PullReport
+from vcache.usage import use
 from vcache.verify import resolve_cached_commit, verify_locked, verify_path, verify_snapshot
 
 _SNAPSHOT_RE = re.compile(r"^(models|datasets|spaces)--(.+)$")
@@ -40,6 +43,7 @@ def verify(
     cache_dir: str | os.PathLike[str] | None = None,
     deep: bool = False,
     strict: bool = False,
+    allow_imports: Collection[str] = (),
     lock: str | os.PathLike[str] | Lock | None = None,
 ) -> list[PullReport]:
     """Verify each target offline and return one report per target.
@@ -47,6 +51,7 @@ def verify(
     A target is a repo id present in the cache (its ``revision``, default ``main``), a snapshot folder or
     a file inside one (ledger-aware; failing blobs are quarantined), or any other file or folder (structure
     and content only; nothing is moved). No targets: every snapshot of every repo in the cache.
+    ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals (as for ``pull``).
 
     With ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`), each locked repo (the targets: repo
     ids the lock pins; none: all of them) is checked against the lock instead: its locked commit's snapshot
@@ -54,19 +59,28 @@ def verify(
     """
     if revision is not None:
         validate_revision(revision)
+    try:
+        allowed = parse_allow_imports(allow_imports)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if lock is not None:
         if revision is not None:
             raise UsageError(
                 "--revision/revision= cannot be combined with a lockfile: the lock names the commit"
             )
-        return _verify_against_lock(read_lock(lock), targets, repo_type, root, deep=deep, strict=strict)
+        return _verify_against_lock(
+            read_lock(lock), targets, repo_type, root, deep=deep, strict=strict, allow_imports=allowed
+        )
     reports: list[PullReport] = []
     if not targets:
         for rtype, repo_id, _ in iter_repo_folders(root):
             repo = CacheRepo(root, repo_id, rtype)
             for commit in repo.snapshots():
-                reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict))
+                with _use(repo, commit):
+                    reports.append(
+                        verify_snapshot(repo, commit, deep=deep, strict=strict, allow_imports=allowed)
+                    )
         return reports
     for target in targets:
         path = Path(target)
@@ -76,18 +90,33 @@ def verify(
             only = None
             if rel is not None:
                 only = [rel] if not path.is_dir() else _files_under(repo.snapshot_dir(commit), rel)
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, only=only))
+            with _use(repo, commit):
+                reports.append(
+                    verify_snapshot(repo, commit, deep=deep, strict=strict, only=only, allow_imports=allowed)
+                )
         elif path.exists():
-            reports.append(verify_path(path, strict=strict))
+            reports.append(verify_path(path, strict=strict, allow_imports=allowed))
         elif isinstance(target, str) and _is_repo_id(target):
             repo = CacheRepo(root, target, repo_type)
             if not repo.root.is_dir():
                 raise UsageError(f"{target!r} is neither a path nor a repo in the cache at {root}")
-            commit = resolve_cached_commit(repo, revision)
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, revision=revision))
+            with use(target, revision, cache_dir=root, repo_type=repo_type):
+                commit = resolve_cached_commit(repo, revision)
+                reports.append(
+                    verify_snapshot(
+                        repo, commit, deep=deep, strict=strict, revision=revision, allow_imports=allowed
+                    )
+                )
         else:
             raise UsageError(f"{str(target)!r} is neither a path nor a repo id")
     return reports
+
+
+def _use(repo: CacheRepo, commit: str) -> contextlib.AbstractContextManager[object]:
+    """Register the use of a snapshot found on disk (names that could not come from the Hub register nothing)."""
+    if _is_repo_id(repo.repo_id) and COMMIT_RE.fullmatch(commit):
+        return use(repo.repo_id, commit, cache_dir=repo.cache_dir, repo_type=repo.repo_type)
+    return contextlib.nullcontext()
 
 
 def _is_repo_id(target: str) -> bool:
@@ -113,8 +142,10 @@ def _verify_against_lock(
     *,
     deep: bool,
     strict: bool,
+    allow_imports: Collection[str],
 ) -> list[PullReport]:
-    """One report per locked repo (those named in ``targets``, else all), checked against the lock."""
+    """One report per locked repo (those named in ``targets``, else all), checked against the lock, each
+    while its use of the locked commit is registered."""
     entries = []
     for target in targets:
         name = str(target)
@@ -123,5 +154,10 @@ def _verify_against_lock(
     reports = []
     for entry in entries or lock.repos:
         repo = CacheRepo(root, entry.repo_id, entry.repo_type)
-        reports.append(verify_locked(repo, entry, deep=deep, strict=strict, lockfile=lock.where))
+        with use(entry.repo_id, entry.commit, cache_dir=root, repo_type=entry.repo_type):
+            reports.append(
+                verify_locked(
+                    repo, entry, deep=deep, strict=strict, lockfile=lock.where, allow_imports=allow_imports
+                )
+            )
     return reports

@@ -4,11 +4,12 @@
 
     <cache>/CACHEDIR.TAG
     <cache>/.locks/<repo_folder>/<etag>.lock          (huggingface_hub's lock path; see ``locks``)
+    <cache>/.locks/<repo_folder>/{gc.lock,uses/}      (vcache's per-repo gc lock and use markers; see ``usage``)
     <cache>/<repo_folder>/blobs/<etag>
     <cache>/<repo_folder>/refs/<revision>              (commit, no newline; written only for whole snapshots)
     <cache>/<repo_folder>/snapshots/<commit>/<path>    (relative symlink to ../../blobs/<etag>)
     <cache>/<repo_folder>/trees/<commit>.json          (huggingface_hub's tree cache, for offline completeness)
-    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine,tmp}/   (vcache's own state, nowhere else)
+    <cache>/<repo_folder>/.vcache/{partials,ledger,quarantine,tmp,used,trash}/   (vcache's own state, nowhere else)
 
 Every path :class:`CacheRepo` builds from a name (blob name, commit, ref, snapshot path) is refused with
 :class:`~vcache.errors.UnsafePath` when it would leave its folder, whoever supplied the name.
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vcache.config import symlinks_disabled
 from vcache.errors import CacheNotWritable, DiskFull, UnsafePath
 
 log = logging.getLogger(__name__)
@@ -102,14 +104,44 @@ def entry_kind(path: str | os.PathLike[str]) -> str | None:
     return "special file"
 
 
-def translate_os_error(exc: OSError, what: str) -> OSError:
-    """Turn ENOSPC / EROFS / EACCES into vcache's clear errors; others pass through unchanged."""
+def translate_os_error(
+    exc: OSError,
+    what: str,
+    *,
+    where: str | os.PathLike[str] | None = None,
+    then: str = "",
+    **context: Any,
+) -> OSError:
+    """The one mapping of disk errors: ENOSPC / EDQUOT / EFBIG become :class:`~vcache.errors.DiskFull`,
+    EROFS / EACCES / EPERM :class:`~vcache.errors.CacheNotWritable`; any other error comes back unchanged.
+
+    ``what`` says what was being done (``"publishing <etag>"``); ``where`` is a directory whose free space
+    the message reports; ``then`` says what became of the work (``"the partial is kept"``). ``context``
+    goes on the error, with ``errno``.
+    """
+    why = exc.strerror or os.strerror(exc.errno or 0)
+    after = f"; {then}" if then else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return DiskFull(f"{what}: no space left on the device ({exc.strerror}); free space and run again")
+        if exc.errno == errno.EFBIG:
+            why = "file size limit reached"
+        free = ""
+        if where is not None:
+            try:
+                free = f"; {shutil.disk_usage(where).free:,} bytes free"
+            except OSError:
+                free = "; free space unknown"
+        return DiskFull(
+            f"{what}: not enough space ({why}{free}); free space and run again{after}",
+            errno=exc.errno,
+            **context,
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        name = f": {exc.filename}" if exc.filename else ""
         return CacheNotWritable(
-            f"{what}: the cache is not writable ({exc.strerror}: {exc.filename}); "
-            "point --cache-dir / HF_HUB_CACHE at a writable directory"
+            f"{what}: the cache is not writable ({why}{name}); point --cache-dir / HF_HUB_CACHE at a "
+            f"writable directory{after}",
+            errno=exc.errno,
+            **context,
         )
     return exc
 
@@ -186,13 +218,28 @@ class CacheRepo:
         """Files that failed verification, kept with their reports."""
         return self.state / "quarantine"
 
+    @property
+    def used_dir(self) -> Path:
+        """``used/<commit>``: empty files whose mtime is when vcache last used that revision (see ``usage``)."""
+        return self.state / "used"
+
+    @property
+    def trash_dir(self) -> Path:
+        """Where ``lifecycle`` renames a snapshot folder before deleting it (same filesystem: atomic)."""
+        return self.state / "trash"
+
+    @property
+    def locks_dir(self) -> Path:
+        """``<cache>/.locks/<repo_folder>``: huggingface_hub's per-blob locks, and vcache's gc lock and use markers."""
+        return self.cache_dir / ".locks" / self.folder_name
+
     def blob_path(self, etag: str) -> Path:
         """``blobs/<etag>``."""
         return self.blobs / _checked(etag, "blob name")
 
     def lock_path(self, etag: str) -> Path:
         """huggingface_hub's per-blob lock path, so the two tools never fetch one blob at once."""
-        return self.cache_dir / ".locks" / self.folder_name / f"{_checked(etag, 'blob name')}.lock"
+        return self.locks_dir / f"{_checked(etag, 'blob name')}.lock"
 
     def snapshot_dir(self, commit: str) -> Path:
         """``snapshots/<commit>``."""
@@ -259,7 +306,7 @@ class CacheRepo:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            if _symlinks_disabled():
+            if symlinks_disabled():
                 shutil.copyfile(blob, tmp)
             else:
                 try:
@@ -339,9 +386,10 @@ class CacheRepo:
         :func:`read_state`), or when a name in it would lead outside the repo folder)."""
         from huggingface_hub._tree_cache import TREE_CACHE_FORMAT_VERSION
 
-        path = self.tree_path(
-            commit
-        )  # refuses a commit that would lead outside; huggingface_hub does not check
+        # Refuses a commit that would lead outside (huggingface_hub does not check). Read from the file every
+        # time (not through huggingface_hub, which keeps every listing it read in memory): a tree gc deleted
+        # since must read as absent.
+        path = self.tree_path(commit)
         data = read_state(path)
         if data is None or data.get("format_version") != TREE_CACHE_FORMAT_VERSION:
             return None
@@ -373,10 +421,6 @@ class CacheRepo:
             return sorted(p.name for p in (self.root / "snapshots").iterdir() if p.is_dir())
         except OSError:
             return []
-
-
-def _symlinks_disabled() -> bool:
-    return os.environ.get("HF_HUB_DISABLE_SYMLINKS", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:

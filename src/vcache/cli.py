@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-# The command line uses numpy only for elementwise bit checks, never BLAS: OpenBLAS's thread pool (one
-# thread per core, started at import) would only take CPU from the download. Set before anything imports
-# numpy; an explicit setting in the environment wins. (The library API leaves the environment alone.)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from vcache._version import __version__
+from vcache.config import limit_blas_threads
+from vcache.console import TqdmProgress, print_table
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
-from vcache.report import FileReport, PullReport, Severity, Verdict, human_bytes
+from vcache.report import PullReport, Severity, Verdict, human_bytes
+
+if TYPE_CHECKING:
+    from vcache.lifecycle import Plan, Removal, Skip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
+
+# OPENBLAS_NUM_THREADS=1 unless set: before anything imports numpy, which nothing above does.
+limit_blas_threads()
 
 
 def _die(exc: BaseException, code: int) -> NoReturn:
@@ -45,119 +46,6 @@ def _exit_code(reports: Sequence[PullReport]) -> int:
     return EXIT_OK
 
 
-def _first_note(f: FileReport, strict: bool) -> str:
-    order = {Severity.FAIL: 0, Severity.WARN: 1, Severity.INFO: 2}
-    relevant = [
-        x for x in f.findings if x.code not in ("transfer.refetched",) and x.severity is not Severity.INFO
-    ]
-    if relevant:
-        x = sorted(relevant, key=lambda x: order[x.severity])[0]
-        more = f" (+{len(relevant) - 1} more)" if len(relevant) > 1 else ""
-        return f"[{x.code}] {x.message}{more}"
-    unlisted = next((x for x in f.findings if x.code == "lock.unlisted"), None)
-    if unlisted is not None:
-        return f"[{unlisted.code}] {unlisted.message}"
-    refetched = [x for x in f.findings if x.code == "transfer.refetched"]
-    if refetched:
-        return f"verified after {len(refetched) + 1} attempts (damaged in transit before)"
-    return "cached, verified earlier" if f.cached else "verified"
-
-
-def print_table(report: PullReport, *, title: str | None = None) -> None:
-    """A short per-file summary: verdict, size, attempts, and the most important finding."""
-    if title:
-        click.echo(title)
-    for f in report.files:
-        verdict = f.verdict.value.upper()
-        click.echo(f"  {verdict:<4}  {f.path}  {human_bytes(f.size)}  {_first_note(f, report.strict)}")
-        if f.verdict is Verdict.FAIL:
-            fails = [x for x in f.findings if x.severity is Severity.FAIL]
-            for x in fails[1:]:
-                click.echo(f"        [{x.code}] {x.message}")
-        if f.quarantine_id:
-            click.echo(
-                f"        quarantined as {f.quarantine_id} (see `vcache quarantine show {f.quarantine_id}`)"
-            )
-    for e in report.errors:
-        click.echo(f"  ERROR {e}")
-
-
-class _TqdmProgress:
-    """Progress sink for the CLI: one total bar (bytes and rate) and event lines above it."""
-
-    def __init__(self, quiet: bool) -> None:
-        from vcache.pull import Progress
-
-        self._quiet = quiet
-        self._bar: Any = None
-        self._lock = threading.Lock()
-        self._tty = False
-        self._again = 0  # bytes fetched again: shown beside the bar, never added to its planned total
-        outer = self
-
-        class _P(Progress):
-            def planned(self, total_bytes: int, files: int) -> None:
-                outer._start(total_bytes, files)
-
-            def advance(self, nbytes: int) -> None:
-                outer._advance(nbytes)
-
-            def refetched(self, nbytes: int) -> None:
-                outer._refetched(nbytes)
-
-            def message(self, text: str) -> None:
-                outer._message(text)
-
-        self.sink = _P()
-
-    def _start(self, total: int, files: int) -> None:
-        if self._quiet or files == 0:
-            return
-        from tqdm import tqdm
-
-        self._tty = sys.stderr.isatty()
-        self._bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            desc=f"{files} file(s)",
-            dynamic_ncols=True,
-            leave=True,
-        )
-
-    def _advance(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(n)
-
-    def _refetched(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._again += n
-                self._bar.set_postfix_str(f"refetched {human_bytes(self._again)}", refresh=False)
-                self._bar.update(0)  # redraws at the bar's own rate, also when the plan is already complete
-
-    def _message(self, text: str) -> None:
-        if self._quiet:
-            return
-        if self._bar is None:
-            click.echo(text, err=True)
-        elif self._tty:
-            self._bar.write(text, file=sys.stderr)  # clears the bar, writes the line, draws the bar below it
-        else:
-            # A log file or a notebook cell does not clear a line on a carriage return: end the bar's line
-            # (its last frame stays as a record) so that the message starts a line of its own.
-            with self._bar.get_lock():
-                self._bar.fp.write(f"\n{text}\n")
-                self._bar.refresh(nolock=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vcache")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
@@ -168,6 +56,16 @@ def main(verbose: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+_allow_import_opt = click.option(
+    "--allow-import",
+    "allow_imports",
+    multiple=True,
+    metavar="MODULE.NAME",
+    help="Accept this pickle global beyond what torch.load(weights_only=True) accepts, for a repo you trust "
+    "(repeatable). Globals that run code (os.system, builtins.eval...) are never accepted.",
+)
 
 
 @main.command()
@@ -188,8 +86,17 @@ def main(verbose: int) -> None:
     is_flag=True,
     help="Fetch every file again from byte 0, ignoring verified blobs and partial downloads.",
 )
+@click.option(
+    "--verify-signature",
+    "verify_signature",
+    metavar="METHOD",
+    help="Require the repo's model.sig (OpenSSF model signing) from key:PUBLIC_KEY.pem, "
+    "certificate:CHAIN.pem or sigstore:IDENTITY@ISSUER, matching every pulled file. "
+    "Needs pip install 'vcache[signing]'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_allow_import_opt
 @click.option(
     "--lock",
     "lockfile",
@@ -208,20 +115,23 @@ def pull(
     token: str | None,
     strict: bool,
     force: bool,
+    verify_signature: str | None,
     as_json: bool,
     quiet: bool,
+    allow_imports: tuple[str, ...],
     lockfile: Path | None,
 ) -> None:
     """Download REPO_ID, verifying every file; exit 1 if any file fails verification.
 
     Under a lockfile (--lock or VCACHE_LOCK) every file is checked against the lock's sha256, the locked
-    commit is pulled whatever the branch says now, and with no REPO_ID every locked repo is pulled.
+    commit is pulled whatever the branch says now, and with no REPO_ID every locked repo is pulled; a
+    signature method the lock records for a repo is required (--verify-signature, if given, must match it).
     """
     from vcache.config import resolve_lock_path
     from vcache.lockfile import read_lock
     from vcache.pull import pull as do_pull
 
-    progress = _TqdmProgress(quiet or as_json)
+    progress = TqdmProgress(quiet or as_json)
     reports: list[PullReport] = []
     try:
         lock_path = resolve_lock_path(lockfile)
@@ -248,6 +158,8 @@ def pull(
                     force_download=force,
                     strict=strict,
                     progress=progress.sink,
+                    verify_signature=verify_signature,
+                    allow_imports=allow_imports,
                     lock=lock if lock is not None else False,
                 )
             )
@@ -304,6 +216,7 @@ def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summa
 @click.option("--deep", is_flag=True, help="Re-hash and re-scan even files the ledger vouches for.")
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_allow_import_opt
 @click.option(
     "--lock",
     "lockfile",
@@ -318,6 +231,7 @@ def verify(
     deep: bool,
     strict: bool,
     as_json: bool,
+    allow_imports: tuple[str, ...],
     lockfile: Path | None,
 ) -> None:
     """Verify repos in the cache, snapshot folders, or any files/folders (offline).
@@ -336,6 +250,7 @@ def verify(
             cache_dir=cache_dir,
             deep=deep,
             strict=strict,
+            allow_imports=allow_imports,
             lock=lockfile,
         )
     except UsageError as exc:
@@ -349,15 +264,22 @@ def verify(
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
 @click.option("--deep", is_flag=True, help="Re-hash and re-scan every blob, ignoring the ledger.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def scan(cache_dir: Path | None, deep: bool, as_json: bool) -> None:
+@_allow_import_opt
+def scan(cache_dir: Path | None, deep: bool, as_json: bool, allow_imports: tuple[str, ...]) -> None:
     """Check the whole HF cache (any tool's repos): one line per problem, exit 1 if anything failed."""
+    from vcache.checks import coverage
+    from vcache.checks.pickles import parse_allow_imports
     from vcache.config import default_cache_dir
     from vcache.verify import scan_cache
 
     root = cache_dir or default_cache_dir()
     if not root.is_dir():
         _die(UsageError(f"no cache at {root}"), EXIT_USAGE)
-    reports = scan_cache(root, deep=deep)
+    try:
+        allowed = parse_allow_imports(allow_imports)
+    except ValueError as exc:
+        _die(UsageError(str(exc)), EXIT_USAGE)
+    reports = scan_cache(root, deep=deep, allow_imports=allowed)
     if as_json:
         _finish(reports, True, False)
     problems = 0
@@ -371,9 +293,11 @@ def scan(cache_dir: Path | None, deep: bool, as_json: bool) -> None:
             where = f"{r.repo_id}@{(r.commit or '')[:12]}" if r.commit else str(r.repo_id)
             click.echo(f"{x.severity.value.upper():<4}  {where}  {f.path}: [{x.code}] {x.message}")
     files = sum(len(r.files) for r in reports)
+    levels = [coverage(f.format, f.checks) for r in reports if r.commit for f in r.files]
+    less = [f"{levels.count(w)} {w}" for w in ("partial", "digest only", "unchecked") if w in levels]
     click.echo(
         f"scanned {len({r.repo_id for r in reports})} repo(s), {files} file(s) in {root}: "
-        f"{problems} problem(s)"
+        f"{problems} problem(s)" + (f"; not fully checked: {', '.join(less)}" if less else "")
     )
     sys.exit(_exit_code(reports))
 
@@ -450,15 +374,26 @@ def q_restore(qid: str, to: str | None, cache_dir: Path | None) -> None:
 @quarantine.command("purge")
 @click.argument("qid", required=False)
 @click.option("--all", "purge_all", is_flag=True, help="Delete every entry.")
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="Delete entries quarantined this long ago (30d, 12h).",
+)
 @_cache_opt
-def q_purge(qid: str | None, purge_all: bool, cache_dir: Path | None) -> None:
-    """Delete a quarantined file (ID) or all of them (--all). The only command that deletes."""
+def q_purge(qid: str | None, purge_all: bool, older_than: str | None, cache_dir: Path | None) -> None:
+    """Delete a quarantined file (ID), all of them (--all), or the old ones (--older-than DURATION).
+
+    With `vcache gc --purge-quarantine`, the only commands that delete quarantined files.
+    """
+    from vcache.lifecycle import parse_duration
     from vcache.quarantine import purge
 
-    if (qid is None) == (not purge_all):
-        _die(UsageError("give exactly one of ID or --all"), EXIT_USAGE)
+    if sum([qid is not None, purge_all, older_than is not None]) != 1:
+        _die(UsageError("give exactly one of ID, --all or --older-than DURATION"), EXIT_USAGE)
     try:
-        ids = purge(_cache(cache_dir), None if purge_all else qid)
+        age = parse_duration(older_than) if older_than is not None else None
+        ids = purge(_cache(cache_dir), qid, older_than=age)
     except UsageError as exc:
         _die(exc, EXIT_USAGE)
     click.echo(f"purged {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}")
@@ -498,6 +433,15 @@ def demo(keep: Path | None) -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Files fetched in parallel (default 8).")
 @click.option("--token", help="Hub token (default: HF_TOKEN / the stored login).")
+@click.option(
+    "--verify-signature",
+    "verify_signature",
+    metavar="METHOD",
+    help="Require the repo's model.sig from key:PUBLIC_KEY.pem, certificate:CHAIN.pem or "
+    "sigstore:IDENTITY@ISSUER, lock it with the other files, and record METHOD: every locked pull of the "
+    "repo then requires it. Needs pip install 'vcache[signing]'.",
+)
+@_allow_import_opt
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def lock(
     specs: tuple[str, ...],
@@ -509,18 +453,21 @@ def lock(
     cache_dir: Path | None,
     workers: int | None,
     token: str | None,
+    verify_signature: str | None,
+    allow_imports: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Pin repos: pull them (verified) and write each file's size and sha256 to a lockfile.
 
     `vcache pull --lock` then fetches exactly these bytes from any server, and `vcache verify --lock`
     checks the cache against them. With --update, REPO_IDs already in the lockfile move to the current
-    commit of their recorded revision, and what changed is printed. Nothing is written unless every file
-    verified (exit 1 otherwise).
+    commit of their recorded revision, and what changed is printed (a signature method recorded for the
+    repo is required again). Nothing is written unless every file verified (exit 1 otherwise).
     """
-    from vcache.lockfile import Lock, LockDiff, lock_repo
+    from vcache.lockfile import Lock, LockDiff
+    from vcache.pull import lock_repo
 
-    progress = _TqdmProgress(quiet)
+    progress = TqdmProgress(quiet)
     failed: list[PullReport] = []
     lines: list[str] = []
     try:
@@ -537,6 +484,7 @@ def lock(
                         f"recorded in {output}; to change them, lock the repo again without --update"
                     )
                 old = current.require(repo_id, repo_type)
+            method = old.signature_method(verify_signature, str(output)) if old else verify_signature
             entry, report = lock_repo(
                 repo_id,
                 revision=old.revision if old is not None else revision or None,
@@ -547,6 +495,8 @@ def lock(
                 token=token,
                 max_workers=workers,
                 progress=progress.sink,
+                verify_signature=method,
+                allow_imports=allow_imports,
             )
             if entry is None:
                 failed.append(report)
@@ -580,6 +530,249 @@ def lock(
 from vcache.cluster_cli import cluster  # noqa: E402  (the group lives with the cluster code)
 
 main.add_command(cluster)
+
+# -- the cache's life: ls, rm, gc ------------------------------------------------------------------------------------
+
+
+def _when(t: float | None) -> str:
+    import time
+
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+@main.command("ls")
+@click.argument("repo_id", required=False)
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), help="Only repos of this type."
+)
+@_cache_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON (schema in the README).")
+def ls_command(repo_id: str | None, repo_type: str | None, cache_dir: Path | None, as_json: bool) -> None:
+    """List cached repos and revisions: size on disk, files, refs, last verified and last used (any tool's repos).
+
+    Reads only metadata (no blob is opened). Shared blobs are counted once per repo and once in the total.
+    """
+    from vcache.lifecycle import dumps, list_cache
+
+    root = _cache(cache_dir)
+    listing = list_cache(root, repo_id, repo_type=repo_type)
+    if repo_id is not None and not listing.repos:
+        _die(UsageError(f"{repo_id} is not in the cache at {root}; `vcache ls` lists what is"), EXIT_USAGE)
+    if as_json:
+        click.echo(dumps(listing))
+        return
+    for repo in listing.repos:
+        kind = "" if repo.repo_type == "model" else f" ({repo.repo_type})"
+        busy = f", in use by {repo.in_use[0]}" if repo.in_use else ""
+        click.echo(
+            f"{repo.repo_id}{kind}  {human_bytes(repo.size_on_disk)}  {len(repo.revisions)} revision(s)  "
+            f"last used {_when(repo.last_used)}{busy}"
+        )
+        for rev in repo.revisions:
+            refs = ", ".join(rev.refs) or "-"
+            verified = f"{rev.verdict} {_when(rev.last_verified)}" if rev.last_verified else rev.verdict
+            click.echo(
+                f"  {rev.commit[:12]}  {refs:<12}  {human_bytes(rev.size_on_disk):>10}  {rev.nb_files} file(s)  "
+                f"used {_when(rev.last_used)}  verified: {verified}"
+            )
+        if repo.quarantined:
+            size = sum(q.size or 0 for q in repo.quarantined)
+            click.echo(
+                f"  quarantined: {len(repo.quarantined)} file(s), {human_bytes(size)} (`vcache quarantine list`)"
+            )
+        if repo.partials:
+            live = sum(p.live for p in repo.partials)
+            size = sum(p.on_disk for p in repo.partials)
+            click.echo(
+                f"  partial downloads: {len(repo.partials)}, {human_bytes(size)} ({live} being written)"
+            )
+        if repo.incomplete:
+            size = sum(f.size for f in repo.incomplete)
+            click.echo(f"  other tools' unfinished downloads: {len(repo.incomplete)}, {human_bytes(size)}")
+        if repo.orphaned_blobs:
+            click.echo(
+                f"  blobs no snapshot links: {len(repo.orphaned_blobs)}, {human_bytes(repo.orphaned_size)}"
+            )
+    revisions = sum(len(r.revisions) for r in listing.repos)
+    click.echo(
+        f"{len(listing.repos)} repo(s), {revisions} revision(s), {human_bytes(listing.size_on_disk)} in {root}"
+    )
+
+
+def _show_plan(removals: Sequence[Removal], skipped: Sequence[Skip], *, done: bool) -> None:
+    """Revisions, partials, unfinished downloads and quarantine entries one per line; blobs and records counted."""
+    from vcache.lifecycle import describe
+
+    verb = "removed" if done else "would remove"
+    counted = ("blob", "ledger")
+    for r in removals:
+        if r.kind not in counted:
+            click.echo(f"{verb} {describe(r)}")
+    for kind, label in (
+        ("blob", "blob(s) no remaining revision links"),
+        ("ledger", "orphaned ledger record(s)"),
+    ):
+        picked = [r for r in removals if r.kind == kind]
+        if picked:
+            size = sum(r.size for r in picked)
+            extra = f", {human_bytes(size)}" if size else ""
+            click.echo(f"{verb} {len(picked)} {label}{extra}")
+    for s in skipped:
+        where = (
+            s.repo_id
+            if s.kind == "repo"
+            else f"{s.repo_id}@{s.name[:12]}"
+            if s.kind == "revision"
+            else f"{s.repo_id} {s.name[:12]}"
+        )
+        click.echo(f"kept {where}: {s.reason}", err=True)
+
+
+def _confirm_or_refuse(yes: bool, what: str) -> bool:
+    """--yes, or a terminal's yes; exit 2 on a non-terminal without --yes (a script must say so)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        _die(
+            UsageError(
+                f"refusing to {what} without confirmation: stdin is not a terminal; add --yes "
+                "(or --dry-run to see what would go)"
+            ),
+            EXIT_USAGE,
+        )
+    return click.confirm(f"{what}?", default=False)
+
+
+def _warn_if_unprotected(plan: Plan) -> None:
+    from vcache.locks import LockMode
+
+    if plan.lock_mode is LockMode.NONE:
+        click.echo(
+            "vcache: warning: VCACHE_LOCK_MODE=none records no uses, so this cannot tell what other processes "
+            "are reading; make sure nothing uses the cache",
+            err=True,
+        )
+
+
+@main.command("rm")
+@click.argument("target", metavar="REPO_ID[@REVISION]")
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True
+)
+@_cache_opt
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal)."
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def rm_command(target: str, repo_type: str, cache_dir: Path | None, yes: bool, dry_run: bool) -> None:
+    """Remove a revision (a commit, a commit prefix, or a ref such as main), or with no @REVISION the whole repo.
+
+    Blobs another revision links stay; so does the quarantine. A revision a process is using (pull, verify,
+    from_pretrained, vcache.use) is kept and named; exit 3 when that happens.
+    """
+    from vcache.lifecycle import plan_removal, run_plan, summarize
+
+    repo_id, at, revision = target.partition("@")
+    try:
+        if at and not revision:
+            raise UsageError(f"{target!r}: nothing after '@'; give a revision, or drop the '@'")
+        plan = plan_removal(_cache(cache_dir), repo_id, revision or None, repo_type=repo_type)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    _warn_if_unprotected(plan)
+    if dry_run or not plan.removals:
+        _show_plan(plan.removals, plan.skipped, done=False)
+        click.echo(
+            f"dry run: nothing removed ({human_bytes(plan.freed)} would be freed)"
+            if dry_run
+            else "nothing to remove"
+        )
+        kept = any(s.kind == "revision" for s in plan.skipped)
+        sys.exit(EXIT_TRANSFER if kept and not dry_run else EXIT_OK)
+    _show_plan(plan.removals, plan.skipped, done=False)
+    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
+        click.echo("nothing removed")
+        sys.exit(EXIT_OK)
+    try:
+        report = run_plan(plan)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    _show_plan(report.removed, report.skipped, done=True)
+    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+    sys.exit(EXIT_TRANSFER if any(s.kind == "revision" for s in report.skipped) else EXIT_OK)
+
+
+@main.command("gc")
+@click.option(
+    "--max-size",
+    "max_size",
+    metavar="SIZE",
+    help="Remove least recently used revisions until the cache holds at most SIZE (10G, 500MiB).",
+)
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="Remove revisions not used for DURATION (30d, 12h).",
+)
+@click.option("--purge-quarantine", is_flag=True, help="Also delete quarantined files (kept otherwise).")
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Keep orphaned blobs and other tools' .incomplete files changed more recently (a download in progress).",
+)
+@_cache_opt
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal)."
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def gc_command(
+    max_size: str | None,
+    older_than: str | None,
+    purge_quarantine: bool,
+    grace: str,
+    cache_dir: Path | None,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """Free space: least recently used revisions first, plus leftovers (dead writers' partials, stale
+    .incomplete files, orphaned blobs and ledger records, lock files of removed blobs).
+
+    Repos a process is using (pull, verify, from_pretrained, vcache.use, on any node) are left alone.
+    """
+    from vcache.lifecycle import parse_duration, parse_size, plan_gc, run_plan, summarize
+
+    root = _cache(cache_dir)
+    try:
+        plan = plan_gc(
+            root,
+            max_size=parse_size(max_size) if max_size is not None else None,
+            older_than=parse_duration(older_than) if older_than is not None else None,
+            purge_quarantine=purge_quarantine,
+            grace=parse_duration(grace),
+        )
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    _warn_if_unprotected(plan)
+    _show_plan(plan.removals, plan.skipped, done=False)
+    if dry_run:
+        click.echo(f"dry run: nothing removed ({human_bytes(plan.freed)} would be freed)")
+        sys.exit(EXIT_OK)
+    if not plan.removals:
+        click.echo("nothing to remove")
+        sys.exit(EXIT_OK)
+    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
+        click.echo("nothing removed")
+        sys.exit(EXIT_OK)
+    try:
+        report = run_plan(plan)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    _show_plan(report.removed, report.skipped, done=True)
+    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -34,16 +34,25 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from vcache.cache import CACHEDIR_TAG, default_file_mode, iter_repo_folders, write_atomic
-from vcache.config import DEFAULT_ENDPOINT, default_hf_home, env_float, env_true
+from vcache.config import (
+    DEFAULT_ENDPOINT,
+    default_hf_home,
+    endpoint_variable,
+    env_float,
+    environment_values,
+    hf_token_path,
+    offline_variable,
+    xet_disabled,
+)
 from vcache.errors import UsageError
 from vcache.locks import (
     LockMode,
     LockPolicy,
     flock_trusted,
+    lease_is_stale,
     lease_seconds,
     lock_policy,
     lock_timeout,
@@ -82,21 +91,6 @@ def start_jitter(*, sleep: bool = True) -> float:
     if sleep:
         time.sleep(delay)
     return delay
-
-
-def transfer_settings() -> dict[str, Any]:
-    """Transfer keyword arguments a shared cache decides, for ``Transfer(**transfer_settings(), ...)``.
-
-    ``stale_after`` is the lease length (``VCACHE_LEASE_SECONDS``): a partial nobody has touched for a lease
-    is adoptable, so whoever takes a dead writer's lease resumes its partial instead of starting again.
-    ``max_connections`` (``VCACHE_MAX_CONNECTIONS``, when set) caps this process's connections to the Hub,
-    so N processes on one node open at most N times that many.
-    """
-    out: dict[str, Any] = {"stale_after": lease_seconds()}
-    cap = int(env_float("VCACHE_MAX_CONNECTIONS", 0))
-    if cap >= 1:
-        out["max_connections"] = cap
-    return out
 
 
 # -- lock probes -------------------------------------------------------------------------------------------------
@@ -376,7 +370,7 @@ def init_shared_cache(
         cache,
         layout.env_file,
         lock_mode=lock_mode,
-        endpoint=endpoint or os.environ.get("HF_ENDPOINT"),
+        endpoint=endpoint or endpoint_variable(),
         lease=lease_seconds(),
     )
     write_atomic(layout.env_file, text.encode())
@@ -636,7 +630,7 @@ def _check_traversal(path: Path) -> list[Finding]:
     """Every ancestor must let the group in; huggingface_hub's `hf auth login` makes HF_HOME 0700."""
     out: list[Finding] = []
     hf_home = Path(os.path.abspath(default_hf_home()))
-    token_path = Path(os.path.abspath(os.environ.get("HF_TOKEN_PATH") or hf_home / "token"))
+    token_path = Path(os.path.abspath(hf_token_path()))
     closed = []
     for anc in [path, *path.parents]:
         with contextlib.suppress(OSError):
@@ -688,35 +682,11 @@ def _now() -> float:
     return time.time()
 
 
-def _lease_is_stale(marker: Path, lease: float) -> tuple[bool, str]:
-    import filelock
-
-    owner = filelock.SoftFileLease(str(marker)).owner
-    try:
-        age = _now() - marker.stat().st_mtime
-    except OSError:
-        return False, ""
-    if owner is None:
-        return age > 3 * lease, f"{marker.name} (no readable owner, {age:.0f}s old)"
-    who = f"{marker.parent.name}/{marker.name} (pid {owner.pid} on {owner.hostname}, renewed {age:.0f}s ago)"
-    duration = owner.lease_duration or lease
-    try:
-        # filelock's own liveness test (PID and start time on this host); private, so optional.
-        from filelock._identity import owner_is_stale
-
-        if owner_is_stale(owner.pid, owner.hostname, owner.start):
-            return True, who
-    except ImportError:
-        pass
-    # Other hosts: only the age tells. Three lease lengths leave room for clock skew between nodes.
-    return age > 3 * duration, who
-
-
 def _check_stale_state(path: Path, lease: float) -> list[Finding]:
     out: list[Finding] = []
     stale = []
     for marker in sorted((path / LOCKS_DIR).glob("*/*.lease")):
-        is_stale, who = _lease_is_stale(marker, lease)
+        is_stale, who = lease_is_stale(marker, lease, now=_now())
         if is_stale:
             stale.append(who)
     if stale:
@@ -764,8 +734,8 @@ def _xet_installed() -> bool:
 
 def _check_hub_settings(writable: bool) -> list[Finding]:
     out: list[Finding] = []
-    endpoint = os.environ.get("HF_ENDPOINT")
-    xet_off = env_true("HF_HUB_DISABLE_XET")
+    endpoint = endpoint_variable()
+    xet_off = xet_disabled()
     xet_installed = _xet_installed()
     if _is_mirror(endpoint) and not xet_off and xet_installed:
         out.append(
@@ -780,10 +750,8 @@ def _check_hub_settings(writable: bool) -> list[Finding]:
         state = "off" if xet_off or not xet_installed else "on"
         where = f"mirror {endpoint}" if _is_mirror(endpoint) else "the Hub"
         out.append(_ok("xet", f"Xet {state}, endpoint {where}: nothing bypasses the endpoint"))
-    hub_offline = env_true("HF_HUB_OFFLINE")
-    tf_offline = env_true("TRANSFORMERS_OFFLINE")
-    if hub_offline or tf_offline:
-        which = "HF_HUB_OFFLINE" if hub_offline else "TRANSFORMERS_OFFLINE"
+    which = offline_variable()
+    if which is not None:
         out.append(
             _ok("offline", f"{which} is set: pulls answer from this cache only (verified from the ledger)")
         )
@@ -812,14 +780,11 @@ def _check_env_file(layout: SharedLayout) -> list[Finding]:
             )
         ]
     differ = []
-    for key in (
-        "HF_HUB_CACHE",
-        "VCACHE_LOCK_MODE",
-        "VCACHE_LEASE_SECONDS",
-        "HF_HUB_DISABLE_XET",
-        "HF_ENDPOINT",
-    ):
-        want, have = values.get(key), os.environ.get(key)
+    environment = environment_values(
+        ("HF_HUB_CACHE", "VCACHE_LOCK_MODE", "VCACHE_LEASE_SECONDS", "HF_HUB_DISABLE_XET", "HF_ENDPOINT")
+    )
+    for key, have in environment.items():
+        want = values.get(key)
         if want is None:
             continue
         same = have is not None and (
@@ -911,5 +876,4 @@ __all__ = [
     "read_env_file",
     "render_env_file",
     "start_jitter",
-    "transfer_settings",
 ]

@@ -6,11 +6,8 @@ it decides nothing itself. Registered in ``cli.py`` with ``main.add_command(clus
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -23,7 +20,7 @@ from vcache.cluster import (
     is_safe,
     read_env_file,
 )
-from vcache.config import default_cache_dir
+from vcache.config import default_cache_dir, environment_applied
 from vcache.errors import UsageError
 from vcache.locks import LockMode
 
@@ -42,20 +39,6 @@ def _report(path: Path, as_json: bool, probe: bool) -> int:
         for f in findings:
             click.echo(format_finding(f))
     return EXIT_OK if is_safe(findings) else EXIT_UNSAFE
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update({key: os.path.expandvars(value) for key, value in values.items()})
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 @click.group()
@@ -110,7 +93,7 @@ def init(
     print(f"wrote {result.env_file}; in every job: umask 0002; set -a; . {result.env_file}; set +a", file=out)
     print(file=out)
     # Check the cache as jobs will see it: with the settings just written.
-    with _environment(read_env_file(result.env_file)):
+    with environment_applied(read_env_file(result.env_file)):
         code = _report(result.cache, as_json, probe=not no_probe)
     sys.exit(code)
 

@@ -20,7 +20,7 @@ DAMAGED_TENSOR = "model.layers.1.self_attn.o_proj.weight"
 
 def run_demo(keep: Path | None = None) -> int:
     """Run the demo; returns the process exit code (0 when vcache caught and repaired the damage)."""
-    from vcache.cli import _TqdmProgress, print_table
+    from vcache.console import TqdmProgress, print_table
     from vcache.pull import pull
     from vcache.testing.hub import Fault, HubServer
     from vcache.testing.models import LlamaShape, repo_from_folder, row_byte_range, write_llama_checkpoint
@@ -50,7 +50,7 @@ def run_demo(keep: Path | None = None) -> int:
             f"   {shard.name}: same size, no error (what the official client accepts)."
         )
         click.echo(f"3. vcache pull {REPO_ID}\n")
-        progress = _TqdmProgress(quiet=False)
+        progress = TqdmProgress(quiet=False)
         report = pull(REPO_ID, endpoint=hub.endpoint, cache_dir=cache, progress=progress.sink)
         progress.close()
         print_table(report, title=f"\n{REPO_ID}@{(report.commit or '')[:12]}: {report.verdict.value}")

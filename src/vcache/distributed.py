@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vcache import errors
-from vcache.config import default_cache_dir
+from vcache.config import default_cache_dir, node_variable
 from vcache.errors import LockTimeout, TransferError, UsageError, VcacheError
 from vcache.locks import ensure_lock_dir
 
@@ -93,10 +93,9 @@ def _poll_all(store: Any, keys: Sequence[str], timeout: float, what: str) -> lis
 
 def node_id() -> str:
     """This process's node: ``VCACHE_NODE_ID``, ``GROUP_RANK`` (torchrun), ``SLURM_NODEID``, else the hostname."""
-    for name in ("VCACHE_NODE_ID", "GROUP_RANK", "SLURM_NODEID"):
-        value = os.environ.get(name)
-        if value:
-            return f"{name}={value}"
+    found = node_variable()
+    if found is not None:
+        return f"{found[0]}={found[1]}"
     return socket.gethostname()
 
 

@@ -28,8 +28,12 @@ huggingface_hub's class for that case (in brackets), so code written for those k
     └── IncompleteSnapshot(OSError)        offline and the cache does not hold the whole snapshot
                                            [IncompleteSnapshotError, a LocalEntryNotFoundError]
 
-Every error carries context where it has any (``repo_id``, ``path``, ``url``, ``status``) and its
-message says what happened, to which file, and what to do next. Tokens never appear in messages.
+Every error carries context where it has any, as keyword arguments that are typed attributes of the class
+that takes them (None when not given; ``history`` empty): ``repo_id`` and ``path`` on all of them,
+``url``, ``status`` and ``content_type`` on Hub errors, ``status`` and ``errno`` on transfer errors,
+``reason`` and ``history`` when retries ran out, and the rest where the tree's classes declare them.
+``.context`` holds the ones given, for logs and JSON. The message says what happened, to which file, and
+what to do next. Tokens never appear in messages.
 The huggingface_hub HTTP errors' own attributes (``response``, ``request_id``, ``server_message``) are
 ``None``: vcache raises them without an HTTP response at hand.
 
@@ -46,31 +50,70 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import errors as _hf
 
 if TYPE_CHECKING:
-    from vcache.report import Finding
+    from vcache.report import Finding, PullReport
+    from vcache.retry import RetryEvent
 
 
 class VcacheError(Exception):
-    """Root of every error vcache raises."""
+    """Root of every error vcache raises.
 
-    def __init__(self, message: str, **context: Any) -> None:
+    ``repo_id`` is the repository concerned, ``path`` the file (in the repository, or on disk); subclasses
+    declare more. ``context`` maps the context given (not None) by name, for logs and JSON.
+    """
+
+    def __init__(self, message: str, *, repo_id: str | None = None, path: str | None = None) -> None:
         # Not super().__init__: huggingface_hub's HTTP errors, which some subclasses also are, demand a
         # response object there. The builtin bases (OSError, ValueError, ...) need nothing beyond this.
         Exception.__init__(self, message)
         self.message = message
-        self.context = context
-        for key, value in context.items():
-            setattr(self, key, value)
+        self.context: dict[str, Any] = {}
+        self.repo_id = repo_id
+        self.path = path
+        self._keep(repo_id=repo_id, path=path)
+
+    def _keep(self, **given: Any) -> None:
+        """Add the context that was given (not None) to ``context``."""
+        self.context.update((key, value) for key, value in given.items() if value is not None)
 
     def __str__(self) -> str:
         return self.message
 
 
 class UsageError(VcacheError, ValueError):
-    """The caller asked for something that cannot be done as asked."""
+    """The caller asked for something that cannot be done as asked (``revision``, ``allow_patterns`` and
+    ``ignore_patterns`` name the argument at fault, when it is one of those; ``lockfile`` the lockfile that
+    does not allow it, or cannot be used)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        revision: str | None = None,
+        allow_patterns: Sequence[str] | None = None,
+        ignore_patterns: Sequence[str] | None = None,
+        lockfile: str | None = None,
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path)
+        self.revision = revision
+        self.allow_patterns = allow_patterns
+        self.ignore_patterns = ignore_patterns
+        self.lockfile = lockfile
+        self._keep(
+            revision=revision,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            lockfile=lockfile,
+        )
 
 
 class HubError(VcacheError, OSError):
-    """The Hub (or mirror) refused a request in a way that retrying will not fix."""
+    """The Hub (or mirror) refused a request in a way that retrying will not fix.
+
+    ``url`` is the request (without credentials), ``status`` the HTTP status, ``content_type`` what came back
+    when it was not the API's JSON.
+    """
 
     # huggingface_hub's HfHubHTTPError attributes, for the subclasses that are also one (see the tree).
     response: Any = None
@@ -78,8 +121,21 @@ class HubError(VcacheError, OSError):
     server_message: str | None = None
     _request: Any = None  # behind httpx2.HTTPError.request, which raises while it is None
 
-    def __init__(self, message: str, **context: Any) -> None:
-        VcacheError.__init__(self, message, **context)
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        VcacheError.__init__(self, message, repo_id=repo_id, path=path)
+        self.url = url
+        self.status = status
+        self.content_type = content_type
+        self._keep(url=url, status=status, content_type=content_type)
 
     def append_to_message(self, additional_message: str) -> None:
         """What huggingface_hub's ``HfHubHTTPError.append_to_message`` does, kept in ``message`` too."""
@@ -112,7 +168,23 @@ class AuthError(HubError):
 
 
 class RateLimited(HubError):
-    """The server kept answering 429 after the retry budget was spent."""
+    """The server kept answering 429 after the retry budget was spent; ``reason`` and ``history`` as for
+    :class:`RetriesExhausted` when a download's retries ran out."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+        reason: str | None = None,
+        history: tuple[RetryEvent, ...] = (),
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path, status=status)
+        self.reason = reason
+        self.history = history
+        self._keep(reason=reason, history=history or None)
 
 
 class OfflineError(HubError, _hf.LocalEntryNotFoundError):
@@ -120,26 +192,87 @@ class OfflineError(HubError, _hf.LocalEntryNotFoundError):
 
 
 class TransferError(VcacheError, OSError):
-    """Bytes could not be transferred."""
+    """Bytes could not be transferred: ``status`` is the HTTP status when the server gave one, ``errno`` (the
+    builtin ``OSError`` attribute) the OS error number when a system call failed."""
 
-    def __init__(self, message: str, **context: Any) -> None:
-        VcacheError.__init__(self, message, **context)
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+        errno: int | None = None,
+    ) -> None:
+        VcacheError.__init__(self, message, repo_id=repo_id, path=path)
+        self.status = status
+        self.errno = errno
+        self._keep(status=status, errno=errno)
 
 
 class RetriesExhausted(TransferError):
-    """Every attempt failed; ``reason`` holds the last cause."""
+    """Every attempt failed; ``reason`` holds the last cause, ``history`` every failed attempt in order."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+        reason: str | None = None,
+        history: tuple[RetryEvent, ...] = (),
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path, status=status)
+        self.reason = reason
+        self.history = history
+        self._keep(reason=reason, history=history or None)
 
 
 class RemoteChanged(TransferError):
-    """The remote file changed while a download was being resumed."""
+    """The remote file changed while a download was being resumed; ``etag`` is the one it was expected to have."""
+
+    def __init__(self, message: str, *, path: str | None = None, etag: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.etag = etag
+        self._keep(etag=etag)
 
 
 class DiskFull(TransferError):
-    """Not enough space for the download (checked up front, or ENOSPC while writing)."""
+    """Not enough space for the download (checked up front, or ENOSPC while writing); ``needed`` and ``free``
+    are the bytes the up-front check compared."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        errno: int | None = None,
+        needed: int | None = None,
+        free: int | None = None,
+    ) -> None:
+        super().__init__(message, path=path, errno=errno)
+        self.needed = needed
+        self.free = free
+        self._keep(needed=needed, free=free)
 
 
 class CacheNotWritable(TransferError):
-    """The cache directory is read-only or not writable by this user."""
+    """The cache directory is read-only or not writable by this user; ``missing`` names the files a pull
+    needed and could not write."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        errno: int | None = None,
+        missing: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path, errno=errno)
+        self.missing = missing
+        self._keep(missing=missing)
 
 
 class IntegrityError(VcacheError, ValueError):
@@ -147,11 +280,22 @@ class IntegrityError(VcacheError, ValueError):
 
 
 class VerificationFailed(IntegrityError):
-    """A file (or snapshot) failed verification; ``findings`` says why."""
+    """A file (or snapshot) failed verification; ``findings`` says why, ``report`` is the pull's report when
+    a pull refused."""
 
-    def __init__(self, message: str, findings: Sequence[Finding] = (), **context: Any) -> None:
-        super().__init__(message, **context)
+    def __init__(
+        self,
+        message: str,
+        findings: Sequence[Finding] = (),
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        report: PullReport | None = None,
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path)
         self.findings = tuple(findings)
+        self.report = report
+        self._keep(report=report)
 
 
 class UnsafePath(VcacheError, ValueError):
@@ -159,14 +303,33 @@ class UnsafePath(VcacheError, ValueError):
 
 
 class LockTimeout(VcacheError, TimeoutError):
-    """A bounded wait for a lock or lease ran out."""
+    """A bounded wait for a lock or lease ran out: ``path`` is the lock, ``holder`` who held it when known,
+    ``key`` the store key waited for (``vcache.distributed``)."""
+
+    def __init__(
+        self, message: str, *, path: str | None = None, holder: str | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message, path=path)
+        self.holder = holder
+        self.key = key
+        self._keep(holder=holder, key=key)
 
 
 class IncompleteSnapshot(VcacheError, _hf.IncompleteSnapshotError):
-    """Offline, and the cache does not hold every file of the snapshot."""
+    """Offline, and the cache does not hold every file of the snapshot; ``snapshot_path`` is the cached
+    snapshot folder (huggingface_hub's attribute), None when there is none to name."""
 
-    # The cached snapshot folder (huggingface_hub's attribute); None when there is none to name.
-    snapshot_path: str | None = None  # type: ignore[assignment]
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        path: str | None = None,
+        snapshot_path: str | None = None,
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path)
+        self.snapshot_path = snapshot_path  # type: ignore[assignment]
+        self._keep(snapshot_path=snapshot_path)
 
 
 class VcacheWarning(UserWarning):

@@ -138,6 +138,21 @@ def hash_stream_into(
         pos += n
 
 
+def sha256_of_git_file(path: str | os.PathLike[str], blob_id: Digest) -> Digest | None:
+    """The sha256 of a file stored in git (not LFS), whose verified digest is its git blob id ``blob_id``.
+
+    One read feeds both hashes, so the sha256 is of the very bytes whose blob id is checked again here. None
+    when those bytes no longer hash to ``blob_id`` (the file changed since it was verified). Meant for the
+    small files git holds (configs, tokenizers); an LFS file's sha256 is its verified digest already.
+    """
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        sha256 = StreamHasher("sha256", size)
+        git = StreamHasher("gitsha1", size)
+        hash_stream_into(f.fileno(), sha256, 0, size, on_chunk=lambda _pos, view: git.update(view))
+    return sha256.digest() if git.digest() == blob_id else None
+
+
 def git_blob_sha1(data: bytes) -> str:
     """The git blob id of ``data`` (what the Hub uses as ETag for regular files)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()

@@ -2,9 +2,10 @@
 
 Everything the server says is untrusted input: an answer that is not the API's JSON is a :class:`HubError`
 naming the URL and content type, paths are validated (:func:`validate_repo_path`) before any of them can
-name a file on disk, sizes and digests are type-checked, and errors are mapped from ``X-Error-Code`` to
-vcache's own error tree. The caller's repo id and revision are checked too (:func:`validate_repo_id`,
-:func:`validate_revision`), before any request. This module never writes to disk and never moves file
+name a file on disk, sizes and digests are type-checked, and refusals are mapped from ``X-Error-Code`` and
+status to vcache's own error tree by :func:`refusal_error`, the one mapping (file downloads use it too).
+The caller's repo id and revision are checked too (:func:`validate_repo_id`, :func:`validate_revision`),
+before any request. This module never writes to disk and never moves file
 bodies (that is ``transfer``); it only asks the API.
 """
 
@@ -26,7 +27,6 @@ from vcache.errors import (
     EntryNotFound,
     GatedRepo,
     HubError,
-    RateLimited,
     RepoNotFound,
     RetriesExhausted,
     RevisionNotFound,
@@ -35,7 +35,15 @@ from vcache.errors import (
     UsageError,
 )
 from vcache.hashing import Digest
-from vcache.retry import SYSTEM_CLOCK, Clock, RetryPolicy, parse_retry_after
+from vcache.retry import (
+    SYSTEM_CLOCK,
+    Clock,
+    ProgressWatch,
+    RetryPolicy,
+    describe_failure,
+    exhausted,
+    parse_retry_after,
+)
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -215,6 +223,11 @@ def origin_of(url: str) -> Origin:
     return Origin(scheme, host, port)
 
 
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL, as messages name the server (no credentials, no path)."""
+    return urlsplit(url).netloc.rpartition("@")[2] or url
+
+
 def same_origin(a: str, b: str) -> bool:
     """True when two URLs share scheme, host and port (the only place a token may go)."""
     try:
@@ -223,39 +236,99 @@ def same_origin(a: str, b: str) -> bool:
         return False
 
 
-def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -> HubError | None:
-    """Map an error response to vcache's error tree (None when it is retryable or not an error)."""
-    status = response.status_code
+def server_text(text: str | None, limit: int = 200) -> str:
+    """Server-supplied text made safe for a message: printable, one line, bounded."""
+    if not text:
+        return ""
+    out = "".join(c if c.isprintable() else " " for c in text).strip()
+    return out[:limit] + ("…" if len(out) > limit else "")
+
+
+def _error_from_body(body: bytes) -> str:
+    try:
+        doc = json.loads(body[:4096])
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply for Python's parser
+        return ""
+    return (
+        server_text(doc.get("error"), 200)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str)
+        else ""
+    )
+
+
+def refusal_detail(status: int, code: str | None, message: str | None, body: bytes = b"") -> str:
+    """The server's own words about an error answer, safe for a message: ``HTTP 403 GatedRepo: <message>``.
+
+    ``code`` and ``message`` are the ``X-Error-Code`` and ``X-Error-Message`` headers; without a message,
+    the ``"error"`` string of a JSON ``body`` stands in.
+    """
+    code = server_text(code, 60)
+    message = server_text(message, 200)
+    if not message and body:
+        message = _error_from_body(body)
+    return f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+
+
+def refusal_error(
+    status: int, code: str | None, detail: str, *, where: str, **context: Any
+) -> HubError | None:
+    """The error for the Hub's answer ``status`` with ``X-Error-Code`` ``code``: the one mapping of Hub refusals.
+
+    ``None`` when the answer is no error, or one another attempt may cure (408, 429, 5xx without a code
+    that says otherwise). ``where`` opens the message (what was being done, or which file); ``detail`` is
+    the server's own words (:func:`refusal_detail`); ``status`` and ``context`` go on the error. The
+    metadata calls (:func:`error_from_response`) and the file downloads (``vcache.transfer``) both map
+    refusals here.
+    """
     if status < 400:
         return None
-    code = response.headers.get("x-error-code", "")
-    message = response.headers.get("x-error-message", "")
-    context = {"repo_id": repo_id, "status": status}
+    code = server_text(code, 60)
+    if code == "GatedRepo":
+        return GatedRepo(
+            f"{where}: the repository is gated ({detail}); request access on the Hub, then pass a token "
+            "that has it",
+            status=status,
+            **context,
+        )
     if code == "RepoNotFound":
         return RepoNotFound(
-            f"repository {repo_id!r} not found (or private and your token cannot see it): "
-            "check the name and your HF_TOKEN",
+            f"{where}: repository not found or not visible with this token ({detail}); check the name "
+            "and HF_TOKEN",
+            status=status,
             **context,
         )
     if code == "RevisionNotFound":
-        return RevisionNotFound(f"{what}: revision not found in {repo_id!r}; check --revision", **context)
-    if code == "EntryNotFound":
-        return EntryNotFound(f"{what}: file not found in {repo_id!r}", **context)
-    if code == "GatedRepo":
-        return GatedRepo(
-            f"{repo_id!r} is gated: request access on the Hub, then pass a token that has it", **context
+        return RevisionNotFound(
+            f"{where}: revision not found ({detail}); check --revision", status=status, **context
         )
+    if code == "EntryNotFound" or status in (404, 410):
+        return EntryNotFound(f"{where}: file not found ({detail})", status=status, **context)
     if status in (401, 403):
-        detail = f" ({message})" if message else ""
         return AuthError(
-            f"{what}: the server refused the credentials (HTTP {status}){detail}; check HF_TOKEN / --token",
+            f"{where}: access refused ({detail}); check the token (HF_TOKEN, --token or `hf auth login`)",
+            status=status,
             **context,
         )
-    if status == 404:
-        return EntryNotFound(f"{what}: not found (HTTP 404) in {repo_id!r}", **context)
     if status in (408, 429) or status >= 500:
         return None
-    return HubError(f"{what}: the server answered HTTP {status} {message}".rstrip(), **context)
+    return HubError(f"{where}: the server answered {detail}", status=status, **context)
+
+
+def error_from_response(response: httpx2.Response, *, repo_id: str, what: str) -> HubError | None:
+    """Map an error response to vcache's error tree (None when it is retryable or not an error).
+
+    The mapping is :func:`refusal_error`'s; ``what`` opens the message.
+    """
+    status = response.status_code
+    if status < 400:
+        return None
+    try:
+        body = response.content
+    except httpx2.ResponseNotRead:  # a streamed answer: the headers have to do
+        body = b""
+    code = response.headers.get("x-error-code")
+    detail = refusal_detail(status, code, response.headers.get("x-error-message"), body)
+    return refusal_error(status, code, detail, where=what, repo_id=repo_id)
 
 
 _JSON_KINDS: dict[type, str] = {
@@ -306,7 +379,11 @@ class HubUnreachable(TransferError):
 
 
 class HubClient:
-    """Metadata calls against one endpoint, with bounded, budgeted retries."""
+    """Metadata calls against one endpoint, with bounded, budgeted retries.
+
+    ``policy`` bounds the retries of one call; ``watch`` (share the pull's, as its transfer does) gives up
+    on an endpoint that has said nothing for its budget, and cuts every timeout and backoff to fit it.
+    """
 
     def __init__(
         self,
@@ -316,11 +393,15 @@ class HubClient:
         policy: RetryPolicy | None = None,
         clock: Clock = SYSTEM_CLOCK,
         timeout: float = 30.0,
+        watch: ProgressWatch | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self._host = host_of(self.endpoint)
         self._token = token
         self._policy = policy or RetryPolicy()
         self._clock = clock
+        self._watch = watch or ProgressWatch(clock=clock)
+        self._timeout = timeout
         headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible"}
         self._client = httpx2.Client(
             headers=headers,
@@ -353,42 +434,60 @@ class HubClient:
         data: Mapping[str, Any] | None = None,
         fail_fast: bool = False,
     ) -> httpx2.Response:
+        with self._watch.waiting(self._host, what):
+            return self._attempts(method, url, repo_id=repo_id, what=what, data=data, fail_fast=fail_fast)
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        *,
+        repo_id: str,
+        what: str,
+        data: Mapping[str, Any] | None,
+        fail_fast: bool,
+    ) -> httpx2.Response:
         policy = self._policy
+        watch = self._watch
         while True:
+            watch.check(what, repo_id=repo_id)
             status: int | None = None
             retry_after: float | None = None
             error: BaseException | None = None
+            # Cut to the give-up budget: a server that accepts and never answers cannot hold one attempt
+            # longer than the whole pull may wait.
+            limits = httpx2.Timeout(
+                watch.timeout(self._timeout), connect=watch.timeout(min(self._timeout, 10.0))
+            )
             try:
-                response = self._client.request(method, url, headers=self._auth_headers(url), data=data)
+                response = self._client.request(
+                    method, url, headers=self._auth_headers(url), data=data, timeout=limits
+                )
             except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+                watch.failed(self._host, what, describe_failure(exc, None))
                 if fail_fast and isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
                     raise HubUnreachable(f"{what}: cannot connect to {self.endpoint} ({exc})") from exc
                 error = exc
             else:
                 mapped = error_from_response(response, repo_id=repo_id, what=what)
+                if mapped is not None or response.status_code < 400:
+                    watch.progress()  # an answer, even "no", is a sign of life
                 if mapped is not None:
                     raise mapped
                 if response.status_code < 400:
                     return response
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+                watch.failed(self._host, what, describe_failure(None, status))
             try:
                 policy = policy.increment(error=error, status=status, retry_after=retry_after)
             except RetriesExhausted as exc:
-                if status == 429:
-                    raise RateLimited(
-                        f"{what}: rate limited by {self.endpoint} (HTTP 429) after {len(policy.history)} "
-                        "retries; wait and run again, or start fewer processes at once",
-                        repo_id=repo_id,
-                        status=429,
-                    ) from exc
-                cause = f"HTTP {status}" if status else type(error).__name__
-                raise TransferError(
-                    f"{what}: {self.endpoint} kept failing ({cause}) after {len(policy.history)} attempts; "
-                    "check the network or HF_ENDPOINT and run again",
-                    repo_id=repo_id,
-                ) from exc
-            self._clock.sleep(policy.backoff())
+                raise exhausted(what, exc, server=self.endpoint, repo_id=repo_id) from exc
+            delay = policy.backoff()
+            if retry_after is not None or status == 429:
+                watch.respite(delay)  # the server answered, asking for this wait
+            watch.tick()
+            self._clock.sleep(watch.pause(delay))
 
     def resolve_commit(
         self, repo_id: str, revision: str | None, repo_type: str = "model", *, fail_fast: bool = False

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vcache._version import __version__
 from vcache.cache import entry_kind, read_state, write_atomic
@@ -46,14 +46,55 @@ from vcache.report import Finding, findings_from_json
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
-#: Bump when the checks change in a way that should make old records untrusted.
-CHECKS_VERSION = 1
+#: Bump when the checks change in a way that should make old records untrusted. 2: GGUF, PyTorch, pickle,
+#: TorchScript and ONNX files are checked (a pickle importing ``os.system`` passed version 1).
+CHECKS_VERSION = 2
 #: Bump when the layout of the derived (snapshot, model) records changes.
 DERIVED_FORMAT = 1
 
-#: ``[link target or None, ino, size, mtime_ns, ctime_ns, regular]`` (stat fields None when the target is
-#: missing); the JSON form is the same list, so a state read from a record compares equal to a fresh one.
-EntryState = list[Any]
+
+class EntryState(NamedTuple):
+    """What :func:`entry_state` found at a path that has something: the link target (None when the path is not
+    a symlink), the stat token of what it resolves to (``ino``, ``size``, ``mtime_ns``, ``ctime_ns``; None for a
+    dangling link; no ``st_dev``, see :class:`StatToken`) and whether that is a regular file reached in at most
+    one hop.
+
+    A derived record stores it as the JSON list of these six fields in this order (how ``json`` writes a
+    tuple); :meth:`from_json` reads it back, so a stored state compares equal to a fresh one.
+    """
+
+    link: str | None
+    ino: int | None
+    size: int | None
+    mtime_ns: int | None
+    ctime_ns: int | None
+    regular: bool
+
+    @classmethod
+    def from_json(cls, value: Any) -> EntryState | None:
+        """A state as a record holds it (a six-item list, or null for "nothing there"); raises
+        :class:`ValueError` for anything else."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != len(cls._fields):
+            raise ValueError(f"not an entry state: {value!r:.80}")
+        link, ino, size, mtime_ns, ctime_ns, regular = value
+        numbers = (ino, size, mtime_ns, ctime_ns)
+        if (
+            not isinstance(link, str | None)
+            or not all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in numbers)
+            or not isinstance(regular, bool)
+        ):
+            raise ValueError(f"not an entry state: {value!r:.80}")
+        return cls(link, ino, size, mtime_ns, ctime_ns, regular)
+
+
+def states_from_json(value: Any) -> dict[str, EntryState | None]:
+    """A ``{name: state}`` mapping as a record holds it (see :meth:`EntryState.from_json`); raises
+    :class:`ValueError` for anything else."""
+    if not isinstance(value, dict):
+        raise ValueError(f"not a mapping of entry states: {value!r:.80}")
+    return {str(name): EntryState.from_json(state) for name, state in value.items()}
 
 
 @dataclass(frozen=True)
@@ -109,13 +150,14 @@ def entry_state(path: str | os.PathLike[str]) -> EntryState | None:
         if not regular:
             st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return None if link is None else [link, None, None, None, None, False]
-    return [link, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, regular]  # no st_dev: see StatToken
+        return None if link is None else EntryState(link, None, None, None, None, False)
+    return EntryState(link, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, regular)
 
 
 @dataclass(frozen=True)
 class LedgerRecord:
-    """A remembered verification of one blob."""
+    """A remembered verification of one blob: its findings, the format it was checked as and the checks
+    that ran (None and empty for a record that does not know them, such as a restored quarantine entry)."""
 
     etag: str
     digest: str
@@ -127,6 +169,8 @@ class LedgerRecord:
     verified_at: float
     restored: bool = False
     sha256: str | None = None
+    format: str | None = None
+    checks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form (``sha256`` only when known)."""
@@ -146,6 +190,8 @@ class LedgerRecord:
             "checks_version": self.checks_version,
             "verified_at": self.verified_at,
             "restored": self.restored,
+            "format": self.format,
+            "checks": list(self.checks),
         }
         if self.sha256 is not None:
             out["sha256"] = self.sha256
@@ -169,6 +215,8 @@ class LedgerRecord:
             verified_at=float(data.get("verified_at", 0.0)),
             restored=bool(data.get("restored", False)),
             sha256=_sha256_or_none(data.get("sha256")),
+            format=None if data.get("format") is None else str(data["format"]),
+            checks=tuple(str(c) for c in data.get("checks", [])),
         )
 
 
@@ -195,8 +243,11 @@ class Ledger:
         *,
         restored: bool = False,
         sha256: str | None = None,
+        format: str | None = None,
+        checks: Sequence[str] = (),
     ) -> LedgerRecord:
-        """Remember that ``blob`` (now at its final path) was verified with these findings.
+        """Remember that ``blob`` (now at its final path) was verified with these findings, as ``format``
+        with ``checks``.
 
         ``sha256`` is the sha256 of the verified bytes when the caller knows it (taken from ``digest`` when
         that is a sha256). Raises :class:`OSError` when ``blob`` is not a regular file: nothing else is ever
@@ -216,6 +267,8 @@ class Ledger:
             verified_at=time.time(),
             restored=restored,
             sha256=_sha256_or_none(sha256),
+            format=format,
+            checks=tuple(checks),
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path(etag), json.dumps(rec.to_json(), indent=1).encode())
@@ -263,7 +316,16 @@ class Ledger:
         if again is None or again.stat != rec.stat:
             return None  # changed while it was hashed: these are not the verified bytes
         with contextlib.suppress(OSError):
-            self.record(etag, blob, rec.digest, rec.findings, restored=rec.restored, sha256=value)
+            self.record(
+                etag,
+                blob,
+                rec.digest,
+                rec.findings,
+                restored=rec.restored,
+                sha256=value,
+                format=rec.format,
+                checks=rec.checks,
+            )
         return value
 
     def forget(self, etag: str) -> None:
@@ -279,7 +341,9 @@ class Ledger:
             st = os.stat(os.path.join(self.directory, f"{etag}.json"))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return [None, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISREG(st.st_mode)]
+        return EntryState(
+            None, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISREG(st.st_mode)
+        )
 
     # -- derived records (snapshots/, models/) -------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """Lockfiles: the exact bytes of pinned Hub repos, so that a pull can be checked without trusting any server.
 
 What this module owns: the lockfile format (written and parsed here, nowhere else), the typed values it
-holds (:class:`Lock`, :class:`LockedRepo`, :class:`LockedFile`), making a repo's entry from a verified pull
-(:func:`lock_repo`) and saying what an update changed (:class:`LockDiff`). What a lock means for a pull
-(``vcache pull --lock``) is :mod:`vcache.pull`'s business and for the cache (``vcache verify --lock``)
-:mod:`vcache.verify`'s; this module never downloads or judges bytes itself, and never writes anything but
-the lockfile it is asked to write.
+holds (:class:`Lock`, :class:`LockedRepo`, :class:`LockedFile`) and saying what an update changed
+(:class:`LockDiff`). Making a repo's entry from a verified pull (:func:`vcache.pull.lock_repo`) and what a
+lock means for a pull (``vcache pull --lock``) are :mod:`vcache.pull`'s business, and for the cache
+(``vcache verify --lock``) :mod:`vcache.verify`'s; this module never downloads or judges bytes itself, never
+imports the modules that do, and never writes anything but the lockfile it is asked to write.
 
 The format is TOML (parsed with the standard library's ``tomllib``), written by hand in one canonical form
 so that a diff shows exactly what moved: repos sorted by id then type, files sorted by path, one file per
@@ -30,7 +30,9 @@ line of the others as it was::
 
 Per repo: ``id``, ``type`` (model, dataset or space), ``revision`` (what was asked for: a branch, tag or
 commit), ``commit`` (what it resolved to: the pull fetches this commit, never the branch), ``include`` /
-``exclude`` (the glob patterns that chose the files, re-applied by ``vcache lock --update``) and ``files``.
+``exclude`` (the glob patterns that chose the files, re-applied by ``vcache lock --update``), ``signature``
+(only when the repo was locked with ``--verify-signature METHOD``: that METHOD, which every locked pull of
+the repo then requires; see :mod:`vcache.signing`) and ``files``.
 Per file: ``path``, ``size`` and ``sha256``: the sha256 of *every* file, small ones included, computed by
 vcache from bytes it verified (the Hub names small files by their git blob sha1, which is weaker and which a
 mirror may not send at all).
@@ -72,8 +74,7 @@ from vcache.hub import COMMIT_RE, validate_repo_id, validate_repo_path, validate
 from vcache.report import Finding, fail, info
 
 if TYPE_CHECKING:
-    from vcache.pull import Progress
-    from vcache.report import PullReport
+    from vcache.signing import SignatureMethod
 
 __all__ = [
     "DEFAULT_LOCKFILE",
@@ -82,7 +83,7 @@ __all__ = [
     "LockDiff",
     "LockedFile",
     "LockedRepo",
-    "lock_repo",
+    "canonical_patterns",
     "missing_file",
     "read_lock",
     "server_digest",
@@ -99,7 +100,7 @@ _HEADER = (
     "# vcache lockfile: the exact files of pinned Hugging Face Hub repos.\n"
     "# Written by `vcache lock`; `vcache pull --lock` fetches these bytes, `vcache verify --lock` checks them.\n"
 )
-_REPO_KEYS = ("id", "type", "revision", "commit", "include", "exclude", "files")
+_REPO_KEYS = ("id", "type", "revision", "commit", "include", "exclude", "signature", "files")
 _FILE_KEYS = ("path", "size", "sha256")
 
 
@@ -119,7 +120,9 @@ class LockedFile:
 
 @dataclass(frozen=True)
 class LockedRepo:
-    """One pinned repo: what was asked for (``revision``, patterns), what it resolved to, and its files."""
+    """One pinned repo: what was asked for (``revision``, patterns), what it resolved to, and its files.
+    ``signature`` is the signature METHOD (``str()`` of a :class:`~vcache.signing.SignatureMethod`) a locked
+    pull of the repo requires, None when it was locked without one."""
 
     repo_id: str
     repo_type: str
@@ -128,6 +131,7 @@ class LockedRepo:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     files: tuple[LockedFile, ...] = ()
+    signature: str | None = None
 
     @cached_property
     def _by_path(self) -> dict[str, LockedFile]:
@@ -155,6 +159,27 @@ class LockedRepo:
     def name(self) -> str:
         """``org/name`` for models, ``datasets/org/name`` and ``spaces/org/name`` otherwise (for messages)."""
         return self.repo_id if self.repo_type == "model" else f"{self.repo_type}s/{self.repo_id}"
+
+    def signature_method(
+        self, given: str | SignatureMethod | None, lockfile: str
+    ) -> str | SignatureMethod | None:
+        """The signature method a pull of this repo under the lock requires: ``given`` (``verify_signature``,
+        ``--verify-signature``) or the one the lock records, None when neither. Both given and trusting
+        different things: a :class:`UsageError` naming ``lockfile``."""
+        if given is None or self.signature is None:
+            return given if given is not None else self.signature
+        from vcache.signing import SignatureMethod, parse_method
+
+        asked, recorded = parse_method(given), SignatureMethod.parse(self.signature)
+        if not asked.same_trust(recorded):
+            raise UsageError(
+                f"--verify-signature {asked} was asked for {self.name}, but the lockfile {lockfile} requires "
+                f"{recorded}; nothing was downloaded. Drop --verify-signature to use the locked method, or "
+                f"lock the repo again with `vcache lock {self.repo_id} --verify-signature {asked} -o {lockfile}`",
+                repo_id=self.repo_id,
+                lockfile=lockfile,
+            )
+        return asked
 
 
 @dataclass(frozen=True)
@@ -213,6 +238,8 @@ class Lock:
                 f"include = {_strings(r.include)}",
                 f"exclude = {_strings(r.exclude)}",
             ]
+            if r.signature is not None:
+                lines.append(f"signature = {_string(r.signature)}")
             if r.files:
                 lines.append("files = [")
                 lines.extend(
@@ -364,6 +391,7 @@ def _parse_repo(raw: Any, where: str, i: int) -> LockedRepo:
     if not COMMIT_RE.fullmatch(text["commit"]):
         raise _bad(where, f"{label}: commit {text['commit']!r} is not a 40-hex commit id")
     patterns = {k: _pattern_list(raw.get(k, []), where, f"{label} `{k}`") for k in ("include", "exclude")}
+    signature = _signature(raw.get("signature"), where, label)
     files_raw = raw["files"]
     if not isinstance(files_raw, list):
         raise _bad(where, f"{label}: `files` is not a list")
@@ -383,7 +411,26 @@ def _parse_repo(raw: Any, where: str, i: int) -> LockedRepo:
         include=patterns["include"],
         exclude=patterns["exclude"],
         files=tuple(sorted(files, key=lambda f: f.path)),
+        signature=signature,
     )
+
+
+def _signature(value: Any, where: str, label: str) -> str | None:
+    """A recorded signature METHOD, checked as text (the key or certificate is read by the pull that uses it)."""
+    if value is None:
+        return None
+    from vcache.signing import SignatureMethod
+
+    if not isinstance(value, str):
+        raise _bad(where, f"{label}: `signature` is not a string")
+    try:
+        return str(SignatureMethod.parse(value))
+    except UsageError:
+        raise _bad(
+            where,
+            f"{label}: signature {value!r} is not a METHOD (key:PUBLIC_KEY.pem, certificate:CHAIN.pem or "
+            "sigstore:IDENTITY@ISSUER)",
+        ) from None
 
 
 def _pattern_list(value: Any, where: str, what: str) -> tuple[str, ...]:
@@ -441,7 +488,7 @@ def _strings(values: Iterable[str]) -> str:
     return "[" + ", ".join(_string(v) for v in values) + "]"
 
 
-def _patterns(values: str | Sequence[str] | None) -> tuple[str, ...]:
+def canonical_patterns(values: str | Sequence[str] | None) -> tuple[str, ...]:
     """Patterns in canonical form (sorted, without repeats), so that the same request locks the same text."""
     if values is None:
         return ()
@@ -454,74 +501,13 @@ def _patterns(values: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(sorted(set(items)))
 
 
-# -- making and updating entries -----------------------------------------------------------------------------
-
-
-def lock_repo(
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    repo_type: str | None = None,
-    include: str | Sequence[str] | None = None,
-    exclude: str | Sequence[str] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-    max_workers: int | None = None,
-    progress: Progress | None = None,
-) -> tuple[LockedRepo | None, PullReport]:
-    """Pull ``repo_id`` (verified, without any lock) and make its lock entry from the verified bytes.
-
-    Returns the entry (None when some file failed: nothing may be locked then) and the pull's report. The
-    sha256 of a file comes from what vcache verified: the blob name of an LFS file, the sha256 the ledger
-    recorded when a small file was verified (or the blob hashed while its ledger record still vouches for
-    it). Raises what :func:`vcache.pull.pull` raises.
-    """
-    from vcache.cache import CacheRepo
-    from vcache.config import resolve_settings
-    from vcache.ledger import Ledger
-    from vcache.pull import pull
-    from vcache.verify import verified_sha256
-
-    inc, exc = _patterns(include), _patterns(exclude)
-    report = pull(
-        repo_id,
-        revision=revision,
-        repo_type=repo_type,
-        cache_dir=cache_dir,
-        endpoint=endpoint,
-        token=token,
-        allow_patterns=list(inc) or None,
-        ignore_patterns=list(exc) or None,
-        max_workers=max_workers,
-        progress=progress,
-        lock=False,
-    )
-    if not report.ok or report.commit is None:
-        return None, report
-    settings = resolve_settings(cache_dir=cache_dir, repo_type=repo_type, local_files_only=True)
-    repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
-    ledger = Ledger(repo.ledger_dir)
-    files = []
-    for fr in report.files:
-        sha256 = verified_sha256(repo, ledger, report.commit, fr.path)
-        size = fr.size if fr.size is not None else os.stat(repo.snapshot_file(report.commit, fr.path)).st_size
-        files.append(LockedFile(fr.path, size, sha256))
-    entry = LockedRepo(
-        repo_id=repo_id,
-        repo_type=settings.repo_type,
-        revision=revision or "main",
-        commit=report.commit,
-        include=inc,
-        exclude=exc,
-        files=tuple(sorted(files, key=lambda f: f.path)),
-    )
-    return entry, report
+# -- updating entries ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LockDiff:
-    """What moving one repo's entry changed: the commits, and the files added, removed and changed."""
+    """What moving one repo's entry changed: the commits, the files added, removed and changed, and the
+    signature method required (None: none)."""
 
     name: str
     old_commit: str
@@ -529,6 +515,8 @@ class LockDiff:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: tuple[str, ...]
+    old_signature: str | None = None
+    new_signature: str | None = None
 
     @classmethod
     def between(cls, old: LockedRepo, new: LockedRepo) -> LockDiff:
@@ -542,12 +530,18 @@ class LockDiff:
             added=tuple(sorted(after.keys() - before.keys())),
             removed=tuple(sorted(before.keys() - after.keys())),
             changed=tuple(sorted(p for p in before.keys() & after.keys() if before[p] != after[p])),
+            old_signature=old.signature,
+            new_signature=new.signature,
         )
 
     @property
     def unchanged(self) -> bool:
         """True when the update moved nothing."""
-        return self.old_commit == self.new_commit and not (self.added or self.removed or self.changed)
+        return (
+            self.old_commit == self.new_commit
+            and not (self.added or self.removed or self.changed)
+            and self.old_signature == self.new_signature
+        )
 
     def describe(self) -> list[str]:
         """Lines for a person: the commit move, then each added, removed and changed file."""
@@ -560,4 +554,6 @@ class LockDiff:
         lines += [f"  + {p}" for p in self.added]
         lines += [f"  - {p}" for p in self.removed]
         lines += [f"  ~ {p}" for p in self.changed]
+        if self.old_signature != self.new_signature:
+            lines.append(f"  signature: {self.old_signature or 'none'} -> {self.new_signature or 'none'}")
         return lines

@@ -43,13 +43,11 @@ from pathlib import Path
 
 import filelock
 
-from vcache.config import env_float
+from vcache.config import DEFAULT_LEASE_SECONDS, DEFAULT_LOCK_TIMEOUT, lease_seconds, lock_settings
 from vcache.errors import LockTimeout, UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TIMEOUT = 600.0
-DEFAULT_LEASE_SECONDS = 30.0
 #: How often a waiter says it is still waiting (huggingface_hub logs every 10 s; a cluster log needs less).
 _WAIT_LOG_INTERVAL = 30.0
 
@@ -98,18 +96,7 @@ class LockPolicy:
 
 def lock_timeout() -> float:
     """Seconds to wait for a blob lock (``VCACHE_LOCK_TIMEOUT``, default 600)."""
-    return env_float("VCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
-
-
-def lease_seconds() -> float:
-    """Lease duration in seconds (``VCACHE_LEASE_SECONDS``, default 30; at least 1).
-
-    Every process sharing a cache must use the same value: filelock refuses to contend with a lease of another
-    duration, and vcache then adopts the duration the current holder recorded (with a warning). It is also how
-    long a dead writer's partial must sit untouched before another process adopts it, so that whoever takes a
-    lease over resumes the partial rather than starting again (see ``partial``).
-    """
-    return max(1.0, env_float("VCACHE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+    return lock_settings().timeout
 
 
 # -- filesystem detection ----------------------------------------------------------------------------------------
@@ -167,7 +154,7 @@ def flock_trusted(fs_type: str) -> bool:
 def lock_policy(directory: Path) -> LockPolicy:
     """The lock mode for blobs whose locks live in ``directory``: ``VCACHE_LOCK_MODE``, else by filesystem type."""
     fs_type = filesystem_type(directory)
-    raw = os.environ.get("VCACHE_LOCK_MODE", "").strip().lower() or "auto"
+    raw = lock_settings().mode
     if raw != "auto":
         try:
             return LockPolicy(LockMode(raw), fs_type, "set by VCACHE_LOCK_MODE")
@@ -197,10 +184,13 @@ def ensure_lock_dir(directory: Path) -> None:
     """Create ``directory`` (under ``.locks``) with its parent's group bits, so other users can lock there too.
 
     A shared cache's ``.locks`` is ``2775``; a user whose umask is ``022`` would otherwise create
-    ``.locks/<repo_folder>`` as ``0755`` and lock everyone else out of it (``docs/design.md`` §5.2).
+    ``.locks/<repo_folder>`` as ``0755`` and lock everyone else out of it (``docs/design.md`` §5.2). Missing
+    parents (``.locks/<repo_folder>`` for ``.locks/<repo_folder>/uses``) get the same treatment, level by level.
     """
     if directory.is_dir():
         return
+    if ".locks" in directory.parent.parts:
+        ensure_lock_dir(directory.parent)
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         parent_mode = stat.S_IMODE(directory.parent.stat().st_mode)
@@ -212,16 +202,20 @@ def ensure_lock_dir(directory: Path) -> None:
 # -- the lock ----------------------------------------------------------------------------------------------------
 
 
-def _make_lock(path: Path, mode: LockMode, duration: float) -> filelock.BaseFileLock:
+#: What a blob lease taken over by another process means (see :func:`blob_lock`'s ``lost``).
+_BLOB_LEASE_LOST = "continuing, another process may fetch the same blob"
+
+
+def _make_lock(
+    path: Path, mode: LockMode, duration: float, lost_means: str = _BLOB_LEASE_LOST
+) -> filelock.BaseFileLock:
     if mode is LockMode.LEASE:
 
         def lost(compromise: filelock.LeaseCompromise) -> None:
-            # Another process took the lease (our heartbeat stalled past the lease). Both may now download;
-            # each writes its own partial and publishes atomically, so this is duplicate work, not damage.
+            # Another process took the lease (our heartbeat stalled past the lease). For a blob both may now
+            # download; each writes its own partial and publishes atomically: duplicate work, not damage.
             log.warning(
-                "lease %s was taken over (%s); continuing, another process may fetch the same blob",
-                compromise.lock_file,
-                compromise.reason,
+                "lease %s was taken over (%s); %s", compromise.lock_file, compromise.reason, lost_means
             )
 
         return filelock.SoftFileLease(
@@ -283,13 +277,18 @@ def _acquire(lock: filelock.BaseFileLock, path: Path, mode: LockMode, wait: floa
 
 
 @contextlib.contextmanager
-def blob_lock(path: Path, *, timeout: float | None = None, what: str = "") -> Iterator[bool]:
+def blob_lock(
+    path: Path, *, timeout: float | None = None, what: str = "", lost: str = _BLOB_LEASE_LOST
+) -> Iterator[bool]:
     """Hold the per-blob lock at huggingface_hub's ``path`` for the block; yields whether a lock is held.
 
     The mode (flock, lease or none) comes from :func:`lock_policy` for ``path``'s directory. Raises
     :class:`~vcache.errors.LockTimeout` after ``timeout`` seconds (default ``VCACHE_LOCK_TIMEOUT``). Yields
     ``False`` without touching the disk when locking is off or the cache is not writable, and ``False`` when
     the lock cannot be created; the caller then goes on unlocked, which can only cost duplicate work.
+
+    Any other lock under ``.locks`` is taken the same way (``usage``'s use markers and per-repo gc lock);
+    ``lost`` says what a lease taken over by another process means for it (logged as a warning).
     """
     wait = lock_timeout() if timeout is None else timeout
     what = what or path.name
@@ -300,7 +299,7 @@ def blob_lock(path: Path, *, timeout: float | None = None, what: str = "") -> It
     duration = lease_seconds()
     try:
         ensure_lock_dir(path.parent)
-        lock = _make_lock(path, policy.mode, duration)
+        lock = _make_lock(path, policy.mode, duration, lost)
         try:
             _acquire(lock, path, policy.mode, wait, what)
         except filelock.LeaseSettingsMismatch:
@@ -315,7 +314,7 @@ def blob_lock(path: Path, *, timeout: float | None = None, what: str = "") -> It
                 owner.lease_duration,
                 duration,
             )
-            lock = _make_lock(path, policy.mode, owner.lease_duration)
+            lock = _make_lock(path, policy.mode, owner.lease_duration, lost)
             _acquire(lock, path, policy.mode, wait, what)
     except LockTimeout:
         raise
@@ -328,6 +327,69 @@ def blob_lock(path: Path, *, timeout: float | None = None, what: str = "") -> It
     finally:
         with contextlib.suppress(OSError):
             lock.release()
+
+
+def lease_is_stale(marker: Path, lease: float, *, now: float | None = None) -> tuple[bool, str]:
+    """Whether the holder of the lease ``marker`` is gone, and who it was (for messages).
+
+    Gone means: it ran on this host and its process no longer exists (filelock's own test, PID and start time),
+    or its marker has not been renewed for three lease lengths (its recorded length, else ``lease``; three leave
+    room for clock skew between nodes: ``now`` is this node's wall clock, the mtime the file server's). A marker
+    without a readable owner record is gone after three lease lengths too.
+    """
+    owner = filelock.SoftFileLease(str(marker)).owner
+    try:
+        age = (time.time() if now is None else now) - marker.stat().st_mtime
+    except OSError:
+        return False, ""
+    if owner is None:
+        return age > 3 * lease, f"{marker.name} (no readable owner, {age:.0f}s old)"
+    who = f"{marker.parent.name}/{marker.name} (pid {owner.pid} on {owner.hostname}, renewed {age:.0f}s ago)"
+    duration = owner.lease_duration or lease
+    try:
+        # filelock's own liveness test (PID and start time on this host); private, so optional.
+        from filelock._identity import owner_is_stale
+
+        if owner_is_stale(owner.pid, owner.hostname, owner.start):
+            return True, who
+    except ImportError:
+        pass
+    return age > 3 * duration, who
+
+
+def lock_is_held(path: Path, *, remove_if_free: bool = False) -> bool:
+    """Whether a live process holds the lock at ``path``, judged without waiting and without creating anything.
+
+    ``<name>.lease`` is a lease marker (:func:`lease_is_stale` decides); any other file is a ``flock`` lock file,
+    probed with a non-blocking ``flock`` of its own (the kernel drops a dead holder's flock). A file that is
+    already gone is not held. With ``remove_if_free``, a file whose holder is gone is deleted (a flock file while
+    the probe holds it: a process that opened it meanwhile finds the inode unlinked and makes a new one, as
+    filelock does).
+    """
+    if path.suffix == ".lease":
+        stale, _who = lease_is_stale(path, lease_seconds())
+        if stale and remove_if_free:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return not stale and path.exists()
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        if remove_if_free:
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.lstat(path), os.fstat(fd)):
+                    path.unlink()
+        return False
+    finally:
+        os.close(fd)  # drops the probe's flock
 
 
 def wait_for_other_writer(
@@ -382,8 +444,10 @@ __all__ = [
     "filesystem_type",
     "flock_trusted",
     "is_writable_dir",
+    "lease_is_stale",
     "lease_path",
     "lease_seconds",
+    "lock_is_held",
     "lock_policy",
     "lock_timeout",
     "mount_fs_type",

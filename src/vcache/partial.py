@@ -42,7 +42,6 @@ content, and never takes a lock.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -57,8 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcache.cache import read_state
-from vcache.errors import CacheNotWritable, DiskFull
+from vcache.cache import read_state, translate_os_error
 from vcache.hashing import Digest
 
 __all__ = [
@@ -102,9 +100,6 @@ def _read_boot_id() -> str | None:
 
 
 _BOOT_ID = _read_boot_id()
-
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _now() -> float:
@@ -248,15 +243,6 @@ class PartialInfo:
 def new_writer_id() -> str:
     """``<pid>-<unix time>-<random>``: unique to this process and attempt, and dated."""
     return f"{os.getpid()}-{int(_now())}-{secrets.token_hex(4)}"
-
-
-def _os_error(exc: OSError, what: str) -> Exception:
-    """Map a filesystem error to the vcache error a user can act on (or return it unchanged)."""
-    if exc.errno in _DISK_FULL_ERRNOS:
-        return DiskFull(f"{what}: {os.strerror(exc.errno or 0)}", errno=exc.errno)
-    if exc.errno in _NOT_WRITABLE_ERRNOS:
-        return CacheNotWritable(f"{what}: {os.strerror(exc.errno or 0)}", errno=exc.errno)
-    return exc
 
 
 class _SidecarError(ValueError):
@@ -468,7 +454,7 @@ class Partial:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
-                raise _os_error(exc, f"cannot write the sidecar of {self.meta.path}") from exc
+                raise translate_os_error(exc, f"writing the sidecar of {self.meta.path}") from exc
 
     def note_progress(self, ranges: RangeSet) -> None:
         """Record ``ranges`` as written, in place and without waiting for the disk.
@@ -489,7 +475,7 @@ class Partial:
                 os.pwrite(self._progress_fd, data, 0)
                 self._progress_len = len(data)
             except OSError as exc:
-                raise _os_error(exc, f"cannot write the progress of {self.meta.path}") from exc
+                raise translate_os_error(exc, f"writing the progress of {self.meta.path}") from exc
 
     def truncate(self) -> None:
         """Drop every byte of the data file (a clean restart from zero)."""
@@ -528,7 +514,7 @@ def _create(pdir: Path, meta: PartialMeta) -> Partial:
         fd = os.open(directory / DATA_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        raise _os_error(exc, f"cannot create a partial in {pdir}") from exc
+        raise translate_os_error(exc, f"creating a partial in {pdir}") from exc
     partial = Partial(pdir, meta, writer_id, fd, RangeSet(), None)
     try:
         partial.save(RangeSet())
@@ -547,7 +533,7 @@ def _adopt(pdir: Path, meta: PartialMeta, old_writer: str) -> Partial | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _os_error(exc, f"cannot adopt a partial in {pdir}") from exc
+        raise translate_os_error(exc, f"adopting a partial in {pdir}") from exc
     # Re-read what we now own: the copy read before the rename could have been replaced meanwhile.
     try:
         doc = _read_sidecar(new / SIDECAR_NAME)
@@ -600,7 +586,7 @@ def open_partial(
     try:
         pdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error(exc, f"cannot create {pdir}") from exc
+        raise translate_os_error(exc, f"creating {pdir}") from exc
     _clear_trash(pdir)
     now = _now()
     usable: list[tuple[int, str]] = []

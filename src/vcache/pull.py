@@ -6,11 +6,14 @@ Data flows one way (``docs/design.md`` §4):
 2. plan: the files at that commit with size and digest, filtered, paths validated before anything is written;
 3. fetch each missing file (bounded parallelism) under its blob lock, into a resumable partial, hashed as
    written (``transfer``);
-4. judge the finished partial: size, digest, sniff, safetensors structure, tensor content
-   (``checks.judge``, given what the transfer computed while writing it);
+4. judge the finished partial: size, digest, sniff, the structure of its format (safetensors, GGUF,
+   PyTorch/pickle/TorchScript, ONNX), tensor content, pickle imports (``checks.judge``, given what the
+   transfer computed while writing it); ONNX models last, once the files their external data is in are
+   published;
 5. publish (fsync + ``os.replace`` into ``blobs/``, ledger record, snapshot link) or, when the failure is in
    transport, discard and fetch again a bounded number of times; otherwise quarantine with a report;
-6. repo checks (sharded index and config coherence);
+6. repo checks (sharded index and config coherence), and the publisher's signature when one is required
+   (``signing``: compared with the digests verified above, no file hashed again);
 7. report; ``refs/`` and ``trees/`` are written only when every requested file is verified.
 
 Under a lockfile (``lock=``, ``VCACHE_LOCK``; see :mod:`vcache.lockfile`) the commit comes from the lock,
@@ -24,13 +27,14 @@ Invariant: nothing reaches ``blobs/`` or ``snapshots/`` unless it passed its che
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +42,24 @@ from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
 from vcache.checks import StreamingCheck
-from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, lock_size_mismatch, parsed_headers
-from vcache.cluster import start_jitter, transfer_settings
-from vcache.config import Settings, resolve_lock_path, resolve_settings
+from vcache.checks.judge import (
+    MISMATCH_CODES,
+    Judgement,
+    judge,
+    lock_size_mismatch,
+    parsed_headers,
+    still_stands,
+)
+from vcache.checks.pickles import parse_allow_imports
+from vcache.cluster import start_jitter
+from vcache.config import (
+    Settings,
+    TransferSettings,
+    give_up_seconds,
+    resolve_lock_path,
+    resolve_settings,
+    resolve_transfer_settings,
+)
 from vcache.errors import (
     CacheNotWritable,
     DiskFull,
@@ -66,7 +85,16 @@ from vcache.hub import (
     validate_revision,
 )
 from vcache.ledger import Ledger
-from vcache.lockfile import Lock, LockedFile, LockedRepo, missing_file, read_lock, server_digest, unlisted
+from vcache.lockfile import (
+    Lock,
+    LockedFile,
+    LockedRepo,
+    canonical_patterns,
+    missing_file,
+    read_lock,
+    server_digest,
+    unlisted,
+)
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import quarantine_file
 from vcache.report import (
@@ -79,12 +107,17 @@ from vcache.report import (
     fail,
     info,
 )
+from vcache.retry import ProgressWatch
+from vcache.signing import SignatureCheck, SignatureMethod, parse_method
+from vcache.signing import prepare as prepare_signature
 from vcache.transfer import FetchResult, FetchSpec, Transfer
+from vcache.usage import use
 from vcache.verify import (
     attach_repo_findings,
     blob_not_regular,
     require_complete,
     resolve_cached_commit,
+    verified_sha256,
     verify_in_place,
     verify_locked,
     verify_snapshot,
@@ -112,7 +145,7 @@ class Progress:
         """A file is settled (published, cached, or failed)."""
 
     def message(self, text: str) -> None:
-        """A human-readable event worth showing (a refetch, a quarantine)."""
+        """A human-readable event worth showing (a refetch, a quarantine, a wait for a silent Hub)."""
 
 
 class _FileMeter:
@@ -148,11 +181,18 @@ class _FileMeter:
 
 @dataclass
 class PullOptions:
-    """Knobs below the public API (tests inject a fake clock or small timeouts through ``transfer``)."""
+    """Knobs below the public API (tests inject a fake clock or small timeouts through ``transfer``).
+
+    ``transfer``: the transfer settings; ``None`` resolves them from the environment
+    (:func:`~vcache.config.resolve_transfer_settings`).
+    ``allow_imports``: pickle globals (``module.name``) accepted beyond ``torch.load(weights_only=True)``'s
+    allowlist (:func:`pull`'s ``allow_imports`` adds to them).
+    """
 
     strict: bool = False
     max_integrity_attempts: int = MAX_INTEGRITY_ATTEMPTS
-    transfer: dict[str, Any] = field(default_factory=dict)
+    transfer: TransferSettings | None = None
+    allow_imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,25 +226,39 @@ def pull(
     files: Sequence[str] | None = None,
     progress: Progress | None = None,
     options: PullOptions | None = None,
+    verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
     lock: LockArg = None,
 ) -> PullReport:
     """Download and verify a repo snapshot into the HF cache; return what happened to every file.
 
-    Every file is checked against the publisher's digest while it is written, then sniffed and (for
-    safetensors) structurally and content-checked; failures are fetched again when downloading again might
-    help, and quarantined otherwise. Offline (``HF_HUB_OFFLINE`` or ``local_files_only``) the cached
-    snapshot is verified from the ledger instead. ``files`` limits the pull to exact paths.
+    Every file is checked against the publisher's digest while it is written, then sniffed and, by the
+    format its content shows (safetensors, GGUF, PyTorch checkpoint, pickle, TorchScript, ONNX), checked
+    for structure and content, and a pickle for what it imports (never unpickled); failures are fetched
+    again when downloading again might help, and quarantined otherwise. Offline (``HF_HUB_OFFLINE`` or
+    ``local_files_only``) the cached snapshot is verified from the ledger instead. ``files`` limits the
+    pull to exact paths. ``allow_imports`` (``module.name`` entries, e.g. a training config class) widens
+    the allowlist of pickle globals for a user who trusts the repo; a global that runs code (``os.system``,
+    ``builtins.eval``) is never allowed.
     Raises :class:`~vcache.errors.HubError` subclasses for repo/revision/file errors and
     :class:`~vcache.errors.TransferError` subclasses for disk problems; per-file verification failures are
     in the report (``report.ok``), not raised. An invalid ``repo_id`` or ``revision`` raises
     :class:`~vcache.errors.UsageError` before anything is asked or read.
+
+    ``verify_signature`` (``"key:PUBLIC_KEY.pem"``, ``"certificate:CHAIN.pem"``,
+    ``"sigstore:IDENTITY@ISSUER"`` or a :class:`~vcache.signing.SignatureMethod`) also requires the repo's
+    ``model.sig`` (model-signing, the ``vcache[signing]`` extra) to come from that key or identity and to match
+    every pulled file; its ``signature.*`` findings fail the report, and no ref is written. The method is
+    loaded before anything is downloaded (see :func:`vcache.signing.prepare` for its errors).
 
     ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``, ``False`` for
     none) pins the repo: its locked commit is pulled whatever the branch says now, only its locked files
     (narrowed by the patterns or ``files``), each checked on the bytes against the lock's size and sha256
     (``lock.*`` findings). A repo the lock does not pin, or a revision other than the locked one, is a
     :class:`~vcache.errors.UsageError` naming the lockfile; a locked commit the server no longer has, a
-    :class:`~vcache.errors.RevisionNotFound` naming it. Offline, the cache is checked against the lock.
+    :class:`~vcache.errors.RevisionNotFound` naming it. Offline, the cache is checked against the lock. A
+    signature method the lock records for the repo is required as if given as ``verify_signature`` (giving
+    a different one is a :class:`~vcache.errors.UsageError`).
     """
     validate_repo_id(repo_id)
     if revision is not None:
@@ -213,6 +267,10 @@ def pull(
         raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
+    try:
+        opts.allow_imports = parse_allow_imports((*opts.allow_imports, *allow_imports))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     settings = resolve_settings(
         endpoint=endpoint,
         cache_dir=cache_dir,
@@ -223,13 +281,62 @@ def pull(
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
     pin = _pin_for(lock, repo_id, settings.repo_type, revision)
-    if settings.offline:
-        if pin is not None:
-            return _pull_offline_locked(repo, pin, allow_patterns, ignore_patterns, files, opts.strict)
-        return _pull_offline(repo, revision, allow_patterns, ignore_patterns, files, opts.strict)
-    return _Puller(settings, repo, opts, progress or Progress(), force_download, pin).run(
-        revision, allow_patterns, ignore_patterns, files, local_dir
+    # The method is loaded (key read, sigstore's trust root fetched) before anything is downloaded.
+    method = (
+        pin.repo.signature_method(verify_signature, pin.lockfile) if pin is not None else verify_signature
     )
+    signature = prepare_signature(method) if method is not None else None
+    if pin is not None and signature is not None:
+        _require_locked_signature_file(pin, signature)
+    # Registered before anything is read, so gc leaves the repo's revisions and blobs alone (see usage).
+    used = pin.repo.commit if pin is not None else revision
+    with use(repo_id, used, cache_dir=settings.cache_dir, repo_type=settings.repo_type):
+        if settings.offline:
+            if pin is not None:
+                return _pull_offline_locked(
+                    repo,
+                    pin,
+                    allow_patterns,
+                    ignore_patterns,
+                    files,
+                    opts.strict,
+                    opts.allow_imports,
+                    signature,
+                )
+            return _pull_offline(
+                repo,
+                revision,
+                allow_patterns,
+                ignore_patterns,
+                files,
+                opts.strict,
+                opts.allow_imports,
+                signature,
+            )
+        puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature, pin)
+        with _ticking(puller.watch):
+            return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
+
+
+#: How often (real seconds) a pull asks its watch whether a "waiting for …" line is due.
+_TICK = 0.5
+
+
+@contextlib.contextmanager
+def _ticking(watch: ProgressWatch) -> Iterator[None]:
+    """While the block runs, tick ``watch`` from a thread: a request that hangs gets its notice too."""
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(_TICK):
+            watch.tick()
+
+    ticker = threading.Thread(target=tick, name="vcache-waiting", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _pin_for(lock: LockArg, repo_id: str, repo_type: str, revision: str | None) -> _Pin | None:
@@ -255,14 +362,43 @@ def _pin_for(lock: LockArg, repo_id: str, repo_type: str, revision: str | None) 
     return _Pin(entry, parsed.where)
 
 
+def _require_locked_signature_file(pin: _Pin, signature: SignatureCheck) -> None:
+    """A locked pull fetches only locked files: a required signature needs its signature file locked."""
+    name = signature.signature_file
+    if pin.repo.file(name) is None:
+        raise UsageError(
+            f"{pin.repo.name}: the signature ({signature.method}) cannot be checked under the lockfile "
+            f"{pin.lockfile}, which does not pin {name}, and a locked pull fetches only locked files; nothing "
+            f"was downloaded. Lock the repo with its signature: `vcache lock {pin.repo.repo_id} "
+            f"--verify-signature {signature.method} -o {pin.lockfile}`",
+            repo_id=pin.repo.repo_id,
+            path=name,
+            lockfile=pin.lockfile,
+        )
+
+
 def _locked_selection(
     pin: _Pin,
     allow: str | Sequence[str] | None,
     ignore: str | Sequence[str] | None,
     files: Sequence[str] | None,
+    signature_file: str | None = None,
 ) -> list[LockedFile]:
     """The locked files this pull asks for: ``files`` (each must be locked), else the lock's files narrowed by
-    the patterns."""
+    the patterns; and ``signature_file`` (when a signature is required, and locked) whatever they select."""
+    chosen = _locked_choice(pin, allow, ignore, files)
+    locked_sig = pin.repo.file(signature_file) if signature_file is not None else None
+    if locked_sig is not None and locked_sig not in chosen:
+        chosen.append(locked_sig)
+    return chosen
+
+
+def _locked_choice(
+    pin: _Pin,
+    allow: str | Sequence[str] | None,
+    ignore: str | Sequence[str] | None,
+    files: Sequence[str] | None,
+) -> list[LockedFile]:
     entry = pin.repo
     if files is not None:
         chosen = []
@@ -296,9 +432,13 @@ def _pull_offline_locked(
     ignore: str | Sequence[str] | None,
     files: Sequence[str] | None,
     strict: bool,
+    allow_imports: Collection[str],
+    signature: SignatureCheck | None,
 ) -> PullReport:
-    """Offline under a lock: the locked commit's snapshot, checked against the lock (ledger fast path)."""
-    wanted = _locked_selection(pin, allow, ignore, files)
+    """Offline under a lock: the locked commit's snapshot, checked against the lock (ledger fast path), and
+    against the signature when one is required."""
+    sig = signature.signature_file if signature is not None else None
+    wanted = _locked_selection(pin, allow, ignore, files, sig)
     if not repo.snapshot_dir(pin.repo.commit).is_dir():
         raise OfflineError(
             f"{pin.repo.name}@{pin.repo.commit[:12]} (locked in {pin.lockfile}) is not in the cache at "
@@ -306,14 +446,19 @@ def _pull_offline_locked(
             "access first"
         )
     writable = os.access(repo.root, os.W_OK)
-    return verify_locked(
+    report = verify_locked(
         repo,
         pin.repo,
         strict=strict,
         quarantine=writable,
         only={f.path for f in wanted},
         lockfile=pin.lockfile,
+        allow_imports=allow_imports,
     )
+    if signature is not None:
+        tree = repo.read_tree(pin.repo.commit)
+        report = signature.check(report, listed=tree.keys() if tree is not None else None)
+    return report
 
 
 def _pull_offline(
@@ -323,6 +468,8 @@ def _pull_offline(
     ignore: str | Sequence[str] | None,
     files: Sequence[str] | None,
     strict: bool,
+    allow_imports: Collection[str],
+    signature: SignatureCheck | None = None,
 ) -> PullReport:
     commit = resolve_cached_commit(repo, revision)
     tree = repo.read_tree(commit)
@@ -335,8 +482,19 @@ def _pull_offline(
         )
         if not only:
             raise _selects_nothing(f"{repo.repo_id}@{revision or commit[:12]}", allow, ignore, len(tree))
+    sig = signature.signature_file if signature is not None else None
+    if sig is not None and only is not None and sig not in only and (tree is None or sig in tree):
+        only.append(sig)  # the signature is checked whatever the patterns select
     writable = os.access(repo.root, os.W_OK)
-    report = verify_snapshot(repo, commit, strict=strict, only=only, revision=revision, quarantine=writable)
+    report = verify_snapshot(
+        repo,
+        commit,
+        strict=strict,
+        only=only,
+        revision=revision,
+        quarantine=writable,
+        allow_imports=allow_imports,
+    )
     if only is not None:
         missing = set(only) - {f.path for f in report.files}
         if missing:
@@ -346,7 +504,15 @@ def _pull_offline(
                 snapshot_path=report.snapshot_path,
             )
         require_complete(report)  # listed for the commit but absent: missing, not damaged
+    if signature is not None:
+        report = signature.check(report, listed=tree.keys() if tree is not None else None)
     return report
+
+
+def _judged_last(path: str) -> bool:
+    """Files fetched after the others: ONNX models (by name), whose external-data references are judged
+    against the files already in the snapshot."""
+    return path.lower().endswith(".onnx")
 
 
 def _import_scan() -> None:
@@ -387,9 +553,11 @@ class _Puller:
         opts: PullOptions,
         progress: Progress,
         force: bool,
+        signature: SignatureCheck | None = None,
         pin: _Pin | None = None,
     ):
         self.settings = settings
+        self.signature = signature
         self.repo = repo
         self.opts = opts
         self.progress = progress
@@ -397,6 +565,16 @@ class _Puller:
         self.pin = pin
         self.ledger = Ledger(repo.ledger_dir)
         self.read_only = False
+        # One give-up budget for the whole pull: its Hub calls and every file's connections share it.
+        self.transfer_settings = opts.transfer if opts.transfer is not None else resolve_transfer_settings()
+        self.watch: ProgressWatch = self.transfer_settings.watch or ProgressWatch(
+            give_up_seconds(), clock=self.transfer_settings.clock, notify=self._waiting
+        )
+
+    def _waiting(self, text: str) -> None:
+        """A "waiting for …" line from the watch: shown above the progress bar, logged at INFO."""
+        log.info("%s", text)
+        self.progress.message(text)
 
     def run(
         self,
@@ -413,13 +591,14 @@ class _Puller:
         threading.Thread(target=_import_scan, name="vcache-import", daemon=True).start()
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
-        shared = {k: v for k, v in self.opts.transfer.items() if k in ("policy", "clock")}
+        ts = self.transfer_settings
         # Under a lock: locked files refused before any byte moved, and lock.unlisted notes (after the repo
         # checks).
         refused: dict[str, FileReport] = {}
         extra: list[FileReport] = []
         listing: list[RemoteFile] | None
-        with HubClient(s.endpoint, s.token, **shared) as hub:
+        sig = self.signature.signature_file if self.signature is not None else None
+        with HubClient(s.endpoint, s.token, watch=self.watch, policy=ts.policy, clock=ts.clock) as hub:
             if self.pin is not None:
                 commit, revision = self.pin.repo.commit, self.pin.repo.revision
                 listing = self._locked_listing(hub, commit)
@@ -436,7 +615,9 @@ class _Puller:
                             return fallback
                         commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
                 if files is not None:
-                    remote = hub.paths_info(self.repo.repo_id, commit, list(files), s.repo_type)
+                    # The signature file is asked for too (it may be absent: signature.missing, not an error).
+                    asked = [*files, sig] if sig is not None and sig not in files else list(files)
+                    remote = hub.paths_info(self.repo.repo_id, commit, asked, s.repo_type)
                     found = {f.path for f in remote}
                     for want in files:
                         if want not in found:
@@ -459,6 +640,10 @@ class _Puller:
                     if not remote and (allow or ignore):
                         where = f"{self.repo.repo_id}@{revision or commit[:12]}"
                         raise _selects_nothing(where, allow, ignore, len(listing))
+                    if sig is not None and all(f.path != sig for f in remote):
+                        remote += [
+                            f for f in listing if f.path == sig
+                        ]  # checked whatever the patterns select
         check_unique_paths(remote)
         self.read_only = not (is_writable_dir(self.repo.cache_dir) and is_writable_dir(self.repo.root))
         plan = [(f, self._cached_report(commit, f)) for f in remote]
@@ -487,44 +672,67 @@ class _Puller:
         not_fetched: set[str] = set()
         judged: list[Judgement] = []  # files judged now and published: their headers go to the repo checks
         if to_fetch:
-            knobs = {**transfer_settings(), **self.opts.transfer}  # partial staleness = the lease length
-            with Transfer(endpoint=s.endpoint, token=s.token, **knobs) as transfer:
+            # partial staleness = the lease length; the give-up budget is the pull's, not the Transfer's own
+            with Transfer(
+                endpoint=s.endpoint,
+                token=s.token,
+                policy=ts.policy,
+                clock=ts.clock,
+                watch=self.watch,
+                connect_timeout=ts.connect_timeout,
+                read_timeout=ts.read_timeout,
+                stall_timeout=ts.stall_timeout,
+                max_connections=ts.max_connections,
+                connections_per_file=ts.connections_per_file,
+                part_size=ts.part_size,
+                min_multipart_size=ts.min_multipart_size,
+                user_agent=ts.user_agent,
+                check_free_space=ts.check_free_space,
+                stale_after=ts.stale_after,
+                buffer_size=ts.buffer_size,
+                trust_env=ts.trust_env,
+                ssl_context=ts.ssl_context,
+            ) as transfer:
                 workers = min(s.max_workers, len(to_fetch))
-                # Largest first: the long pole starts early and small files fill the gaps.
+                # Largest first: the long pole starts early and small files fill the gaps. ONNX models in
+                # a second wave: the files their external data is in must be published when they are judged.
                 ordered = sorted(to_fetch, key=lambda f: -f.size)
+                waves = [
+                    [f for f in ordered if not _judged_last(f.path)],
+                    [f for f in ordered if _judged_last(f.path)],
+                ]
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vcache-pull") as pool:
-                    futures = {f.path: pool.submit(self._fetch_one, transfer, commit, f) for f in ordered}
-                    for path, fut in futures.items():
-                        try:
-                            rep, judgement = fut.result()
-                        except (DiskFull, CacheNotWritable):
-                            raise
-                        except VcacheError as exc:
-                            errors.append(f"{path}: {exc}")
-                            not_fetched.add(path)
-                            judgement = None
-                            rep = FileReport(
-                                path,
-                                findings=(fail(NOT_FETCHED, f"{path}: {exc}"),),
-                                strict=self.opts.strict,
-                            )
-                        if judgement is not None:
-                            judged.append(judgement)
-                        reports[path] = rep
-                        self.progress.file_done(rep)
+                    for wave in waves:
+                        futures = {f.path: pool.submit(self._fetch_one, transfer, commit, f) for f in wave}
+                        for path, fut in futures.items():
+                            try:
+                                rep, judgement = fut.result()
+                            except (DiskFull, CacheNotWritable):
+                                raise
+                            except VcacheError as exc:
+                                why = _naming(path, exc)
+                                errors.append(why)
+                                not_fetched.add(path)
+                                judgement = None
+                                rep = FileReport(
+                                    path,
+                                    findings=(fail(NOT_FETCHED, why),),
+                                    strict=self.opts.strict,
+                                )
+                            if judgement is not None:
+                                judged.append(judgement)
+                            reports[path] = rep
+                            self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
         if refused:
             ordered_reports = sorted([*ordered_reports, *refused.values()], key=lambda r: r.path)
         snapshot = self.repo.snapshot_dir(commit)
-        ordered_reports = (
-            attach_repo_findings(
-                snapshot,
-                ordered_reports,
-                strict=self.opts.strict,
-                headers=parsed_headers(judged),
-                not_fetched=not_fetched | refused.keys(),
-            )
-            + extra
+        ordered_reports = attach_repo_findings(
+            snapshot,
+            ordered_reports,
+            strict=self.opts.strict,
+            headers=parsed_headers(judged),
+            not_fetched=not_fetched | refused.keys(),
         )
         report = PullReport(
             repo_id=self.repo.repo_id,
@@ -537,6 +745,11 @@ class _Puller:
             strict=self.opts.strict,
             errors=tuple(errors),
         )
+        if self.signature is not None:
+            listed = {f.path for f in listing} if listing is not None else None
+            report = self.signature.check(report, listed=listed)
+        if extra:  # (after the signature check: these files were not pulled, there is nothing to compare)
+            report = replace(report, files=report.files + tuple(extra))
         if self.pin is not None:
             remote = [self._as_published(commit, f) for f in remote]
             if listing is not None:
@@ -575,7 +788,16 @@ class _Puller:
         message = f"{self.settings.endpoint} could not be reached ({exc}); using the cached snapshot"
         log.warning("%s", message)
         self.progress.message(message)
-        return _pull_offline(self.repo, revision, allow, ignore, files, self.opts.strict)
+        return _pull_offline(
+            self.repo,
+            revision,
+            allow,
+            ignore,
+            files,
+            self.opts.strict,
+            self.opts.allow_imports,
+            self.signature,
+        )
 
     # -- planning under a lock -------------------------------------------------------------------------------
     def _locked_listing(self, hub: HubClient, commit: str) -> list[RemoteFile]:
@@ -591,8 +813,6 @@ class _Puller:
                 "Nothing was downloaded. Point HF_ENDPOINT at a server that has it, or review the current "
                 f"revision and move the lock with `vcache lock --update {entry.repo_id} -o {self.pin.lockfile}`",
                 repo_id=self.repo.repo_id,
-                commit=commit,
-                lockfile=self.pin.lockfile,
             ) from exc
 
     def _locked_plan(
@@ -611,7 +831,8 @@ class _Puller:
         by_path = {f.path: f for f in listing}
         remote: list[RemoteFile] = []
         refused: dict[str, FileReport] = {}
-        for lf in _locked_selection(pin, allow, ignore, files):
+        sig = self.signature.signature_file if self.signature is not None else None
+        for lf in _locked_selection(pin, allow, ignore, files, sig):
             f = by_path.get(lf.path)
             if f is None:
                 finding = missing_file(
@@ -673,8 +894,8 @@ class _Puller:
         if not blob.exists():
             return None
         rec = self.ledger.lookup(f.etag, blob)
-        if rec is None:
-            return None  # present but not verified by vcache: _fetch_one verifies it locally first
+        if rec is None or not still_stands(rec.findings, self.opts.allow_imports):
+            return None  # present but not verified by vcache (or not for this allowlist): checked first
         if self.repo.linked_etag(commit, f.path) != f.etag:
             if self.read_only:
                 return None  # cannot link it: only what the snapshot serves counts
@@ -687,6 +908,8 @@ class _Puller:
             cached=True,
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
+            format=rec.format,
+            checks=rec.checks,
         )
 
     def _cached_locked(self, commit: str, f: RemoteFile, lf: LockedFile) -> FileReport | None:
@@ -695,8 +918,10 @@ class _Puller:
         for name in dict.fromkeys((self._blob_name(f), lf.sha256)):
             blob = self.repo.blob_path(name)
             rec = self.ledger.lookup(name, blob)
-            if rec is None or self.ledger.sha256(name, blob) != lf.sha256:
-                continue  # not verified, or verified as another version of the file
+            if rec is None or not still_stands(rec.findings, self.opts.allow_imports):
+                continue  # not verified by vcache (or not for this allowlist)
+            if self.ledger.sha256(name, blob) != lf.sha256:
+                continue  # verified as another version of the file
             if self.repo.linked_etag(commit, f.path) != name:
                 if self.read_only:
                     continue
@@ -709,6 +934,8 @@ class _Puller:
                 cached=True,
                 location=str(self.repo.snapshot_file(commit, f.path)),
                 strict=self.opts.strict,
+                format=rec.format,
+                checks=rec.checks,
             )
         return None
 
@@ -728,6 +955,8 @@ class _Puller:
                 expected_digest=lf.digest,
                 strict=self.opts.strict,
                 against_lock=True,
+                allow_imports=self.opts.allow_imports,
+                root=self.repo.snapshot_dir(commit),
             )
             actual = judgement.actual_digest
             return FileReport(
@@ -739,8 +968,18 @@ class _Puller:
                 cached=True,
                 location=str(snap),
                 strict=self.opts.strict,
+                format=judgement.format,
+                checks=judgement.checks,
             )
-        rep = verify_in_place(self.repo, commit, f.path, size=f.size, etag=f.etag, strict=self.opts.strict)
+        rep = verify_in_place(
+            self.repo,
+            commit,
+            f.path,
+            size=f.size,
+            etag=f.etag,
+            strict=self.opts.strict,
+            allow_imports=self.opts.allow_imports,
+        )
         if any(x.code in ("snapshot.missing_file", "snapshot.broken_link") for x in rep.findings):
             return None
         return rep
@@ -808,13 +1047,21 @@ class _Puller:
         expected = Digest.from_etag(name)
         rec = self.ledger.lookup(name, blob)
         judgement = None
-        if rec is not None:
+        if rec is not None and still_stands(rec.findings, self.opts.allow_imports):
             findings: Sequence[Finding] = rec.findings
+            fmt, checks = rec.format, rec.checks
         else:
             judgement = judge(
-                blob, f.path, expected_size=f.size, expected_digest=expected, strict=self.opts.strict
+                blob,
+                f.path,
+                expected_size=f.size,
+                expected_digest=expected,
+                strict=self.opts.strict,
+                allow_imports=self.opts.allow_imports,
+                root=self.repo.snapshot_dir(commit),
             )
             findings, actual = judgement.findings, judgement.actual_digest
+            fmt, checks = judgement.format, judgement.checks
             if judgement.verdict is Verdict.FAIL:
                 entry = quarantine_file(
                     self.repo,
@@ -832,7 +1079,15 @@ class _Puller:
                     f"{f.path}: cached copy failed verification; quarantined as {entry.id}, fetching again"
                 )
                 return None
-            self.ledger.record(name, blob, str(actual), findings, sha256=sha256_hex(blob, actual))
+            self.ledger.record(
+                name,
+                blob,
+                str(actual),
+                findings,
+                sha256=sha256_hex(blob, actual),
+                format=fmt,
+                checks=checks,
+            )
         lf = self._locked(f)
         if lf is not None and self.ledger.sha256(name, blob) != lf.sha256:
             return None
@@ -845,6 +1100,8 @@ class _Puller:
             cached=True,
             location=str(self.repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
+            format=fmt,
+            checks=checks,
         )
         return report, judgement
 
@@ -868,6 +1125,7 @@ class _Puller:
         transferred = 0
         history: list[Finding] = []
         result: FetchResult | None = None
+        judgement: Judgement | None = None
         findings: Sequence[Finding] = ()
         changed_once = False
         meter = _FileMeter(self.progress, f.size)
@@ -899,13 +1157,15 @@ class _Puller:
                 streamed=stream,
                 strict=self.opts.strict,
                 against_lock=lf is not None,
+                allow_imports=self.opts.allow_imports,
+                root=repo.snapshot_dir(commit),
             )
             findings = judgement.findings
             if not judgement.mismatch and judgement.verdict is not Verdict.FAIL:
                 name, note = self._published_name(f, result)
                 if note is not None:
                     history.append(note)
-                report = self._publish(commit, f, result, name, findings, history, attempts, transferred)
+                report = self._publish(commit, f, result, name, judgement, history, attempts, transferred)
                 transfer.discard(result)  # the bytes moved to blobs/; drop the partial's sidecar
                 return report, judgement
             if not judgement.mismatch:
@@ -924,7 +1184,7 @@ class _Puller:
                 f"{f.path}: attempt {n} failed verification ({_damage_summary(findings)}); fetching again"
             )
             transfer.discard(result.data_path)
-        assert result is not None
+        assert result is not None and judgement is not None
         entry = quarantine_file(
             repo,
             result.data_path,
@@ -951,6 +1211,8 @@ class _Puller:
             actual_digest=str(result.actual),
             quarantine_id=entry.id,
             strict=self.opts.strict,
+            format=judgement.format,
+            checks=judgement.checks,
         )
         return report, None  # the index check must see this shard as missing: no header of it
 
@@ -976,7 +1238,7 @@ class _Puller:
         f: RemoteFile,
         result: FetchResult,
         name: str,
-        findings: Sequence[Finding],
+        judgement: Judgement,
         history: Sequence[Finding],
         attempts: int,
         transferred: int,
@@ -985,10 +1247,19 @@ class _Puller:
         them into the snapshot."""
         repo = self.repo
         lf = self._locked(f)
+        findings = judgement.findings
         blob = repo.publish_blob(result.data_path, name)
         try:
             sha256 = lf.sha256 if lf is not None else sha256_hex(blob, result.actual)
-            self.ledger.record(name, blob, str(Digest.from_etag(name)), findings, sha256=sha256)
+            self.ledger.record(
+                name,
+                blob,
+                str(Digest.from_etag(name)),
+                findings,
+                sha256=sha256,
+                format=judgement.format,
+                checks=judgement.checks,
+            )
         except OSError as exc:
             raise translate_os_error(exc, f"recording {f.path}") from exc
         repo.link(commit, f.path, name)
@@ -1001,7 +1272,15 @@ class _Puller:
             bytes_transferred=transferred,
             location=str(repo.snapshot_file(commit, f.path)),
             strict=self.opts.strict,
+            format=judgement.format,
+            checks=judgement.checks,
         )
+
+
+def _naming(path: str, exc: BaseException) -> str:
+    """``<path>: <error>``, without naming the path twice when the error's message already starts with it."""
+    text = str(exc)
+    return text if text.startswith(f"{path}: ") else f"{path}: {text}"
 
 
 def _damage_summary(findings: Sequence[Finding]) -> str:
@@ -1053,6 +1332,8 @@ def snapshot_download(
     local_files_only: bool = False,
     endpoint: str | None = None,
     strict: bool = False,
+    verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
     lock: LockArg = None,
     **_ignored: Any,
 ) -> str:
@@ -1062,6 +1343,8 @@ def snapshot_download(
     findings, instead of returning a folder that holds bad or missing files. Hub refusals and offline
     misses raise the errors huggingface_hub raises there too (see :mod:`vcache.errors`). Extra keyword
     arguments huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
+    ``verify_signature`` requires the publisher's model signature, as in :func:`pull`.
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`.
     ``lock`` (default ``VCACHE_LOCK``) pins the repo to a lockfile's commit and bytes, as in :func:`pull`.
     """
     report = pull(
@@ -1078,6 +1361,8 @@ def snapshot_download(
         local_files_only=local_files_only,
         endpoint=endpoint,
         strict=strict,
+        verify_signature=verify_signature,
+        allow_imports=allow_imports,
         lock=lock,
     )
     raise_for_report(report)
@@ -1099,12 +1384,14 @@ def hf_hub_download(
     local_files_only: bool = False,
     endpoint: str | None = None,
     strict: bool = False,
+    allow_imports: Collection[str] = (),
     lock: LockArg = None,
     **_ignored: Any,
 ) -> str:
     """Drop-in for ``huggingface_hub.hf_hub_download``: one verified file; returns its path in the snapshot.
 
-    ``lock`` (default ``VCACHE_LOCK``) pins it to a lockfile's commit and bytes, as in :func:`pull`.
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`. ``lock`` (default
+    ``VCACHE_LOCK``) pins it to a lockfile's commit and bytes, as in :func:`pull`.
     """
     path = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
     report = pull(
@@ -1119,6 +1406,7 @@ def hf_hub_download(
         endpoint=endpoint,
         strict=strict,
         files=[path],
+        allow_imports=allow_imports,
         lock=lock,
     )
     raise_for_report(report)
@@ -1166,11 +1454,78 @@ def raise_for_report(report: PullReport) -> None:
                 log.warning("%s: [%s] %s", fr.path, x.code, x.message)
 
 
+
+def lock_repo(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    repo_type: str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    max_workers: int | None = None,
+    progress: Progress | None = None,
+    verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
+) -> tuple[LockedRepo | None, PullReport]:
+    """Pull ``repo_id`` (verified, without any lock) and make its lock entry from the verified bytes.
+
+    Returns the entry (None when some file failed: nothing may be locked then) and the pull's report. The
+    sha256 of a file comes from what vcache verified: the blob name of an LFS file, the sha256 the ledger
+    recorded when a small file was verified (or the blob hashed while its ledger record still vouches for
+    it). With ``verify_signature`` the pull also requires the publisher's signature (see
+    :func:`pull`), the signature file is locked with the other files, and the entry records the
+    method, so that every locked pull of the repo requires it too. ``allow_imports`` widens the allowlist of
+    pickle globals for this pull, as for :func:`pull` (it is not recorded). Raises what
+    :func:`pull` raises.
+    """
+    inc, exc = canonical_patterns(include), canonical_patterns(exclude)
+    method = parse_method(verify_signature) if verify_signature is not None else None
+    report = pull(
+        repo_id,
+        revision=revision,
+        repo_type=repo_type,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+        allow_patterns=list(inc) or None,
+        ignore_patterns=list(exc) or None,
+        max_workers=max_workers,
+        progress=progress,
+        lock=False,
+        verify_signature=method,
+        allow_imports=allow_imports,
+    )
+    if not report.ok or report.commit is None:
+        return None, report
+    settings = resolve_settings(cache_dir=cache_dir, repo_type=repo_type, local_files_only=True)
+    repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
+    ledger = Ledger(repo.ledger_dir)
+    files = []
+    for fr in report.files:
+        sha256 = verified_sha256(repo, ledger, report.commit, fr.path)
+        size = fr.size if fr.size is not None else os.stat(repo.snapshot_file(report.commit, fr.path)).st_size
+        files.append(LockedFile(fr.path, size, sha256))
+    entry = LockedRepo(
+        repo_id=repo_id,
+        repo_type=settings.repo_type,
+        revision=revision or "main",
+        commit=report.commit,
+        include=inc,
+        exclude=exc,
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        signature=str(method) if method is not None else None,
+    )
+    return entry, report
+
 __all__ = [
     "LockArg",
     "Progress",
     "PullOptions",
     "hf_hub_download",
+    "lock_repo",
     "pull",
     "raise_for_report",
     "snapshot_download",

@@ -238,8 +238,9 @@ def _copy_out(entry: QuarantineEntry, to: str) -> Path:
                 f"cannot read the quarantined bytes {entry.data} ({exc.strerror or exc}); nothing was copied",
                 path=entry.path,
             ) from exc
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise DiskFull(f"copying {entry.path} to {dest}: no space left ({exc.strerror})") from exc
+        full = translate_os_error(exc, f"copying {entry.path} to {dest}", where=dest.parent, path=entry.path)
+        if isinstance(full, DiskFull):
+            raise full from exc
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
             raise UsageError(f"--to {to}: cannot write {dest} ({exc.strerror})") from exc
         raise TransferError(
@@ -250,9 +251,15 @@ def _copy_out(entry: QuarantineEntry, to: str) -> Path:
     return dest
 
 
-def purge(cache_dir: Path, qid: str | None = None) -> list[str]:
-    """Delete one entry (``qid``) or, with ``qid=None``, all of them; returns the ids deleted."""
+def purge(
+    cache_dir: Path, qid: str | None = None, *, older_than: float | None = None, now: float | None = None
+) -> list[str]:
+    """Delete one entry (``qid``) or, with ``qid=None``, all of them, or with ``older_than`` only those
+    quarantined at least that many seconds ago (``now``: the current time); returns the ids deleted."""
     entries = [find_entry(cache_dir, qid)] if qid is not None else list_entries(cache_dir)
+    if older_than is not None:
+        at = time.time() if now is None else now
+        entries = [e for e in entries if at - e.quarantined_at >= older_than]
     for e in entries:
         shutil.rmtree(e.folder)
     return [e.id for e in entries]

@@ -108,6 +108,10 @@ class FileReport:
 
     ``digest`` is the expected digest as ``"sha256:<hex>"`` or ``"gitsha1:<hex>"`` (None for files that
     never came with one); ``actual_digest`` is what the bytes hashed to when that differs or is known.
+    ``format`` is the format the bytes were checked as (``safetensors``, ``gguf``, ``pytorch-zip``,
+    ``pytorch-legacy``, ``pickle``, ``torchscript``, ``onnx``, ``json`` or ``other``; None when they were
+    never read: missing, not fetched) and ``checks`` what ran on them, from ``digest``, ``sniff``,
+    ``structure``, ``content`` and ``imports`` (empty: nothing did).
     """
 
     path: str
@@ -121,6 +125,8 @@ class FileReport:
     quarantine_id: str | None = None
     location: str | None = None
     strict: bool = False
+    format: str | None = None
+    checks: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> Verdict:
@@ -132,6 +138,8 @@ class FileReport:
         out: dict[str, Any] = {
             "path": self.path,
             "verdict": str(self.verdict),
+            "format": self.format,
+            "checks": list(self.checks),
             "findings": [f.to_json() for f in self.findings],
         }
         if self.size is not None:

@@ -1,4 +1,4 @@
-"""When to try again, and how long to wait first: :class:`RetryPolicy`, an immutable value.
+"""When to try again, how long to wait first, and when to give up: :class:`RetryPolicy` and :class:`ProgressWatch`.
 
 Modelled on urllib3's ``Retry``: a policy is a frozen value; :meth:`RetryPolicy.increment` returns a new
 policy with one more :class:`RetryEvent` in its history, or raises :class:`~vcache.errors.RetriesExhausted`
@@ -6,35 +6,54 @@ when the budget is spent. The budget counts *consecutive failures without progre
 bytes arrive calls :meth:`RetryPolicy.reset`, so a long download over a flaky link is never failed for
 failures spread over hours, while a dead server is given up on after ``total`` retries.
 
+A policy counts one request's failures; it cannot see that the whole server has gone quiet. That is the
+:class:`ProgressWatch`: one give-up budget per pull, shared by every request and every connection, that
+counts seconds without a sign of life and ends every wait once they reach ``give_up``. Per-request budgets
+alone multiply: 16 connections each allowed 10 retries, or files queued behind a connection cap each
+starting their own, kept a dead server's pull going for minutes.
+
 Time is injected through the :class:`Clock` protocol so that tests never sleep through a real backoff
 (:class:`FakeClock` advances instantly).
 
-This module owns the arithmetic of retrying (budget, backoff, jitter, ``Retry-After``). It never performs
-I/O, never sleeps by itself, and never decides *what* is retryable beyond the status list it is given.
+This module owns the arithmetic of retrying and giving up (budget, backoff, jitter, ``Retry-After``,
+silence). It never performs I/O, never sleeps by itself, starts no thread, and never decides *what* is
+retryable beyond the status list it is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
+import itertools
+import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
-from vcache.errors import RetriesExhausted
+from vcache.errors import RateLimited, RetriesExhausted
 
 __all__ = [
+    "DEFAULT_GIVE_UP",
     "SYSTEM_CLOCK",
     "Clock",
     "FakeClock",
+    "ProgressWatch",
     "RetryEvent",
     "RetryPolicy",
     "SystemClock",
+    "describe_failure",
+    "exhausted",
     "parse_retry_after",
 ]
+
+_log = logging.getLogger(__name__)
+
+#: Seconds without a sign of life from the server before a pull gives up (``VCACHE_GIVE_UP_SECONDS``).
+DEFAULT_GIVE_UP = 45.0
 
 
 class Clock(Protocol):
@@ -103,7 +122,8 @@ class RetryEvent:
     retry_after: float | None = None
 
 
-def _describe(error: BaseException | None, status: int | None) -> str:
+def describe_failure(error: BaseException | None, status: int | None) -> str:
+    """A failed attempt in words: ``"TimeoutError: read timed out"``, ``"HTTP 503"``."""
     if error is not None:
         text = str(error) or type(error).__name__
         return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text
@@ -161,7 +181,7 @@ class RetryPolicy:
         Raises :class:`~vcache.errors.RetriesExhausted` (``.reason`` = the last cause, ``.history`` = every
         event) when the budget is spent, or when the server asks to wait longer than ``retry_after_max``.
         """
-        event = RetryEvent(cause or _describe(error, status), status, retry_after)
+        event = RetryEvent(cause or describe_failure(error, status), status, retry_after)
         new = replace(self, history=(*self.history, event), consecutive=self.consecutive + 1)
         if retry_after is not None and retry_after > self.retry_after_max:
             raise RetriesExhausted(
@@ -201,6 +221,183 @@ class RetryPolicy:
     def last_event(self) -> RetryEvent | None:
         """The most recent failure, if any."""
         return self.history[-1] if self.history else None
+
+
+def exhausted(
+    what: str, error: RetriesExhausted, *, server: str | None = None, **context: Any
+) -> RetriesExhausted | RateLimited:
+    """The error that ends a request whose retry budget is spent: the one wording of it.
+
+    ``error`` is what :meth:`RetryPolicy.increment` raised (how many attempts failed, the last cause);
+    ``what`` (the request or file) opens the message, ``server`` names where the attempts went, and a
+    sentence says what to do next. A last failure that was a 429 makes it a
+    :class:`~vcache.errors.RateLimited`. ``context`` joins the error's own (``reason``, ``status``,
+    ``history``).
+    """
+    fields = {**error.context, **context}
+    told = f"{what}: {error.message}" + (f" (from {server})" if server else "")
+    if fields.get("status") == 429:
+        return RateLimited(f"{told}; wait and run again, or with fewer parallel downloads", **fields)
+    return RetriesExhausted(f"{told}; check the network or HF_ENDPOINT and run again", **fields)
+
+
+class ProgressWatch:
+    """When a pull stops waiting for a server that has gone quiet: one budget for all its requests.
+
+    * **Silence** is time on the clock while at least one request waits (inside :meth:`waiting`) and none
+      brought a sign of life (:meth:`progress`: body bytes, or an answer other than a retryable failure).
+      It starts when the first wait begins, or at the last sign of life. Time when nothing waits (a lock,
+      local hashing) is not silence; a wait that ends in failures hands its silence on to the next one.
+    * **Giving up**: :meth:`check` raises :class:`~vcache.errors.RetriesExhausted` once the silence reaches
+      ``give_up``, and keeps raising at once, for every later wait, until something progresses: a server
+      that is gone is gone for the whole pull, not only for the request that noticed.
+    * **Bounded waits**: ``left = start + give_up - now``; a socket timeout ``t`` becomes
+      ``timeout(t) = min(t, max(last_chance, left))`` and a backoff ``d`` becomes ``pause(d) = min(d, left)``,
+      with ``last_chance = min(2, give_up / 10)``. A pull that hears nothing therefore ends within
+      :attr:`worst_case` ``= give_up + last_chance`` seconds (47 s with the defaults).
+    * **Retry-After** is an answer: :meth:`respite` starts the silence only after the wait the server asked for.
+    * **Notices**: once the silence reaches ``notice_after = min(5, give_up / 4)`` seconds, :meth:`tick`
+      passes ``notify`` one line (what is awaited, the last cause, when vcache gives up), then at most one
+      every ``notice_every`` (10) seconds. Callers tick after each failure and, while requests are in
+      flight, from a thread of their own; ``notify`` defaults to a ``logging`` warning.
+
+    Thread-safe; time comes from ``clock``.
+    """
+
+    def __init__(
+        self,
+        give_up: float = DEFAULT_GIVE_UP,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        notify: Callable[[str], None] | None = None,
+        notice_every: float = 10.0,
+    ) -> None:
+        if not give_up > 0:
+            raise ValueError("give_up must be > 0 seconds")
+        self.give_up = float(give_up)
+        self.last_chance = min(2.0, self.give_up / 10)
+        self.notice_after = min(5.0, self.give_up / 4)
+        self.notice_every = notice_every
+        self.clock = clock
+        self._notify = notify or _log.warning
+        self._lock = threading.Lock()
+        self._tokens = itertools.count()
+        self._waits: dict[int, tuple[str, str]] = {}  # token -> (host, what), oldest first
+        self._since: float | None = None  # when the current silence began (None: nothing waits)
+        self._failures = 0  # failed attempts since the last sign of life
+        self._last: tuple[str, str, str] | None = None  # (host, what, cause) of the latest failure
+        self._gave_up = False
+        self._noticed: float | None = None
+
+    @property
+    def worst_case(self) -> float:
+        """The longest a pull keeps waiting for a server that says nothing: ``give_up + last_chance``."""
+        return self.give_up + self.last_chance
+
+    @contextlib.contextmanager
+    def waiting(self, host: str, what: str) -> Iterator[None]:
+        """Mark a wait for ``host`` (``what``: the request or file, for messages) while the block runs."""
+        with self._lock:
+            token = next(self._tokens)
+            self._waits[token] = (host, what)
+            if self._since is None:
+                self._since = self.clock.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._waits[token]
+                if not self._waits and not self._failures and not self._gave_up:
+                    self._since = None
+
+    def progress(self, *, ago: float = 0.0) -> None:
+        """A sign of life ``ago`` seconds before now: the silence (and any give-up) is over.
+
+        ``ago`` dates bytes that waited in a buffer; a sign older than the current silence's start is no news.
+        """
+        at = self.clock.monotonic() - max(0.0, ago)
+        with self._lock:
+            if self._since is not None and at < self._since:
+                return
+            self._since = at if self._waits else None
+            self._failures = 0
+            self._last = None
+            self._gave_up = False
+            self._noticed = None
+
+    def failed(self, host: str, what: str, cause: str) -> None:
+        """Record one failed attempt (for the notices and the give-up message)."""
+        with self._lock:
+            self._failures += 1
+            self._last = (host, what, cause)
+
+    def respite(self, seconds: float) -> None:
+        """The server asked to wait ``seconds``: the silence starts counting after that."""
+        start = self.clock.monotonic() + max(0.0, seconds)
+        with self._lock:
+            self._since = start if self._since is None else max(self._since, start)
+
+    def left(self) -> float:
+        """Seconds before the give-up (the full budget when nothing is silent yet)."""
+        now = self.clock.monotonic()
+        with self._lock:
+            since = now if self._since is None else self._since
+        return since + self.give_up - now
+
+    def timeout(self, seconds: float) -> float:
+        """A socket timeout of ``seconds``, cut so the wait ends near the give-up (never below ``last_chance``)."""
+        return min(seconds, max(self.last_chance, self.left()))
+
+    def pause(self, seconds: float) -> float:
+        """A backoff of ``seconds``, cut so it does not sleep past the give-up."""
+        return max(0.0, min(seconds, self.left()))
+
+    def check(self, what: str, *, repo_id: str | None = None, path: str | None = None) -> None:
+        """Raise :class:`~vcache.errors.RetriesExhausted` (naming ``repo_id`` or ``path``) once the budget is
+        spent."""
+        now = self.clock.monotonic()
+        with self._lock:
+            if self._since is None or (not self._gave_up and now - self._since < self.give_up):
+                return
+            self._gave_up = True
+            silent, failures, last = now - self._since, self._failures, self._last
+            waits = list(self._waits.values())
+        host = last[0] if last else waits[0][0] if waits else "the server"
+        cause = last[2] if last else "no answer"
+        tried = f"{_failed_attempts(failures)}; " if failures else ""
+        raise RetriesExhausted(
+            f"{what}: gave up after {silent:.0f} s without progress from {host} ({tried}last: {cause}). "
+            "Check the network or HF_ENDPOINT and run again; on a slow or flaky link set "
+            f"VCACHE_GIVE_UP_SECONDS above {self.give_up:g}",
+            reason=cause,
+            repo_id=repo_id,
+            path=path,
+        )
+
+    def tick(self) -> None:
+        """Pass ``notify`` a line about the wait, when one is due (see the class docstring)."""
+        now = self.clock.monotonic()
+        with self._lock:
+            if not self._waits or self._since is None or self._gave_up:
+                return
+            silent = now - self._since
+            if silent < self.notice_after or (
+                self._noticed is not None and now - self._noticed < self.notice_every
+            ):
+                return
+            self._noticed = now
+            if self._last is not None:
+                host, what, cause = self._last
+                detail = f"{what}: {cause}, {_failed_attempts(self._failures)}"
+            else:
+                host, what = next(iter(self._waits.values()))
+                detail = f"{what}: nothing received for {silent:.0f} s"
+            left = self._since + self.give_up - now
+        self._notify(f"waiting for {host} ({detail}); giving up in {max(0.0, left):.0f} s")
+
+
+def _failed_attempts(n: int) -> str:
+    return f"{n} failed attempt{'s' if n != 1 else ''}"
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from vcache.cache import CacheRepo, entry_kind, iter_repo_folders
-from vcache.checks.judge import Judgement, judge, lock_digest_mismatch, lock_size_mismatch, parsed_headers
+from vcache.checks.judge import (
+    Judgement,
+    judge,
+    lock_digest_mismatch,
+    lock_size_mismatch,
+    parsed_headers,
+    still_stands,
+)
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
 from vcache.hashing import Digest, hash_file, sha256_hex
 from vcache.hub import COMMIT_RE
-from vcache.ledger import EntryState, Ledger, entry_state
+from vcache.ledger import EntryState, Ledger, entry_state, states_from_json
 from vcache.lockfile import LockedFile, LockedRepo, missing_file
 from vcache.partial import PartialInfo
 from vcache.report import (
@@ -112,6 +119,7 @@ def verify_snapshot(
     quarantine: bool = True,
     only: Iterable[str] | None = None,
     revision: str | None = None,
+    allow_imports: Collection[str] = (),
 ) -> PullReport:
     """Verify a cached snapshot offline: trust unchanged ledger records unless ``deep``; quarantine failures.
 
@@ -125,6 +133,9 @@ def verify_snapshot(
     whose link, blob and per-blob record are all unchanged since it was written, and remembers the repo
     checks' findings for an unchanged folder; it holds nothing the per-blob records and the files do not say,
     so the report is the same as without it. It is (re)written when the cache is writable.
+
+    ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals; a record whose verdict
+    relied on globals allowed then but not now is not trusted (the file is judged again).
     """
     import time
 
@@ -133,14 +144,23 @@ def verify_snapshot(
     wanted = set(only) if only is not None else None
     expected = [e for e in _expected_files(repo, commit) if wanted is None or e.path in wanted]
     remembered = None if deep else _read_snapshot_record(ledger, commit)
-    reports = _remembered_reports(repo, ledger, commit, expected, remembered, strict=strict)
+    reports = _remembered_reports(
+        repo, ledger, commit, expected, remembered, strict=strict, allow_imports=allow_imports
+    )
     files_known = reports is not None
     judged: list[Judgement] = []
     if reports is None:
         reports = []
         for exp in expected:
             report, judgement = _verify_cached_file(
-                repo, ledger, commit, exp, deep=deep, strict=strict, quarantine=quarantine
+                repo,
+                ledger,
+                commit,
+                exp,
+                deep=deep,
+                strict=strict,
+                quarantine=quarantine,
+                allow_imports=allow_imports,
             )
             reports.append(report)
             if judgement is not None:
@@ -167,7 +187,7 @@ def verify_snapshot(
 #
 # ``files``: path -> {"state": entry_state of the snapshot entry (a link into blobs/), "etag", "record":
 # entry_state of the per-blob record file, and the report fields that record gave: "size", "digest",
-# "findings"}. An entry answers only while the entry and the record file are both unchanged, so it says
+# "findings", "format", "checks"}. An entry answers only while the entry and the record file are both unchanged, so it says
 # exactly what the per-blob record would (same record file, same blob stat token).
 #
 # ``repo``: a few {"key", "folder", "extra"} entries: the findings attach_repo_findings added (per path), for
@@ -191,8 +211,10 @@ def _remembered_reports(
     remembered: Mapping[str, Any] | None,
     *,
     strict: bool,
+    allow_imports: Collection[str],
 ) -> list[FileReport] | None:
-    """The reports the per-blob records give, when the snapshot record vouches for every expected file."""
+    """The reports the per-blob records give, when the snapshot record vouches for every expected file (and
+    their verdicts stand under ``allow_imports``)."""
     files = remembered.get("files") if remembered is not None else None
     if not isinstance(files, dict) or not expected:
         return None
@@ -207,17 +229,24 @@ def _remembered_reports(
             snap = os.path.normpath(os.path.join(base, exp.path))
             if not snap.startswith(base + os.sep):
                 return None  # the slow path names the unsafe path
-            if entry_state(snap) != entry["state"] or ledger.record_state(entry["etag"]) != entry["record"]:
+            if entry_state(snap) != EntryState.from_json(entry["state"]):
+                return None
+            if ledger.record_state(entry["etag"]) != EntryState.from_json(entry["record"]):
+                return None
+            findings = findings_from_json(entry["findings"])
+            if not still_stands(findings, allow_imports):
                 return None
             out.append(
                 FileReport(
                     exp.path,
                     entry["size"],
                     entry["digest"],
-                    findings=findings_from_json(entry["findings"]),
+                    findings=findings,
                     cached=True,
                     location=snap,
                     strict=strict,
+                    format=None if entry["format"] is None else str(entry["format"]),
+                    checks=tuple(str(c) for c in entry["checks"]),
                 )
             )
     except (OSError, ValueError, KeyError, TypeError):
@@ -229,7 +258,7 @@ def _remembered_file(repo: CacheRepo, ledger: Ledger, commit: str, path: str) ->
     """The snapshot-record entry for one file: what its valid per-blob record says now (None: none)."""
     snap = repo.snapshot_file(commit, path)
     state = entry_state(snap)
-    etag = repo.linked_etag(commit, path) if state is not None and state[0] is not None else None
+    etag = repo.linked_etag(commit, path) if state is not None and state.link is not None else None
     if not etag:
         return None  # not a link into blobs/: always verified the slow way
     record_state = ledger.record_state(etag)
@@ -247,6 +276,8 @@ def _remembered_file(repo: CacheRepo, ledger: Ledger, commit: str, path: str) ->
         "size": rec.size,
         "digest": str(expected) if expected else rec.digest,
         "findings": findings,
+        "format": rec.format,
+        "checks": list(rec.checks),
     }
 
 
@@ -296,6 +327,14 @@ def _folder_state(folder: Path) -> dict[str, EntryState | None]:
     return {name: entry_state(os.path.join(base, name)) for name in sorted(os.listdir(base))}
 
 
+def _same_states(stored: Any, now: Mapping[str, EntryState | None]) -> bool:
+    """True when a record's ``{name: state}`` (as JSON gives it back) is exactly ``now``."""
+    try:
+        return states_from_json(stored) == now
+    except ValueError:
+        return False
+
+
 def _repo_check_key(reports: Sequence[FileReport]) -> dict[str, Any]:
     """What of the reports attach_repo_findings looks at (besides the folder)."""
     names = {r.path for r in reports}
@@ -332,7 +371,11 @@ def _attach_remembered(
         before = None
     if before is not None and remembered is not None:
         for entry in remembered.get("repo", []):
-            if not isinstance(entry, dict) or entry.get("key") != key or entry.get("folder") != before:
+            if (
+                not isinstance(entry, dict)
+                or entry.get("key") != key
+                or not _same_states(entry.get("folder"), before)
+            ):
                 continue
             try:
                 extra = {path: findings_from_json(items) for path, items in entry["extra"].items()}
@@ -393,6 +436,7 @@ def verify_locked(
     quarantine: bool = True,
     only: Collection[str] | None = None,
     lockfile: str = "the lockfile",
+    allow_imports: Collection[str] = (),
 ) -> PullReport:
     """Check the cached snapshot of a locked repo against its lock, offline.
 
@@ -401,7 +445,8 @@ def verify_locked(
     ``deep``; a blob that fails against its own name is quarantined when ``quarantine``), then compared with
     the lock's size and sha256 (``lock.size_mismatch``, ``lock.digest_mismatch``). A file the snapshot lacks
     fails with ``lock.missing_file`` (every file, when the repo is not in the cache at all). Files the
-    snapshot holds that the lock does not list are not looked at. ``lockfile`` names the lock in messages.
+    snapshot holds that the lock does not list are not looked at. ``lockfile`` names the lock in messages;
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`verify_snapshot`.
     """
     import time
     from dataclasses import replace
@@ -442,6 +487,7 @@ def verify_locked(
         quarantine=quarantine,
         only=[f.path for f in wanted],
         revision=locked.revision,
+        allow_imports=allow_imports,
     )
     by_path = {r.path: r for r in base.files}
     ledger = Ledger(repo.ledger_dir)
@@ -449,7 +495,9 @@ def verify_locked(
     for lf in wanted:
         report = by_path.get(lf.path)
         if report is None:  # the commit's tree listing does not name it: look at what the snapshot serves
-            report = _judged_against_lock(repo, commit, lf, strict=strict, hint=pull_hint)
+            report = _judged_against_lock(
+                repo, commit, lf, strict=strict, hint=pull_hint, allow_imports=allow_imports
+            )
         elif report.verdict is not Verdict.FAIL:
             report = _compared_with_lock(repo, ledger, commit, lf, report, deep=deep)
         reports.append(report)
@@ -478,7 +526,7 @@ def _compared_with_lock(
 
 
 def _judged_against_lock(
-    repo: CacheRepo, commit: str, lf: LockedFile, *, strict: bool, hint: str
+    repo: CacheRepo, commit: str, lf: LockedFile, *, strict: bool, hint: str, allow_imports: Collection[str]
 ) -> FileReport:
     """A locked file the commit's tree does not list: what the snapshot serves, judged against the lock."""
     snap = repo.snapshot_file(commit, lf.path)
@@ -497,7 +545,14 @@ def _judged_against_lock(
             strict=strict,
         )
     judgement = judge(
-        snap, lf.path, expected_size=lf.size, expected_digest=lf.digest, strict=strict, against_lock=True
+        snap,
+        lf.path,
+        expected_size=lf.size,
+        expected_digest=lf.digest,
+        strict=strict,
+        against_lock=True,
+        allow_imports=allow_imports,
+        root=repo.snapshot_dir(commit),
     )
     actual = judgement.actual_digest
     return FileReport(
@@ -509,11 +564,20 @@ def _judged_against_lock(
         cached=True,
         location=str(snap),
         strict=strict,
+        format=judgement.format,
+        checks=judgement.checks,
     )
 
 
 def verify_in_place(
-    repo: CacheRepo, commit: str, path: str, *, size: int | None, etag: str, strict: bool
+    repo: CacheRepo,
+    commit: str,
+    path: str,
+    *,
+    size: int | None,
+    etag: str,
+    strict: bool,
+    allow_imports: Collection[str] = (),
 ) -> FileReport:
     """One file of a cached snapshot, hashed against the digest ``etag`` names and checked where it is (as
     :func:`verify_snapshot` does for a file without a valid ledger record), nothing moved or quarantined (a
@@ -527,6 +591,7 @@ def verify_in_place(
         deep=False,
         strict=strict,
         quarantine=False,
+        allow_imports=allow_imports,
     )
     return report
 
@@ -540,6 +605,7 @@ def _verify_cached_file(
     deep: bool,
     strict: bool,
     quarantine: bool,
+    allow_imports: Collection[str] = (),
 ) -> tuple[FileReport, Judgement | None]:
     """One file of a cached snapshot: its report, and the judgement made of it when it was judged now and
     is still what the snapshot serves (not answered from the ledger, not quarantined)."""
@@ -611,7 +677,7 @@ def _verify_cached_file(
     expected = _digest_for(etag)
     if etag and not deep:
         rec = ledger.lookup(etag, blob)
-        if rec is not None:
+        if rec is not None and still_stands(rec.findings, allow_imports):
             return FileReport(
                 exp.path,
                 rec.size,
@@ -620,8 +686,18 @@ def _verify_cached_file(
                 cached=True,
                 location=location,
                 strict=strict,
+                format=rec.format,
+                checks=rec.checks,
             ), None
-    judgement = judge(blob, exp.path, expected_size=exp.size, expected_digest=expected, strict=strict)
+    judgement = judge(
+        blob,
+        exp.path,
+        expected_size=exp.size,
+        expected_digest=expected,
+        strict=strict,
+        allow_imports=allow_imports,
+        root=repo.snapshot_dir(commit),
+    )
     findings, actual = judgement.findings, judgement.actual_digest
     qid = None
     if judgement.verdict is Verdict.FAIL and quarantine and blob != snap and _writable(repo):
@@ -641,7 +717,15 @@ def _verify_cached_file(
         _unlink_all(repo, etag or "")
     elif etag and expected is not None and actual == expected and kind == "file" and _writable(repo):
         # (a snapshot entry that is a symlink elsewhere, not a copy, has no record: it is hashed every time)
-        ledger.record(etag, blob, str(actual), findings, sha256=sha256_hex(blob, actual))
+        ledger.record(
+            etag,
+            blob,
+            str(actual),
+            findings,
+            format=judgement.format,
+            checks=judgement.checks,
+            sha256=sha256_hex(blob, actual),
+        )
     return FileReport(
         exp.path,
         os.stat(entry.data).st_size if qid else exp.size,
@@ -652,6 +736,8 @@ def _verify_cached_file(
         quarantine_id=qid,
         location=location,
         strict=strict,
+        format=judgement.format,
+        checks=judgement.checks,
     ), None if qid else judgement  # a quarantined file's bytes left the snapshot
 
 
@@ -733,8 +819,9 @@ def _read_json(path: Path) -> Mapping[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def verify_path(target: Path, *, strict: bool = False) -> PullReport:
-    """Verify any file or folder on disk (no publisher digest known): structure and content, reported only."""
+def verify_path(target: Path, *, strict: bool = False, allow_imports: Collection[str] = ()) -> PullReport:
+    """Verify any file or folder on disk (no publisher digest known): structure and content, reported only.
+    ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals."""
     import time
 
     t0 = time.monotonic()
@@ -764,10 +851,18 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
                 )
             )
             continue
-        judgement = judge(p, name, strict=strict)
+        judgement = judge(p, name, strict=strict, allow_imports=allow_imports, root=folder)
         judged.append(judgement)
         reports.append(
-            FileReport(name, judgement.size, findings=judgement.findings, location=str(p), strict=strict)
+            FileReport(
+                name,
+                judgement.size,
+                findings=judgement.findings,
+                location=str(p),
+                strict=strict,
+                format=judgement.format,
+                checks=judgement.checks,
+            )
         )
     if target.is_dir():
         reports = attach_repo_findings(folder, reports, strict=strict, headers=parsed_headers(judged))
@@ -780,7 +875,9 @@ def verify_path(target: Path, *, strict: bool = False) -> PullReport:
     )
 
 
-def scan_cache(cache_dir: Path, *, deep: bool = False, strict: bool = False) -> list[PullReport]:
+def scan_cache(
+    cache_dir: Path, *, deep: bool = False, strict: bool = False, allow_imports: Collection[str] = ()
+) -> list[PullReport]:
     """``vcache scan``: every repo in the cache, any tool's, plus hygiene findings per repo.
 
     Snapshot files are verified as by :func:`verify_snapshot` (ledger trusted unless ``deep``) without
@@ -791,7 +888,11 @@ def scan_cache(cache_dir: Path, *, deep: bool = False, strict: bool = False) -> 
     for rtype, repo_id, _folder in iter_repo_folders(cache_dir):
         repo = CacheRepo(cache_dir, repo_id, rtype)
         for commit in repo.snapshots():
-            reports.append(verify_snapshot(repo, commit, deep=deep, strict=strict, quarantine=False))
+            reports.append(
+                verify_snapshot(
+                    repo, commit, deep=deep, strict=strict, quarantine=False, allow_imports=allow_imports
+                )
+            )
         hygiene = _hygiene(repo)
         if hygiene:
             reports.append(PullReport(repo_id=repo_id, repo_type=rtype, files=hygiene, strict=strict))

@@ -194,3 +194,75 @@ def test_a_broken_safetensors_header_is_structure_without_content(model: Path) -
     j = judge(model, NAME)
     assert j.format == "safetensors" and j.checks == ("sniff", "structure") and j.header is None
     assert j.verdict is Verdict.FAIL and any(c.startswith("safetensors.") for c in codes(j))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Every format: recognised by content (the name a hint), its checker run, what ran said.
+
+
+def small_gguf(path: Path) -> Path:
+    """A GGUF written by the real writer: an F32 tensor with a NaN and a Q8_0 one."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(5)
+    f32 = rng.standard_normal((64, 256)).astype(np.float32)
+    f32[3, 7] = np.nan
+    w = GGUFWriter(path, "llama")
+    w.add_array("tokenizer.ggml.tokens", ["a", "b"] * 500)
+    w.add_tensor("output.weight", f32)
+    q8 = quantize(rng.standard_normal((128, 256)).astype(np.float32), GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_k.weight", q8, raw_dtype=GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_a_gguf_stream_is_used_like_a_safetensors_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vcache.checks.gguf
+
+    path = small_gguf(tmp_path / "weights.bin")  # not a GGUF name: its magic says what it is
+    fresh = check_file(path, "weights.bin", vouched=True)
+    scans: list[Any] = []
+    real = vcache.checks.gguf.scan_gguf
+    monkeypatch.setattr(vcache.checks.gguf, "scan_gguf", lambda *a, **k: scans.append(a) or real(*a, **k))
+    for step in (1, 7, 1000, 1 << 20):
+        data = path.read_bytes()
+        stream = StreamingCheck("weights.bin", len(data))
+        for pos in range(0, len(data), step):
+            stream.feed(pos, memoryview(data)[pos : pos + step])
+        j = judge(
+            path, "weights.bin", expected_digest=sha256(path), actual_digest=sha256(path), streamed=stream
+        )
+        assert scans == [], step
+        assert (j.format, j.checks) == ("gguf", ("digest", "sniff", "structure", "content"))
+        assert j.findings == fresh.findings and "tensor.nan" in codes(j)
+
+
+def test_formats_are_recognised_by_content_with_the_name_as_a_hint(tmp_path: Path) -> None:
+    import torch
+
+    gguf_bytes = small_gguf(tmp_path / "g").read_bytes()
+    torch.save({"w": torch.ones(4)}, tmp_path / "t")
+    zip_bytes = (tmp_path / "t").read_bytes()
+    cases = [
+        ("model.q4", gguf_bytes, "gguf", ("sniff", "structure", "content")),
+        ("checkpoint", zip_bytes, "pytorch-zip", ("sniff", "structure", "content", "imports")),
+        # A name that contradicts the content is a finding, as before; the format is what the bytes are.
+        ("model.safetensors", zip_bytes, "pytorch-zip", ("sniff",)),
+        # A GGUF name gets the GGUF checker, which says the bytes are not GGUF.
+        ("model.gguf", bytes(range(256)) * 4, "gguf", ("sniff", "structure")),
+        ("notes.bin", bytes(range(256)) * 4, "other", ("sniff",)),
+    ]
+    for name, data, fmt, checks in cases:
+        path = tmp_path / "case"
+        path.write_bytes(data)
+        j = judge(path, name)
+        assert (j.format, j.checks) == (fmt, checks), name
+    assert "sniff.zip" in codes(judge(tmp_path / "t", "model.safetensors"))
+    path.write_bytes(bytes(range(256)) * 4)
+    assert "gguf.bad_magic" in codes(judge(path, "model.gguf"))

@@ -29,6 +29,8 @@ PULL = """
 import json, os, sys, time
 from pathlib import Path
 import vcache
+from dataclasses import replace
+from vcache.config import resolve_transfer_settings
 from vcache.pull import PullOptions
 repo_id, endpoint, cache, go = sys.argv[1:5]
 files = json.loads(sys.argv[5]) if len(sys.argv) > 5 else None
@@ -36,7 +38,7 @@ knobs = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
 Path(f"{go}.ready.{os.getpid()}").touch()
 while not os.path.exists(go):
     time.sleep(0.002)
-report = vcache.pull(repo_id, endpoint=endpoint, cache_dir=cache, files=files, options=PullOptions(transfer=knobs))
+report = vcache.pull(repo_id, endpoint=endpoint, cache_dir=cache, files=files, options=PullOptions(transfer=replace(resolve_transfer_settings(), **knobs)))
 print(json.dumps({
     "ok": report.ok,
     "errors": list(report.errors),

@@ -147,6 +147,19 @@ def test_lock_dir_inherits_the_shared_group_bits(tmp_path: Path) -> None:
     assert stat.S_IMODE((locks / "models--a--b").stat().st_mode) == 0o2775
 
 
+def test_nested_lock_dirs_inherit_the_shared_group_bits_at_every_level(tmp_path: Path) -> None:
+    locks = tmp_path / ".locks"
+    locks.mkdir()
+    os.chmod(locks, 0o2775)
+    old = os.umask(0o022)
+    try:
+        ensure_lock_dir(locks / "models--a--b" / "uses")  # the repo's folder did not exist yet either
+    finally:
+        os.umask(old)
+    for level in (locks / "models--a--b", locks / "models--a--b" / "uses"):
+        assert stat.S_IMODE(level.stat().st_mode) == 0o2775, level
+
+
 HOLD = """
 import sys, time
 from pathlib import Path

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from vcache.errors import VerificationFailed  # noqa: E402
 from vcache.integrations.transformers import from_pretrained  # noqa: E402
-from vcache.lockfile import Lock, lock_repo  # noqa: E402
-from vcache.pull import pull  # noqa: E402
+from vcache.lockfile import Lock  # noqa: E402
+from vcache.pull import lock_repo, pull  # noqa: E402
 from vcache.testing.hub import Fault  # noqa: E402
 
 from .conftest import O_PROJ, REPO_ID, TinyLlama  # noqa: E402

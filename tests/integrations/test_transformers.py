@@ -951,3 +951,57 @@ def test_runtime_registrations_turn_remembering_off(
     from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
     from_pretrained(AutoModelForCausalLM, REPO_ID, **kw)
     assert spy_completeness["meta"] == 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pickled checkpoints (pytorch_model.bin): never unpickled before vcache walked them
+
+
+class _Payload:
+    """Pickles to a call of ``os.system``: what a malicious checkpoint does."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+def _pickled_checkpoint(tiny_llama: TinyLlama, folder: Path, **extra: Any) -> Path:
+    """The tiny Llama as a single ``pytorch_model.bin`` (``torch.save`` of its state dict, plus ``extra``)."""
+    from safetensors.torch import load_file
+
+    folder.mkdir(parents=True)
+    state: dict[str, Any] = {}
+    for shard in sorted(tiny_llama.folder.glob("model-*.safetensors")):
+        state.update(load_file(shard))
+    torch.save({**state, **extra}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_bytes((tiny_llama.folder / "config.json").read_bytes())
+    return folder
+
+
+def test_an_unsafe_pickle_is_refused_before_transformers_opens_it(
+    tiny_llama: TinyLlama, serve: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = _pickled_checkpoint(tiny_llama, tmp_path / "evil", payload=_Payload(f"touch {marker}"))
+    clean = _pickled_checkpoint(tiny_llama, tmp_path / "clean")
+    loads: list[str] = []
+    real_load = torch.load
+
+    def spy_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy_load)
+    hub = serve(evil)
+    with pytest.raises(VerificationFailed) as excinfo:
+        from_pretrained(AutoModelForCausalLM, REPO_ID, **hub_kwargs(hub, tmp_path))  # strict=False
+    assert "pickle.unsafe_import" in codes(excinfo.value.findings)
+    assert "pytorch_model.bin" in str(excinfo.value) and "os.system" in str(excinfo.value)
+    assert loads == [] and not marker.exists()  # transformers never opened it; the payload never ran
+    # The same checkpoint without the payload loads, through torch.load: the spy would have seen a load.
+    hub = serve(clean, repo_id="acme/clean")
+    with pytest.warns(VcacheWarning, match="completeness_skipped"):  # a pickle is not inspected for that
+        model = from_pretrained(AutoModelForCausalLM, "acme/clean", **hub_kwargs(hub, tmp_path))
+    assert isinstance(model, LlamaForCausalLM) and loads

@@ -26,7 +26,7 @@ It only reads: moving, quarantining or recording a file is the caller's business
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +47,7 @@ __all__ = [
     "lock_size_mismatch",
     "parsed_headers",
     "size_mismatch",
+    "still_stands",
 ]
 
 #: The codes that say the bytes are not the expected ones, the publisher's or the lockfile's (as opposed to
@@ -62,10 +63,10 @@ class Judgement:
     ``strict`` every warning fails). ``size`` is the byte count judged (received, or on disk);
     ``actual_digest`` what the bytes hash to (None when no digest was expected or given: nothing hashed).
     ``vouched`` says a publisher digest matched. ``header`` is the parsed safetensors header when the
-    structure check found a sound one. ``format`` is what the bytes were judged as: the kind the name
-    implies (``"safetensors"``, ``"json"``) unless the sniff found them to be something else, else
-    ``"other"``. ``checks`` names what ran, in order, from ``"digest"``, ``"sniff"``, ``"structure"``,
-    ``"content"``.
+    structure check found a sound one. ``format`` is what the bytes were judged as (one of
+    :data:`~vcache.checks.FORMATS`, recognised by content with the name as a hint; see
+    :func:`~vcache.checks.check_file`). ``checks`` names what ran, in order, from ``"digest"``, ``"sniff"``,
+    ``"structure"``, ``"content"``, ``"imports"``.
     """
 
     name: str
@@ -100,6 +101,8 @@ def judge(
     streamed: StreamingCheck | None = None,
     strict: bool = False,
     against_lock: bool = False,
+    allow_imports: Collection[str] = (),
+    root: Path | None = None,
 ) -> Judgement:
     """Judge the file at ``path`` whose repo path is ``name``; see the module docstring for the policy.
 
@@ -109,7 +112,9 @@ def judge(
     meanwhile (None: the file is hashed here when a digest is expected). ``streamed`` is the content scan
     fed those same bytes, used when the digest matched. ``against_lock`` says the expected size and digest
     are a lockfile's (a sha256 pinned by the user), not the publisher's: the same comparison, reported with
-    the ``lock.*`` codes.
+    the ``lock.*`` codes. ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals
+    for a user who trusts the repo; ``root`` is the folder the repo's files are in when the bytes at ``path``
+    are ``root/name``'s (see :func:`~vcache.checks.check_file`).
     """
     size = os.stat(path).st_size if actual_size is None else actual_size
     mismatches: list[Finding] = []
@@ -129,7 +134,9 @@ def judge(
     vouched = expected_digest is not None and not mismatches
     # The streamed scan judged these very bytes as vouched; when they are not, the file is scanned again.
     content = streamed.findings(path) if vouched and streamed is not None else None
-    check = check_file(path, name, vouched=vouched, content_findings=content)
+    check = check_file(
+        path, name, vouched=vouched, content_findings=content, allow_imports=allow_imports, root=root
+    )
     return Judgement(
         name=name,
         # What the bytes are (a pointer, a truncated header) says more than "the hash differs": listed first.
@@ -142,6 +149,16 @@ def judge(
         strict=strict,
         header=check.header,
     )
+
+
+def still_stands(findings: Iterable[Finding], allow_imports: Collection[str]) -> bool:
+    """Whether the findings of an earlier judgement (a ledger record) still stand for a caller that allows
+    ``allow_imports``: not when that judgement passed pickle globals only because they were allowed then and
+    this caller does not allow them, nor when it refused globals this caller allows. The file is then judged
+    again, under this caller's allowlist."""
+    from vcache.checks.pickles import allowlist_agrees
+
+    return allowlist_agrees(findings, allow_imports)
 
 
 def parsed_headers(judgements: Iterable[Judgement]) -> dict[str, SafetensorsHeader]:

@@ -470,7 +470,9 @@ class _Plan:
     tensors: list[TensorEntry] = field(default_factory=list)
 
 
-def check_onnx(path: str | Path, *, root: str | Path, vouched: bool) -> tuple[list[Finding], tuple[str, ...]]:
+def check_onnx(
+    path: str | Path, *, root: str | Path, vouched: bool, name: str | None = None
+) -> tuple[list[Finding], tuple[str, ...]]:
     """Check the ONNX model at ``path``, inside the snapshot (or local folder) ``root``.
 
     Returns the findings and the checks that ran, from ``"sniff"`` (the first bytes), ``"structure"``
@@ -479,16 +481,23 @@ def check_onnx(path: str | Path, *, root: str | Path, vouched: bool) -> tuple[li
     ``onnx.unchecked`` info finding says so. ``vouched`` says whether publisher digests matched the model
     and its data files (zero-fill damage then only warns). External-data locations are resolved against
     ``path``'s directory as named (not through a symlink) and must stay inside ``root``; see the module
-    docstring for the exact rule. Raises ``ValueError`` only when ``path`` is not under ``root``; never
-    raises on a bad or unreadable file.
+    docstring for the exact rule. ``name`` is the model's path under ``root`` when its bytes are read from
+    elsewhere (a download not yet published, a cache blob): references then resolve as if the model were at
+    ``root/name``. Raises ``ValueError`` only when ``path`` is not under ``root`` and no ``name`` is given,
+    or ``name`` is not a relative path inside ``root``; never raises on a bad or unreadable file.
     """
     model = Path(os.path.abspath(path))
     top = Path(os.path.abspath(root))
-    try:
-        relative = model.relative_to(top)
-    except ValueError:
-        raise ValueError(f"{path} is not inside {root}") from None
-    check = _Check(model, top, relative.as_posix(), vouched)
+    if name is not None:
+        relative = posixpath.normpath(name)
+        if not name or relative.startswith(("/", "../")) or relative in (".", ".."):
+            raise ValueError(f"{name!r} is not a path inside {root}")
+    else:
+        try:
+            relative = model.relative_to(top).as_posix()
+        except ValueError:
+            raise ValueError(f"{path} is not inside {root}") from None
+    check = _Check(model, top, relative, vouched)
     try:
         check.run()
     except Exception as exc:  # the guard: a bug here must not take the caller down
@@ -520,7 +529,7 @@ class _Check:
             return
         head, size = head_and_size
         self.checks.append("sniff")
-        if not looks_like_onnx(head, self.model.name):
+        if not looks_like_onnx(head, posixpath.basename(self.label)):
             self.findings.append(
                 fail(
                     "onnx.not_onnx",

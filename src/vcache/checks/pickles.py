@@ -30,6 +30,10 @@ Finding codes (all ``fail``):
 ``pickle.too_large``         more than :data:`MAX_OPCODES` opcodes, or one value over :data:`MAX_VALUE_BYTES`:
                              the walk stopped, so the imports after that point were not checked
 ===========================  ================================================================================
+
+One more, ``info``: ``pickle.allowed_import`` lists the globals outside the allowlist that passed only because
+the caller allowed them (``allow_imports``), so a verdict that relied on them says so (and a remembered one is
+not trusted by a caller that does not allow them: :func:`allowlist_agrees`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Protocol, cast
 
-from vcache.report import Finding, fail
+from vcache.report import Finding, fail, info
 
 __all__ = [
     "MAX_OPCODES",
@@ -57,8 +61,10 @@ __all__ = [
     "PickleSet",
     "PickleWalk",
     "UnsafeCall",
+    "allowlist_agrees",
     "import_allowed",
     "import_findings",
+    "parse_allow_imports",
     "walk_pickle",
 ]
 
@@ -808,6 +814,39 @@ def import_allowed(full_name: str, allow_imports: Collection[str] = ()) -> bool:
     return full_name in WEIGHTS_ONLY_GLOBALS or full_name in allow_imports
 
 
+def parse_allow_imports(entries: Iterable[str]) -> tuple[str, ...]:
+    """Check and normalise user ``allow_imports`` entries (``--allow-import MODULE.NAME``): each must be a
+    dotted Python name with a module and a name (``lightning.fabric.utilities.data.AttributeDict``).
+    Returns them without duplicates, in order; raises ``ValueError`` naming the first bad entry. A name that
+    can never be allowed (``os.system``) is accepted here and still refused by :func:`import_allowed`."""
+    out: list[str] = []
+    for raw in entries:
+        entry = raw.strip() if isinstance(raw, str) else raw
+        parts = entry.split(".") if isinstance(entry, str) else []
+        if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+            raise ValueError(
+                f"allowed import {raw!r} is not of the form MODULE.NAME (a dotted Python name such as "
+                "'collections.OrderedDict' or 'mypackage.config.TrainingConfig')"
+            )
+        out.append(entry)
+    return tuple(dict.fromkeys(out))
+
+
+def allowlist_agrees(findings: Iterable[Finding], allow_imports: Collection[str]) -> bool:
+    """Whether the import findings of an earlier check (a remembered verdict) are what a check allowing
+    ``allow_imports`` would give: every global it passed only because it was allowed then
+    (``pickle.allowed_import``) is allowed now, and no global it refused (``pickle.unsafe_import``) is."""
+    for f in findings:
+        names = f.detail.get("imports") if f.detail else None
+        if not isinstance(names, list):
+            continue
+        if f.code == "pickle.allowed_import" and not all(import_allowed(str(n), allow_imports) for n in names):
+            return False
+        if f.code == "pickle.unsafe_import" and any(import_allowed(str(n), allow_imports) for n in names):
+            return False
+    return True
+
+
 def _never_allowed(full_name: str) -> bool:
     if full_name in NEVER_ALLOWED_GLOBALS:
         return True
@@ -840,11 +879,17 @@ def import_findings(
     out: list[Finding] = []
     bad: list[Global] = []
     bad_pickles: list[str] = []
+    widened: list[str] = []
     for name, walk in walks:
         found = [g for g in walk.imports if not import_allowed(g.full, allow_imports)]
         bad.extend(found)
         if found:
             bad_pickles.append(name)
+        widened.extend(
+            g.full
+            for g in walk.imports
+            if allow_imports and g.full not in WEIGHTS_ONLY_GLOBALS and import_allowed(g.full, allow_imports)
+        )
     if bad:
         names = _unique(_shown(g) for g in bad)
         fulls = _unique(g.full for g in bad)
@@ -874,6 +919,19 @@ def import_findings(
                 never_allowed=never,
                 pickles=bad_pickles,
                 offsets=[g.offset for g in bad[:_LIST_LIMIT]],
+            )
+        )
+    if widened:
+        allowed = _unique(widened)
+        out.append(
+            info(
+                "pickle.allowed_import",
+                f"{where}the pickle imports {len(allowed)} global(s) outside torch.load(weights_only=True)'s "
+                f"allowlist, accepted only because they were allowed explicitly: {', '.join(allowed[:_LIST_LIMIT])}"
+                + (f" and {len(allowed) - _LIST_LIMIT} more" if len(allowed) > _LIST_LIMIT else "")
+                + ". Load it with torch.load(weights_only=True) after torch.serialization.add_safe_globals "
+                "for these, never with weights_only=False.",
+                imports=allowed,
             )
         )
     unresolved = [(name, pos, why) for name, w in walks for pos, why in w.unresolved]

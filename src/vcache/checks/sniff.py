@@ -82,7 +82,8 @@ def sniff(path: str | Path, *, expect: str | None = None) -> list[Finding]:
     """Recognise what the file at ``path`` really is, from its first few KiB.
 
     ``expect`` is the kind its name implies: ``"safetensors"``, ``"json"`` (config.json, tokenizer.json,
-    ``*.index.json``) or None. Returns at most one failing finding naming what the file is instead (an
+    ``*.index.json``), another format (``"gguf"``, ``"onnx"``: then only an empty file is judged differently
+    than with None) or None. Returns at most one failing finding naming what the file is instead (an
     empty list when it looks like what it should be). An unreadable file is reported, not raised.
     """
     name = Path(path).name

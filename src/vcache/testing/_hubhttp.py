@@ -5,8 +5,10 @@ Owns the two listeners (the hub origin and the CDN origin), the per-connection h
 record, throttling, and carrying out the fault that :mod:`vcache.testing._hubfaults` chose for a request.
 :class:`vcache.testing.hub.HubServer` is the public face; nothing here is public API.
 
-Bodies of unfaulted files never pass through Python byte by byte: a file goes out with ``os.sendfile``,
-in-memory content with ``send`` of a memoryview, and a fault only splits the body into such segments.
+Bodies of unfaulted files never pass through Python byte by byte: a file goes out with ``os.sendfile``
+(in 1 MiB calls, or in chunks paced to the per-connection cap when throttled), in-memory content with
+``send`` of a memoryview, and a fault only splits the body into such segments. Every byte written to a
+socket is counted, per request and in the server's live total.
 A request is logged just before the last byte of its response goes out, so a client that has read a whole
 response always finds its record.
 """
@@ -55,6 +57,9 @@ _TYPE_SINGULAR: dict[str, RepoType] = {v: k for k, v in _TYPE_PLURAL.items()}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_REQUEST_BODY = 16 * 1024 * 1024
 _ZEROS = memoryview(bytes(1 << 20))
+# Largest single write of an unthrottled body: the live byte count moves at least this often.
+_WRITE_CHUNK = 1 << 20
+_CONTROL = "_testhub"
 _HTML_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title></head>\n"
     b"<body><h1>We'll be right back</h1><p>The site is down for scheduled maintenance.</p></body></html>\n"
@@ -71,8 +76,10 @@ class RequestRecord:
     kernel). ``wire_bytes`` counts the body bytes that reached the client's machine: for a connection cut
     mid-body (the client killed, say) the body bytes its TCP acknowledged, which excludes what was still in
     this server's send buffer (Linux ``TCP_INFO``; elsewhere, and for complete answers, ``body_bytes``).
-    ``time`` is the wall-clock arrival time and ``duration`` the seconds until the response was complete
-    or cut.
+    ``sent_bytes`` counts every byte of the response written to the socket, status line and headers
+    included: what a client that was killed mid-body cost the server, its send buffer included (the sum of
+    the ``send``/``sendfile`` return values). ``time`` is the wall-clock arrival time and ``duration`` the
+    seconds until the response was complete or cut.
     """
 
     method: str
@@ -90,6 +97,7 @@ class RequestRecord:
     time: float
     duration: float = 0.0
     wire_bytes: int = 0
+    sent_bytes: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -426,12 +434,16 @@ class Exchange:
         self.file_path: str | None = None
         self.status = 0
         self.body_bytes = 0
+        self.sent_bytes = 0
+        self.counted = 0  # of sent_bytes, how many the hub's live total holds
         self.wire_bytes: int | None = None
+        self.internal = False  # a control request: neither logged nor counted
         self.time = time.time()
         self._t0 = time.monotonic()
 
-    def to_record(self, unsent: int = 0) -> RequestRecord:
-        """The record of this request, counting ``unsent`` body bytes that are about to be written."""
+    def to_record(self, unsent: int = 0, unsent_head: int = 0) -> RequestRecord:
+        """The record of this request, counting ``unsent`` body bytes and ``unsent_head`` bytes of the
+        status line and headers that are about to be written."""
         return RequestRecord(
             method=self.method,
             origin=self.origin,
@@ -448,6 +460,7 @@ class Exchange:
             time=self.time,
             duration=time.monotonic() - self._t0,
             wire_bytes=self.wire_bytes if self.wire_bytes is not None else self.body_bytes + unsent,
+            sent_bytes=self.sent_bytes + unsent + unsent_head,
         )
 
 
@@ -549,6 +562,9 @@ class _Handler(BaseHTTPRequestHandler):
         segs = ex.raw_path.split("/")[1:]
         if segs and segs[0] == "api":
             return self._api(ex, segs[1:], body)
+        if self.hub.control and segs and segs[0] == _CONTROL:
+            ex.internal = True
+            return self._control(ex, segs[1:])
         if ex.method == "POST":
             return _error(405, None, "Method POST not allowed")
         return self._resolve(ex, segs)
@@ -673,6 +689,21 @@ class _Handler(BaseHTTPRequestHandler):
         first, last = wanted
         headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
         return _Reply(206, headers, content.segments(first, last + 1, patch), delivery)
+
+    def _control(self, ex: Exchange, segs: list[str]) -> _Reply:
+        """``/_testhub/{log,counters,clear-log}``: the log and byte counts for a benchmark in another
+        process (on only with ``control=True``; these requests are neither logged nor counted)."""
+        routes = {"log": "GET", "counters": "GET", "clear-log": "POST"}
+        name = "/".join(segs)
+        if name not in routes:
+            return _route_not_found()
+        if ex.method != routes[name] and not (ex.method == "HEAD" and routes[name] == "GET"):
+            return _error(405, None, f"Method {ex.method} not allowed here")
+        if name == "log":
+            return _json(200, [dataclasses.asdict(r) for r in self.hub.log])
+        if name == "clear-log":
+            self.hub.clear_log()
+        return _json(200, self.hub.counters())
 
     # -- /api -----------------------------------------------------------------------------------------
 
@@ -919,6 +950,8 @@ class _Handler(BaseHTTPRequestHandler):
         head = memoryview(_head_bytes(reply.status, headers))
         slot = None
         acked_before = _bytes_acked(self.connection)
+        if not ex.internal:
+            self.hub._responses_begun(1)
         try:
             if fault is None or fault.kind not in ("drop_after", "stall", "short_body"):
                 # Log just before the final byte goes out: a client holding the whole response finds its
@@ -932,7 +965,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send_all(ex, [_cut(last, len(last) - 1, len(last))], count=True)
                 else:
                     self._send_all(ex, [_Mem(head[:-1])], count=False)
-                    slot = self.hub._record(ex)
+                    slot = self.hub._record(ex, unsent_head=1)
                     self._send_all(ex, [_Mem(head[-1:])], count=False)
                 return
             self._send_all(ex, [_Mem(head)], count=False)
@@ -950,6 +983,16 @@ class _Handler(BaseHTTPRequestHandler):
             if acked is not None and acked_before is not None:
                 ex.wire_bytes = max(0, min(ex.body_bytes, acked - acked_before - len(head)))
             self.hub._record(ex, slot)
+        finally:
+            if not ex.internal:
+                self.hub._responses_begun(-1)
+
+    def _wrote(self, ex: Exchange, n: int, *, body: bool) -> None:
+        """Count ``n`` bytes just handed to the socket (of the body when ``body``)."""
+        ex.sent_bytes += n
+        if body:
+            ex.body_bytes += n
+        self.hub._count_sent(ex, ex.sent_bytes)
 
     def _send_all(self, ex: Exchange, segments: Iterable[_Segment], *, count: bool) -> None:
         pacer = _Pacer(self.hub) if count else None
@@ -962,7 +1005,7 @@ class _Handler(BaseHTTPRequestHandler):
                 view = seg.view if isinstance(seg, _Mem) else None
                 left = len(seg)
                 while left:
-                    step = min(left, (pacer.chunk() if pacer else None) or left)
+                    step = min(left, (pacer.chunk() if pacer else None) or _WRITE_CHUNK)
                     if view is None:
                         step = min(step, len(_ZEROS))
                     if pacer:
@@ -972,8 +1015,7 @@ class _Handler(BaseHTTPRequestHandler):
                     )
                     sent = sock.send(chunk)
                     left -= sent
-                    if count:
-                        ex.body_bytes += sent
+                    self._wrote(ex, sent, body=count)
         except OSError as e:
             raise _ClientGone(str(e)) from e
 
@@ -982,7 +1024,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             offset, left = span.offset, span.length
             while left:
-                step = min(left, (pacer.chunk() if pacer else None) or left)
+                step = min(left, (pacer.chunk() if pacer else None) or _WRITE_CHUNK)
                 if pacer:
                     pacer.wait_for(step)
                 sent = os.sendfile(sock.fileno(), fd, offset, step)
@@ -991,7 +1033,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _ClientGone("source file shrank")
                 offset += sent
                 left -= sent
-                ex.body_bytes += sent
+                self._wrote(ex, sent, body=True)
         finally:
             os.close(fd)
 

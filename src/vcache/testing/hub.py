@@ -2,7 +2,7 @@
 
 Owns the public face of the test Hub: :class:`HubServer` (two listeners: the hub origin, ``/api/...`` and
 ``/{prefix}{repo}/resolve/...``, and a second "CDN" origin that serves LFS bodies), its repos, armed
-faults, request log and throttle, and the ``python -m vcache.testing.hub`` command. What a repo holds is
+faults, request log, byte counts and throttle, and the ``python -m vcache.testing.hub`` command. What a repo holds is
 modelled in :mod:`vcache.testing._hubrepo`, which fault a request gets is decided in
 :mod:`vcache.testing._hubfaults`, and the wire protocol lives in :mod:`vcache.testing._hubhttp`. The
 behaviour follows ``docs/hub-protocol.md`` (huggingface_hub 2.4.0).
@@ -21,7 +21,10 @@ Quick use::
         ...  # point a client at hub.endpoint
         assert hub.body_requests(path="model.safetensors")[0].body_bytes == 1 << 20
 
-Run ``python -m vcache.testing.hub --root DIR`` to serve a folder of repos from a shell.
+Run ``python -m vcache.testing.hub --root DIR`` to serve a folder of repos from a shell. With ``--control``
+(``control=True``) the hub origin also answers ``GET /_testhub/log`` (the request log as JSON),
+``GET /_testhub/counters`` (``sent_bytes`` and ``responses_in_progress``, live) and
+``POST /_testhub/clear-log``, so that a benchmark can read what a server in another process wrote.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class HubServer:
     be added and committed to while the server runs. ``digests=False`` serves like a mirror that sends no
     digest at all: no ``lfs`` record (so no sha256) in listings, no ``ETag`` or ``X-Linked-Etag`` on file
     answers; listings keep the git ``oid`` (for an LFS file, the id of its pointer, as git stores it). It can be
-    changed while running. Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    changed while running. ``control=True`` enables the ``/_testhub/`` routes (see the module docstring). Use
+    as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class HubServer:
         host: str = "127.0.0.1",
         port: int = 0,
         cdn_port: int = 0,
+        control: bool = False,
     ) -> None:
         if lfs_style not in ("redirect", "direct"):
             raise ValueError(f"lfs_style must be 'redirect' or 'direct', got {lfs_style!r}")
@@ -77,6 +82,7 @@ class HubServer:
         self.tokens: frozenset[str] | None = None if tokens is None else frozenset(tokens)
         self.throttle_bps = throttle_bps
         self.digests = digests
+        self.control = control
         self._host, self._port, self._cdn_port = host, port, cdn_port
         self._repos: dict[tuple[RepoType, str], Repo] = {}
         self._repos_lock = threading.Lock()
@@ -84,6 +90,8 @@ class HubServer:
         self._log: list[RequestRecord] = []
         self._log_generation = 0
         self._log_lock = threading.Lock()
+        self._sent_bytes = 0
+        self._in_progress = 0
         self._stopping = threading.Event()
         self._listeners: dict[Origin, Listener] = {}
         self._serve_threads: list[threading.Thread] = []
@@ -210,10 +218,50 @@ class HubServer:
             return list(self._log)
 
     def clear_log(self) -> None:
-        """Forget the requests logged so far."""
+        """Forget the requests logged so far, and reset :attr:`sent_bytes`."""
         with self._log_lock:
             self._log.clear()
             self._log_generation += 1
+            self._sent_bytes = 0
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes written to the sockets since the log was last cleared, responses still in progress included.
+
+        Counted as each write returns (the server's send buffers included), so it is live: at most one
+        write (1 MiB, or one paced chunk when throttled) behind per connection.
+        """
+        with self._log_lock:
+            return self._sent_bytes
+
+    @property
+    def responses_in_progress(self) -> int:
+        """Responses being written right now (0 once every connection cut by a killed client was noticed)."""
+        with self._log_lock:
+            return self._in_progress
+
+    def counters(self) -> dict[str, int]:
+        """:attr:`sent_bytes` and :attr:`responses_in_progress`, read together."""
+        with self._log_lock:
+            return {"sent_bytes": self._sent_bytes, "responses_in_progress": self._in_progress}
+
+    def _count_sent(self, ex: Exchange, total: int, *, exact: bool = False) -> None:
+        """Make ``ex``'s share of :attr:`sent_bytes` ``total`` (only ever more, unless ``exact``).
+
+        A response's last bytes are counted when it is logged, just before they are written (as its record
+        counts them), so a client that has read a whole response finds it counted; ``exact`` takes them
+        back if that write failed.
+        """
+        if ex.internal:
+            return
+        with self._log_lock:
+            if total > ex.counted or exact:
+                self._sent_bytes = max(0, self._sent_bytes + total - ex.counted)
+                ex.counted = total
+
+    def _responses_begun(self, n: int) -> None:
+        with self._log_lock:
+            self._in_progress += n
 
     def body_requests(self, repo_id: str | None = None, path: str | None = None) -> list[RequestRecord]:
         """GETs that were answered with (part of) a file body, on the hub or the CDN."""
@@ -227,9 +275,15 @@ class HubServer:
             and (path is None or r.file_path == path)
         ]
 
-    def _record(self, ex: Exchange, slot: tuple[int, int] | None = None, unsent: int = 0) -> tuple[int, int]:
-        """Log ``ex`` (or, given the ``slot`` it was logged in, correct that entry)."""
-        record = ex.to_record(unsent)
+    def _record(
+        self, ex: Exchange, slot: tuple[int, int] | None = None, unsent: int = 0, unsent_head: int = 0
+    ) -> tuple[int, int]:
+        """Log ``ex`` (or, given the ``slot`` it was logged in, correct that entry); control requests are
+        not logged."""
+        if ex.internal:
+            return -1, -1
+        self._count_sent(ex, ex.sent_bytes + unsent + unsent_head, exact=slot is not None)
+        record = ex.to_record(unsent, unsent_head)
         with self._log_lock:
             if slot is not None:
                 generation, index = slot
@@ -263,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cdn-port", type=int, default=0, help="CDN port (0: any free port)")
     parser.add_argument("--lfs-style", choices=("redirect", "direct"), default="redirect")
     parser.add_argument("--throttle", type=float, default=None, metavar="BPS", help="bytes/s per connection")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also answer GET /_testhub/log, GET /_testhub/counters and POST /_testhub/clear-log",
+    )
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         parser.error(f"--root {args.root} is not a folder")
@@ -284,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         cdn_port=args.cdn_port,
+        control=args.control,
     )
     with server as hub:
         print(f"endpoint: {hub.endpoint}", flush=True)

@@ -13,7 +13,7 @@ anything other than through ``vcache.pull``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from vcache.report import Finding, Severity
 
 if TYPE_CHECKING:
     from vcache.lockfile import Lock
+    from vcache.signing import SignatureMethod
 
 #: Files a transformers (PyTorch) load never reads; skipped by default so that, e.g., Llama's ``original/``
 #: consolidated checkpoint is not downloaded twice. Pass ``ignore_patterns=()`` to fetch everything.
@@ -78,6 +79,8 @@ def from_pretrained(
     allow_patterns: str | Sequence[str] | None = None,
     ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
     max_workers: int | None = None,
+    verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
     lock: str | os.PathLike[str] | Lock | None = None,
     **kwargs: Any,
 ) -> Any:
@@ -106,11 +109,64 @@ def from_pretrained(
     configs and processors also the weight files, :data:`WEIGHT_PATTERNS`) are not fetched; pass
     ``ignore_patterns=None`` to fetch every file of the revision.
 
+    ``verify_signature`` (``"key:PUBLIC_KEY.pem"``, ``"certificate:CHAIN.pem"``, ``"sigstore:IDENTITY@ISSUER"``)
+    makes step 1 also require the publisher's model signature (see :func:`vcache.pull`): a missing, invalid,
+    untrusted or mismatched signature refuses the load before transformers reads anything.
+    PyTorch checkpoints (``pytorch_model.bin``, ``.pt``, ...) are never unpickled by vcache: every global
+    their pickle imports must be one ``torch.load(weights_only=True)`` accepts, else the file fails
+    (``pickle.unsafe_import``, with or without ``strict``) and nothing is loaded. ``allow_imports``
+    (``module.name`` entries) widens that list for a repo you trust.
     ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``) pins the load to
     the lock's commit and bytes: step 1 pulls the locked commit and checks every file against the lock's
     sha256 (offline: the cache against the lock), so a cache or server that does not match the lock is
-    refused with ``VerificationFailed`` before transformers reads a weight.
+    refused with ``VerificationFailed`` before transformers reads a weight; a signature method the lock
+    records for the repo is required as if passed as ``verify_signature``.
+    The load registers its use of the repo (:func:`vcache.use`) from the pull until ``cls.from_pretrained``
+    returns, so ``vcache gc`` and ``vcache rm`` leave it alone meanwhile.
     """
+    from vcache.usage import use
+
+    with use(repo_id, revision, cache_dir=cache_dir):
+        return _verified_load(
+            cls,
+            repo_id,
+            revision=revision,
+            strict=strict,
+            check_after_load=check_after_load,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            max_workers=max_workers,
+            verify_signature=verify_signature,
+            allow_imports=allow_imports,
+            lock=lock,
+            **kwargs,
+        )
+
+
+def _verified_load(
+    cls: Any,
+    repo_id: str,
+    *,
+    revision: str | None,
+    strict: bool,
+    check_after_load: bool,
+    cache_dir: str | Path | None,
+    endpoint: str | None,
+    token: str | bool | None,
+    local_files_only: bool,
+    allow_patterns: str | Sequence[str] | None,
+    ignore_patterns: str | Sequence[str] | None,
+    max_workers: int | None,
+    verify_signature: str | SignatureMethod | None,
+    allow_imports: Collection[str],
+    lock: str | os.PathLike[str] | Lock | None,
+    **kwargs: Any,
+) -> Any:
+    """:func:`from_pretrained`'s steps, while its use is registered."""
     if not callable(getattr(cls, "from_pretrained", None)):
         raise UsageError(
             f"{cls!r} has no from_pretrained method; pass a transformers class such as "
@@ -136,6 +192,8 @@ def from_pretrained(
         strict=False,  # strictness decides what we load, not what pull quarantines
         max_workers=max_workers,
         force_download=force_download,
+        verify_signature=verify_signature,
+        allow_imports=allow_imports,
         lock=lock,
     )
     where = _describe_source(repo_id, report)

@@ -83,9 +83,11 @@ def _format(findings: Iterable[Finding]) -> Iterator[str]:
         yield f"  ... and {len(items) - _MESSAGE_LIMIT} more (see the exception's .findings)"
 
 
-def _refusal(headline: str, findings: Sequence[Finding], advice: str, **context: Any) -> VerificationFailed:
+def _refusal(
+    headline: str, findings: Sequence[Finding], advice: str, *, repo_id: str, report: PullReport
+) -> VerificationFailed:
     text = "\n".join([headline, *_format(findings)] + ([advice] if advice else []))
-    return VerificationFailed(text, findings, **context)
+    return VerificationFailed(text, findings, repo_id=repo_id, report=report)
 
 
 def _pull_refusal(repo_id: str, where: str, report: PullReport) -> VerificationFailed:

@@ -22,7 +22,7 @@ from vcache.integrations.transformers._completeness import _Completeness
 from vcache.report import PullReport
 
 if TYPE_CHECKING:
-    from vcache.ledger import Ledger
+    from vcache.ledger import EntryState, Ledger
 
 #: Bump when what a model record holds, or what its key is made of, changes.
 _MODEL_RECORD_VERSION = 1
@@ -122,7 +122,7 @@ class _RememberedVerdict:
 
     def lookup(self) -> _Completeness | None:
         """The remembered verdict, when its key is this one and every file it read is unchanged."""
-        from vcache.ledger import entry_state
+        from vcache.ledger import EntryState, entry_state
         from vcache.report import findings_from_json
 
         record = self.ledger.read_derived(self.path)
@@ -134,7 +134,7 @@ class _RememberedVerdict:
                 return None
             root = os.fspath(self.snapshot)
             for rel, state in deps.items():
-                if entry_state(os.path.join(root, rel)) != state:
+                if entry_state(os.path.join(root, rel)) != EntryState.from_json(state):
                     return None
             return _Completeness(
                 findings=list(findings_from_json(record["findings"])),
@@ -143,7 +143,7 @@ class _RememberedVerdict:
         except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError):
             return None
 
-    def folder_state(self) -> dict[str, Any] | None:
+    def folder_state(self) -> dict[str, EntryState | None] | None:
         """Every name in the folder the check reads, with its entry_state, taken before the check runs."""
         from vcache.ledger import entry_state
 
@@ -152,14 +152,16 @@ class _RememberedVerdict:
         except OSError:
             return None
 
-    def remember(self, result: _Completeness, probed: Sequence[Path], before: Mapping[str, Any]) -> None:
+    def remember(
+        self, result: _Completeness, probed: Sequence[Path], before: Mapping[str, EntryState | None]
+    ) -> None:
         """Write the record, if the verdict may be remembered and nothing it read changed while it ran."""
         from vcache.ledger import entry_state
         from vcache.report import findings_from_json
 
         if any(f.code == "model.completeness_skipped" for f in result.findings):
             return  # could not run (a missing optional package, say): try again next time
-        deps: dict[str, Any] = {}
+        deps: dict[str, EntryState | None] = {}
         try:
             for path in probed:
                 if path.parent != self.base:
