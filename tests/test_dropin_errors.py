@@ -147,3 +147,20 @@ def test_hub_errors_stand_alone_without_an_http_response() -> None:
                 _ = exc.request
             exc.append_to_message("\nmore context")
             assert str(exc) == exc.message == "what happened; what to do next\nmore context"
+
+
+@pytest.mark.parametrize("function", ["snapshot_download", "hf_hub_download"])
+@pytest.mark.parametrize("repo_id", ["a/b/c", "org/..", "/abs", "acme/tab\t"])
+def test_an_invalid_repo_id_is_what_huggingface_hub_raises_and_a_usage_error(
+    function: str, repo_id: str, hub: HubServer, tmp_path: Path
+) -> None:
+    """huggingface_hub refuses a malformed repo id with ``HFValidationError`` before any request; vcache's
+    drop-in refuses it as a :class:`~vcache.errors.UsageError` that is also that class."""
+    args = (repo_id, "config.json") if function == "hf_hub_download" else (repo_id,)
+    common = {"endpoint": hub.endpoint, "token": False}
+    expected = _raised(lambda: getattr(huggingface_hub, function)(*args, cache_dir=tmp_path / "hf", **common))
+    assert isinstance(expected, hf_errors.HFValidationError), repr(expected)
+    with pytest.raises(hf_errors.HFValidationError) as caught:
+        getattr(vcache, function)(*args, cache_dir=tmp_path / "vcache", **common)
+    assert isinstance(caught.value, vcache.UsageError) and repr(repo_id) in str(caught.value)
+    assert not (tmp_path / "vcache").exists()

@@ -14,6 +14,7 @@ from vcache._version import __version__
 from vcache.api import verify
 from vcache.errors import (
     AuthError,
+    BadBundle,
     CacheNotWritable,
     DiskFull,
     EntryNotFound,
@@ -21,6 +22,7 @@ from vcache.errors import (
     HubError,
     IncompleteSnapshot,
     IntegrityError,
+    InvalidRepoId,
     LockTimeout,
     OfflineError,
     RateLimited,
@@ -59,6 +61,7 @@ def load_model(repo_id: str, **kwargs: _Any) -> _Any:
 
 __all__ = [
     "AuthError",
+    "BadBundle",
     "CacheNotWritable",
     "Digest",
     "DiskFull",
@@ -69,6 +72,7 @@ __all__ = [
     "HubError",
     "IncompleteSnapshot",
     "IntegrityError",
+    "InvalidRepoId",
     "LockTimeout",
     "OfflineError",
     "Progress",

@@ -773,6 +773,157 @@ def gc_command(
     _show_plan(report.removed, report.skipped, done=True)
     click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
 
+# -- air-gapped transfer: export / import ---------------------------------------------------------------------
+
+
+@main.command("export")
+@click.argument("targets", nargs=-1, required=True, metavar="REPO_ID[@REVISION]...")
+@click.option("-o", "--output", required=True, help="The bundle file to write; - writes it to stdout.")
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was exported as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def export_cmd(
+    targets: tuple[str, ...], output: str, repo_type: str, cache_dir: Path | None, as_json: bool, quiet: bool
+) -> None:
+    """Write verified revisions from the cache into one tar bundle, for a machine without network.
+
+    Only revisions whose every file verifies are exported (exit 1 otherwise, and nothing is written). Carry
+    the bundle over and run `vcache import BUNDLE` there; `-o -` streams it, as in
+    `vcache export org/name -o - | ssh host vcache import -`.
+    """
+    import time
+
+    from vcache.bundle import FdSink, plan_export, write_bundle, write_bundle_file
+    from vcache.errors import VerificationFailed
+
+    to_stdout = output == "-"
+    if to_stdout and as_json:
+        _die(UsageError("--json prints to stdout, where -o - writes the bundle; give -o FILE"), EXIT_USAGE)
+    if to_stdout and sys.stdout.isatty():
+        _die(
+            UsageError("refusing to write a bundle to a terminal; redirect stdout or give -o FILE"),
+            EXIT_USAGE,
+        )
+    t0 = time.monotonic()
+    try:
+        plan = plan_export(list(targets), cache_dir=cache_dir, repo_type=repo_type)
+    except VerificationFailed as exc:
+        if as_json:
+            reports = list(getattr(exc, "reports", ()))
+            click.echo(json.dumps({"verdict": "fail", "reports": [r.to_json() for r in reports]}, indent=2))
+        _die(exc, EXIT_FAILED)
+    except UsageError as exc:
+        _die(exc, EXIT_USAGE)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    progress = TqdmProgress(quiet or as_json)
+    try:
+        if to_stdout:
+            sys.stdout.flush()
+            write_bundle(plan, FdSink(sys.stdout.fileno()), progress=progress.sink)
+        else:
+            write_bundle_file(plan, output, progress=progress.sink)
+    except UsageError as exc:
+        progress.close()
+        _die(exc, EXIT_USAGE)
+    except (VcacheError, OSError) as exc:
+        progress.close()
+        _die(exc, EXIT_TRANSFER)
+    progress.close()
+    elapsed = time.monotonic() - t0
+    revisions: list[dict[str, Any]] = [
+        {
+            "repo_id": r.repo_id,
+            "repo_type": r.repo_type,
+            "commit": rev.commit,
+            "refs": list(rev.refs),
+            "files": len(rev.files),
+            "size": sum(f.size for f in rev.files),
+        }
+        for r in plan.manifest.repos
+        for rev in r.revisions
+    ]
+    if as_json:
+        doc = {"bundle": output, "size": plan.size, "elapsed": round(elapsed, 3), "revisions": revisions}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if quiet:
+        return
+    for rev in revisions:
+        refs = f" ({', '.join(rev['refs'])})" if rev["refs"] else ""
+        click.echo(
+            f"  {rev['repo_id']}@{rev['commit'][:12]}{refs}: {rev['files']} file(s), "
+            f"{human_bytes(rev['size'])}, verified",
+            err=to_stdout,
+        )
+    where = "stdout" if to_stdout else output
+    click.echo(f"bundle: {where}, {human_bytes(plan.size)} of files in {elapsed:.1f}s", err=to_stdout)
+
+
+@main.command("import")
+@click.argument("bundle", metavar="BUNDLE")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
+@click.option("--strict", is_flag=True, help="Treat warnings as failures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only what did not verify.")
+def import_cmd(bundle: str, cache_dir: Path | None, strict: bool, as_json: bool, quiet: bool) -> None:
+    """Import a bundle made by `vcache export` into the cache, checking every byte (BUNDLE - reads stdin).
+
+    Files are published as a pull publishes them; one that fails its checks is quarantined (exit 1). A bundle
+    that is truncated, altered, or holds unsafe names or links is refused (exit 1) with nothing of it published.
+    """
+    from vcache.bundle import import_bundle
+    from vcache.config import default_cache_dir
+    from vcache.errors import BadBundle
+
+    if bundle == "-":
+        if sys.stdin.isatty():
+            _die(
+                UsageError("BUNDLE is -, but stdin is a terminal; pipe the bundle in or name its file"),
+                EXIT_USAGE,
+            )
+        source = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - closed below
+        name = "the bundle on stdin"
+    else:
+        try:
+            source = open(bundle, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            _die(UsageError(f"cannot read the bundle {bundle}: {exc.strerror or exc}"), EXIT_USAGE)
+        name = f"bundle {bundle}"
+    progress = TqdmProgress(quiet or as_json)
+    try:
+        with source:
+            reports = import_bundle(
+                source, cache_dir=cache_dir, strict=strict, progress=progress.sink, name=name
+            )
+    except BadBundle as exc:
+        progress.close()
+        _die(exc, EXIT_FAILED)
+    except UsageError as exc:
+        progress.close()
+        _die(exc, EXIT_USAGE)
+    except (VcacheError, OSError) as exc:
+        progress.close()
+        _die(exc, EXIT_TRANSFER)
+    progress.close()
+    if as_json:
+        _finish(reports, True, quiet)
+    for r in reports:
+        if not quiet or r.verdict is not Verdict.OK:
+            print_table(r, title=f"{r.repo_id}@{(r.commit or '')[:12]}: {r.verdict.value}")
+    if not quiet:
+        files = sum(len(r.files) for r in reports)
+        written = sum(r.bytes_transferred for r in reports)
+        elapsed = max((r.elapsed for r in reports), default=0.0)
+        click.echo(
+            f"{files} file(s) of {len(reports)} revision(s), {human_bytes(written)} written in {elapsed:.1f}s "
+            f"into {cache_dir or default_cache_dir()}"
+        )
+    sys.exit(_exit_code(reports))
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -224,7 +224,8 @@ def resolve_lock_path(lock: str | os.PathLike[str] | None) -> Path | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a pull needs to know about its environment, resolved once."""
+    """Everything a pull needs to know about its environment, resolved once: the Hub, the cache, the token,
+    and the typed parts for the transfer (:class:`TransferSettings`) and the locks (:class:`LockSettings`)."""
 
     endpoint: str
     cache_dir: Path
@@ -232,12 +233,15 @@ class Settings:
     offline: bool
     max_workers: int
     repo_type: str
+    transfer: TransferSettings
+    locks: LockSettings
 
     def __repr__(self) -> str:  # never show the token
         return (
             f"Settings(endpoint={self.endpoint!r}, cache_dir={str(self.cache_dir)!r}, "
             f"token={'***' if self.token else None}, offline={self.offline}, "
-            f"max_workers={self.max_workers}, repo_type={self.repo_type!r})"
+            f"max_workers={self.max_workers}, repo_type={self.repo_type!r}, transfer={self.transfer!r}, "
+            f"locks={self.locks!r})"
         )
 
 
@@ -249,8 +253,10 @@ def resolve_settings(
     local_files_only: bool = False,
     max_workers: int | None = None,
     repo_type: str | None = None,
+    transfer: TransferSettings | None = None,
 ) -> Settings:
-    """Resolve settings from arguments, then the environment, then defaults."""
+    """Resolve settings from arguments, then the environment, then defaults (``transfer``: the transfer's
+    settings as given, else :func:`resolve_transfer_settings`)."""
     rtype = repo_type or "model"
     if rtype not in REPO_TYPES:
         raise UsageError(f"invalid repo type {rtype!r}: expected one of {', '.join(REPO_TYPES)}")
@@ -265,6 +271,8 @@ def resolve_settings(
         offline=offline,
         max_workers=workers,
         repo_type=rtype,
+        transfer=transfer if transfer is not None else resolve_transfer_settings(),
+        locks=lock_settings(),
     )
 
 

@@ -7,6 +7,7 @@ huggingface_hub's class for that case (in brackets), so code written for those k
 
     VcacheError
     ├── UsageError(ValueError)             bad arguments (CLI exit 2)
+    │   └── InvalidRepoId                  not ``name`` or ``org/name`` [HFValidationError]
     ├── HubError(OSError)                  the Hub answered, and the answer is "no" (CLI exit 3)
     │   ├── RepoNotFound                   [RepositoryNotFoundError]
     │   ├── RevisionNotFound               [RevisionNotFoundError]
@@ -22,7 +23,9 @@ huggingface_hub's class for that case (in brackets), so code written for those k
     │   ├── DiskFull                       ENOSPC / EDQUOT / RLIMIT_FSIZE, or the free-space pre-check
     │   └── CacheNotWritable               read-only cache or permission denied
     ├── IntegrityError(ValueError)         bytes arrived, but they are not the publisher's (CLI exit 1)
-    │   └── VerificationFailed             a file failed its checks; carries the findings
+    │   ├── VerificationFailed             a file failed its checks; carries the findings
+    │   └── BadBundle                      a bundle is truncated, altered, or holds unsafe names or links;
+    │                                      nothing of it was published (``vcache import``)
     ├── UnsafePath(ValueError)             a server-supplied path would escape the cache
     ├── LockTimeout(TimeoutError)          a bounded wait for a lock or lease ran out
     └── IncompleteSnapshot(OSError)        offline and the cache does not hold the whole snapshot
@@ -106,6 +109,10 @@ class UsageError(VcacheError, ValueError):
             ignore_patterns=ignore_patterns,
             lockfile=lockfile,
         )
+
+
+class InvalidRepoId(UsageError, _hf.HFValidationError):
+    """A repo id that is not ``name`` or ``org/name`` by huggingface_hub's rules, refused before any request."""
 
 
 class HubError(VcacheError, OSError):
@@ -281,7 +288,7 @@ class IntegrityError(VcacheError, ValueError):
 
 class VerificationFailed(IntegrityError):
     """A file (or snapshot) failed verification; ``findings`` says why, ``report`` is the pull's report when
-    a pull refused."""
+    a pull refused (``reports`` when several were)."""
 
     def __init__(
         self,
@@ -291,15 +298,34 @@ class VerificationFailed(IntegrityError):
         repo_id: str | None = None,
         path: str | None = None,
         report: PullReport | None = None,
+        reports: Sequence[PullReport] = (),
     ) -> None:
         super().__init__(message, repo_id=repo_id, path=path)
         self.findings = tuple(findings)
         self.report = report
+        self.reports = tuple(reports)  # every report behind the refusal, when several repos were checked
         self._keep(report=report)
 
 
+class BadBundle(IntegrityError):
+    """A bundle was refused (truncated, altered, unsafe names or links, not a vcache bundle); nothing of it was
+    published. ``bundle`` names it."""
+
+    def __init__(self, message: str, *, bundle: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.bundle = bundle
+        self._keep(bundle=bundle)
+
+
 class UnsafePath(VcacheError, ValueError):
-    """A path from the server would escape the target directory or is otherwise unsafe."""
+    """A path from the server would escape the target directory or is otherwise unsafe; ``reason`` says why."""
+
+    def __init__(
+        self, message: str, *, repo_id: str | None = None, path: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, repo_id=repo_id, path=path)
+        self.reason = reason
+        self._keep(reason=reason)
 
 
 class LockTimeout(VcacheError, TimeoutError):
@@ -342,6 +368,7 @@ class VcacheWarning(UserWarning):
 
 __all__ = [
     "AuthError",
+    "BadBundle",
     "CacheNotWritable",
     "DiskFull",
     "EntryNotFound",

@@ -27,6 +27,7 @@ from vcache.errors import (
     EntryNotFound,
     GatedRepo,
     HubError,
+    InvalidRepoId,
     RepoNotFound,
     RetriesExhausted,
     RevisionNotFound,
@@ -107,6 +108,7 @@ def validate_repo_path(path: str) -> str:
             f"refusing server-supplied path {path!r}: {reason}. Nothing was written; "
             "the repo listing is malformed or hostile.",
             path=path,
+            reason=reason,
         )
     return path
 
@@ -146,7 +148,8 @@ def validate_revision(revision: str) -> str:
 
 
 def validate_repo_id(repo_id: str) -> str:
-    """Return ``repo_id`` if huggingface_hub accepts it (``name`` or ``org/name``), else :class:`UsageError`.
+    """Return ``repo_id`` if huggingface_hub accepts it (``name`` or ``org/name``), else raise
+    :class:`~vcache.errors.InvalidRepoId` (a ``UsageError`` that is also huggingface_hub's ``HFValidationError``).
 
     The rules are huggingface_hub's own (``validate_repo_id``): one or two ``/``-separated parts of ASCII
     letters, digits, ``-``, ``_`` and ``.``, not starting or ending with ``-`` or ``.``, no ``--`` or ``..``,
@@ -162,7 +165,7 @@ def validate_repo_id(repo_id: str) -> str:
         except HFValidationError:
             valid = False
     if not valid:
-        raise UsageError(
+        raise InvalidRepoId(
             f"invalid repo id {repo_id!r}: expected 'name' or 'org/name' made of ASCII letters, digits, "
             "'-', '_' and '.' (no '--' or '..', no leading or trailing '-' or '.', no trailing '.git')",
             repo_id=repo_id,

@@ -58,7 +58,6 @@ from vcache.config import (
     give_up_seconds,
     resolve_lock_path,
     resolve_settings,
-    resolve_transfer_settings,
 )
 from vcache.errors import (
     CacheNotWritable,
@@ -96,7 +95,7 @@ from vcache.lockfile import (
     unlisted,
 )
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
-from vcache.quarantine import quarantine_file
+from vcache.quarantine import QuarantineEntry, quarantine_file
 from vcache.report import (
     NOT_FETCHED,
     FileReport,
@@ -278,6 +277,7 @@ def pull(
         local_files_only=local_files_only,
         max_workers=max_workers,
         repo_type=repo_type,
+        transfer=opts.transfer,
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
     pin = _pin_for(lock, repo_id, settings.repo_type, revision)
@@ -566,7 +566,7 @@ class _Puller:
         self.ledger = Ledger(repo.ledger_dir)
         self.read_only = False
         # One give-up budget for the whole pull: its Hub calls and every file's connections share it.
-        self.transfer_settings = opts.transfer if opts.transfer is not None else resolve_transfer_settings()
+        self.transfer_settings = settings.transfer
         self.watch: ProgressWatch = self.transfer_settings.watch or ProgressWatch(
             give_up_seconds(), clock=self.transfer_settings.clock, notify=self._waiting
         )
@@ -1016,23 +1016,9 @@ class _Puller:
             return self._download(transfer, commit, f)
 
     def _set_aside(self, commit: str, f: RemoteFile, name: str, kind: str) -> None:
-        """A blob that is not a regular file (a symlink, maybe to outside the cache; a directory): never
-        followed or trusted. It is quarantined as it is (the link itself moves; whatever it points to is left
-        alone) and the file is fetched again."""
-        blob = self.repo.blob_path(name)
-        finding = blob_not_regular(self.repo, f.path, name, kind)
-        self.repo.unlink(commit, f.path)  # no reader gets what it leads to meanwhile
-        entry = quarantine_file(
-            self.repo,
-            blob,
-            path=f.path,
-            commit=commit,
-            etag=name,
-            expected_digest=str(Digest.from_etag(name)),
-            actual_digest=None,
-            findings=[finding],
-            source="cache",
-        )
+        """``blobs/<name>`` is not a regular file: set aside (:func:`set_aside_blob`) and the file fetched
+        again."""
+        entry = set_aside_blob(self.repo, commit, f.path, name, Digest.from_etag(name), kind)
         self.progress.message(
             f"{f.path}: its blob is a {kind}, not a regular file; set aside as {entry.id}, fetching again"
         )
@@ -1248,20 +1234,24 @@ class _Puller:
         repo = self.repo
         lf = self._locked(f)
         findings = judgement.findings
-        blob = repo.publish_blob(result.data_path, name)
+        # The sha256 of the bytes, which a lockfile pins: the lock's, or the digest computed while they
+        # arrived when it is one, else hashed now.
         try:
-            sha256 = lf.sha256 if lf is not None else sha256_hex(blob, result.actual)
-            self.ledger.record(
-                name,
-                blob,
-                str(Digest.from_etag(name)),
-                findings,
-                sha256=sha256,
-                format=judgement.format,
-                checks=judgement.checks,
-            )
+            sha256 = lf.sha256 if lf is not None else sha256_hex(result.data_path, result.actual)
         except OSError as exc:
-            raise translate_os_error(exc, f"recording {f.path}") from exc
+            raise translate_os_error(exc, f"hashing {f.path}") from exc
+        publish_verified(
+            repo,
+            self.ledger,
+            result.data_path,
+            name,
+            str(Digest.from_etag(name)),
+            findings,
+            f.path,
+            format=judgement.format,
+            checks=judgement.checks,
+            sha256=sha256,
+        )
         repo.link(commit, f.path, name)
         return FileReport(
             f.path,
@@ -1281,6 +1271,54 @@ def _naming(path: str, exc: BaseException) -> str:
     """``<path>: <error>``, without naming the path twice when the error's message already starts with it."""
     text = str(exc)
     return text if text.startswith(f"{path}: ") else f"{path}: {text}"
+
+
+def set_aside_blob(
+    repo: CacheRepo, commit: str, path: str, etag: str, expected: Digest, kind: str
+) -> QuarantineEntry:
+    """Quarantine ``blobs/<etag>`` when it is not a regular file (a symlink, maybe to outside the cache; a
+    directory), so a verified copy can take its place: never followed or trusted, it is moved as it is (the
+    link itself moves; whatever it points to is left alone), and ``path``'s snapshot entry is removed first
+    so no reader gets what it leads to meanwhile."""
+    finding = blob_not_regular(repo, path, etag, kind)
+    repo.unlink(commit, path)
+    return quarantine_file(
+        repo,
+        repo.blob_path(etag),
+        path=path,
+        commit=commit,
+        etag=etag,
+        expected_digest=str(expected),
+        actual_digest=None,
+        findings=[finding],
+        source="cache",
+    )
+
+
+def publish_verified(
+    repo: CacheRepo,
+    ledger: Ledger,
+    data_path: Path,
+    etag: str,
+    actual: str,
+    findings: Sequence[Finding],
+    path: str,
+    *,
+    format: str | None = None,
+    checks: Sequence[str] = (),
+    sha256: str | None = None,
+) -> Path:
+    """Publish bytes that passed their judgement as ``blobs/<etag>`` and record the verification in the
+    ledger (``actual`` is the digest they hashed to); returns the blob path. ``path`` names the file in
+    errors; ``format`` and ``checks`` are what the judgement recognised and ran, ``sha256`` the sha256 of the
+    bytes when known (the ledger keeps it; see :meth:`~vcache.ledger.Ledger.record`). Linking it into a
+    snapshot is the caller's next step."""
+    blob = repo.publish_blob(data_path, etag)
+    try:
+        ledger.record(etag, blob, actual, findings, format=format, checks=checks, sha256=sha256)
+    except OSError as exc:
+        raise translate_os_error(exc, f"recording {path}") from exc
+    return blob
 
 
 def _damage_summary(findings: Sequence[Finding]) -> str:
@@ -1454,7 +1492,6 @@ def raise_for_report(report: PullReport) -> None:
                 log.warning("%s: [%s] %s", fr.path, x.code, x.message)
 
 
-
 def lock_repo(
     repo_id: str,
     *,
@@ -1519,6 +1556,7 @@ def lock_repo(
         signature=str(method) if method is not None else None,
     )
     return entry, report
+
 
 __all__ = [
     "LockArg",
