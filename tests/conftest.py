@@ -31,6 +31,7 @@ def isolated_hf_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         "TRANSFORMERS_OFFLINE",
         "HUGGINGFACE_HUB_CACHE",
         "VCACHE_LOCK_TIMEOUT",
+        "VCACHE_LOCK",
     ):
         monkeypatch.delenv(name, raising=False)
     return home

@@ -254,6 +254,23 @@ def test_importing_the_same_bundle_twice_does_no_work_the_second_time(bundle: Pa
     assert tree_state(dest) == before  # no blob, ledger record, link, ref or temporary file was written
 
 
+def test_an_import_records_the_sha256_of_small_files_in_the_ledger(bundle: Path, tmp_path: Path) -> None:
+    from vcache.ledger import Ledger
+
+    dest = tmp_path / "dest"
+    (report,) = import_bundle(io.BytesIO(bundle.read_bytes()), cache_dir=dest)
+    assert report.ok
+    repo = CacheRepo(dest, REPO)
+    ledger = Ledger(repo.ledger_dir)
+    carried = manifest_of(bundle.read_bytes())["repos"][0]["revisions"][0]["files"]
+    small = [f for f in carried if len(f["etag"]) == 40]  # git blob ids: no sha256 in their name
+    assert small
+    for f in small:
+        rec = ledger.get(f["etag"])
+        # kept from the import's own check against the manifest (what a lockfile pins), not hashed later
+        assert rec is not None and rec.sha256 == f["sha256"], f["path"]
+
+
 def test_export_merges_targets_naming_one_commit_and_carries_each_blob_once(
     source: Path, tmp_path: Path
 ) -> None:

@@ -13,9 +13,10 @@ from vcache.checks.pickles import parse_allow_imports
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
 from vcache.hub import COMMIT_RE, validate_repo_id, validate_revision
+from vcache.lockfile import Lock, read_lock
 from vcache.report import PullReport
 from vcache.usage import use
-from vcache.verify import resolve_cached_commit, verify_path, verify_snapshot
+from vcache.verify import resolve_cached_commit, verify_locked, verify_path, verify_snapshot
 
 _SNAPSHOT_RE = re.compile(r"^(models|datasets|spaces)--(.+)$")
 
@@ -43,6 +44,7 @@ def verify(
     deep: bool = False,
     strict: bool = False,
     allow_imports: Collection[str] = (),
+    lock: str | os.PathLike[str] | Lock | None = None,
 ) -> list[PullReport]:
     """Verify each target offline and return one report per target.
 
@@ -50,6 +52,10 @@ def verify(
     a file inside one (ledger-aware; failing blobs are quarantined), or any other file or folder (structure
     and content only; nothing is moved). No targets: every snapshot of every repo in the cache.
     ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals (as for ``pull``).
+
+    With ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`), each locked repo (the targets: repo
+    ids the lock pins; none: all of them) is checked against the lock instead: its locked commit's snapshot
+    must hold every locked file with the locked sha256 (see :func:`~vcache.verify.verify_locked`).
     """
     if revision is not None:
         validate_revision(revision)
@@ -58,6 +64,14 @@ def verify(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if lock is not None:
+        if revision is not None:
+            raise UsageError(
+                "--revision/revision= cannot be combined with a lockfile: the lock names the commit"
+            )
+        return _verify_against_lock(
+            read_lock(lock), targets, repo_type, root, deep=deep, strict=strict, allow_imports=allowed
+        )
     reports: list[PullReport] = []
     if not targets:
         for rtype, repo_id, _ in iter_repo_folders(root):
@@ -118,3 +132,32 @@ def _files_under(snapshot: Path, rel: str) -> list[str]:
     return [
         (Path(d) / n).relative_to(snapshot).as_posix() for d, _dirs, names in os.walk(base) for n in names
     ]
+
+
+def _verify_against_lock(
+    lock: Lock,
+    targets: Sequence[str | os.PathLike[str]],
+    repo_type: str,
+    root: Path,
+    *,
+    deep: bool,
+    strict: bool,
+    allow_imports: Collection[str],
+) -> list[PullReport]:
+    """One report per locked repo (those named in ``targets``, else all), checked against the lock, each
+    while its use of the locked commit is registered."""
+    entries = []
+    for target in targets:
+        name = str(target)
+        validate_repo_id(name)
+        entries.append(lock.require(name, repo_type))
+    reports = []
+    for entry in entries or lock.repos:
+        repo = CacheRepo(root, entry.repo_id, entry.repo_type)
+        with use(entry.repo_id, entry.commit, cache_dir=root, repo_type=entry.repo_type):
+            reports.append(
+                verify_locked(
+                    repo, entry, deep=deep, strict=strict, lockfile=lock.where, allow_imports=allow_imports
+                )
+            )
+    return reports

@@ -1134,7 +1134,10 @@ def _settle_blob(
         elif kind is not None:
             entry = set_aside_blob(repo, commit, path, blob.etag, digest, kind)
             progress.message(f"{path}: its blob was a {kind}, not a regular file; set aside as {entry.id}")
-        publish_verified(repo, ledger, got.data_path, blob.etag, got.actual, got.findings, path)
+        # (a blob that passed matched the manifest's sha256 too: the ledger keeps it, as a pull's records do)
+        publish_verified(
+            repo, ledger, got.data_path, blob.etag, got.actual, got.findings, path, sha256=blob.sha256
+        )
         staging.consumed(got.data_path)
     return _Settled(got.findings, got.actual, judgement=got.judgement)
 

@@ -1,4 +1,4 @@
-"""The ``vcache`` command line: pull, verify, scan, quarantine, demo, cluster.
+"""The ``vcache`` command line: pull, verify, scan, quarantine, demo, lock, cluster.
 
 Exit codes (documented in the README): 0 nothing failed, 1 a file failed verification, 2 usage error,
 3 transfer or Hub error. Progress goes to stderr; results (tables or ``--json``) go to stdout. The token
@@ -69,7 +69,7 @@ _allow_import_opt = click.option(
 
 
 @main.command()
-@click.argument("repo_id")
+@click.argument("repo_ids", nargs=-1, metavar="REPO_ID...")
 @click.option("--revision", help="Branch, tag, commit or refs/pr/N (default: main).")
 @click.option(
     "--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True
@@ -97,8 +97,14 @@ _allow_import_opt = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the PullReport as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_allow_import_opt
+@click.option(
+    "--lock",
+    "lockfile",
+    type=click.Path(path_type=Path),
+    help="Pull the commit and bytes this lockfile pins (default: VCACHE_LOCK); no REPO_ID: every locked repo.",
+)
 def pull(
-    repo_id: str,
+    repo_ids: tuple[str, ...],
     revision: str | None,
     repo_type: str,
     include: tuple[str, ...],
@@ -113,28 +119,50 @@ def pull(
     as_json: bool,
     quiet: bool,
     allow_imports: tuple[str, ...],
+    lockfile: Path | None,
 ) -> None:
-    """Download REPO_ID, verifying every file; exit 1 if any file fails verification."""
+    """Download REPO_ID, verifying every file; exit 1 if any file fails verification.
+
+    Under a lockfile (--lock or VCACHE_LOCK) every file is checked against the lock's sha256, the locked
+    commit is pulled whatever the branch says now, and with no REPO_ID every locked repo is pulled; a
+    signature method the lock records for a repo is required (--verify-signature, if given, must match it).
+    """
+    from vcache.config import resolve_lock_path
+    from vcache.lockfile import read_lock
     from vcache.pull import pull as do_pull
 
     progress = TqdmProgress(quiet or as_json)
+    reports: list[PullReport] = []
     try:
-        report = do_pull(
-            repo_id,
-            revision=revision,
-            repo_type=repo_type,
-            cache_dir=cache_dir,
-            local_dir=local_dir,
-            allow_patterns=list(include) or None,
-            ignore_patterns=list(exclude) or None,
-            token=token,
-            max_workers=workers,
-            force_download=force,
-            strict=strict,
-            progress=progress.sink,
-            verify_signature=verify_signature,
-            allow_imports=allow_imports,
-        )
+        lock_path = resolve_lock_path(lockfile)
+        lock = read_lock(lock_path) if lock_path is not None else None
+        targets: list[tuple[str, str]] = [(r, repo_type) for r in repo_ids]
+        if lock is None and len(targets) != 1:
+            raise UsageError(
+                "give one REPO_ID (or several with --lock PATH, or none to pull every locked repo)"
+            )
+        if lock is not None and not targets:
+            targets = [(r.repo_id, r.repo_type) for r in lock.repos]
+        for repo_id, rtype in targets:
+            reports.append(
+                do_pull(
+                    repo_id,
+                    revision=revision,
+                    repo_type=rtype,
+                    cache_dir=cache_dir,
+                    local_dir=local_dir,
+                    allow_patterns=list(include) or None,
+                    ignore_patterns=list(exclude) or None,
+                    token=token,
+                    max_workers=workers,
+                    force_download=force,
+                    strict=strict,
+                    progress=progress.sink,
+                    verify_signature=verify_signature,
+                    allow_imports=allow_imports,
+                    lock=lock if lock is not None else False,
+                )
+            )
     except UsageError as exc:
         progress.close()
         _die(exc, EXIT_USAGE)
@@ -142,7 +170,7 @@ def pull(
         progress.close()
         _die(exc, EXIT_TRANSFER)
     progress.close()
-    _finish([report], as_json, quiet, pull_summary=True)
+    _finish(reports, as_json, quiet, pull_summary=True)
 
 
 def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summary: bool = False) -> NoReturn:
@@ -189,6 +217,12 @@ def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summa
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_allow_import_opt
+@click.option(
+    "--lock",
+    "lockfile",
+    type=click.Path(path_type=Path),
+    help="Check the cache against this lockfile: every locked file present with the locked sha256.",
+)
 def verify(
     targets: tuple[str, ...],
     revision: str | None,
@@ -198,11 +232,13 @@ def verify(
     strict: bool,
     as_json: bool,
     allow_imports: tuple[str, ...],
+    lockfile: Path | None,
 ) -> None:
     """Verify repos in the cache, snapshot folders, or any files/folders (offline).
 
     TARGET is a repo id in the cache (org/name), a snapshot folder, or any file or folder on disk.
-    With no TARGET, every repo in the cache is verified.
+    With no TARGET, every repo in the cache is verified. With --lock, TARGETs are locked repo ids (none:
+    every repo in the lockfile), each checked against the lock; a locked repo missing from the cache fails.
     """
     from vcache.api import verify as do_verify
 
@@ -215,6 +251,7 @@ def verify(
             deep=deep,
             strict=strict,
             allow_imports=allow_imports,
+            lock=lockfile,
         )
     except UsageError as exc:
         _die(exc, EXIT_USAGE)
@@ -371,6 +408,123 @@ def demo(keep: Path | None) -> None:
     from vcache.demo import run_demo
 
     sys.exit(run_demo(keep))
+
+
+@main.command("lock")
+@click.argument("specs", nargs=-1, required=True, metavar="REPO_ID[@REVISION]...")
+@click.option("--include", "include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", "exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option(
+    "--repo-type", type=click.Choice(["model", "dataset", "space"]), default="model", show_default=True
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("vcache.lock"),
+    show_default=True,
+    help="The lockfile to write (other repos in it are kept as they are).",
+)
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Move each named repo of the lockfile to the current commit of its recorded revision and patterns.",
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Files fetched in parallel (default 8).")
+@click.option("--token", help="Hub token (default: HF_TOKEN / the stored login).")
+@click.option(
+    "--verify-signature",
+    "verify_signature",
+    metavar="METHOD",
+    help="Require the repo's model.sig from key:PUBLIC_KEY.pem, certificate:CHAIN.pem or "
+    "sigstore:IDENTITY@ISSUER, lock it with the other files, and record METHOD: every locked pull of the "
+    "repo then requires it. Needs pip install 'vcache[signing]'.",
+)
+@_allow_import_opt
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def lock(
+    specs: tuple[str, ...],
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    repo_type: str,
+    output: Path,
+    update: bool,
+    cache_dir: Path | None,
+    workers: int | None,
+    token: str | None,
+    verify_signature: str | None,
+    allow_imports: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Pin repos: pull them (verified) and write each file's size and sha256 to a lockfile.
+
+    `vcache pull --lock` then fetches exactly these bytes from any server, and `vcache verify --lock`
+    checks the cache against them. With --update, REPO_IDs already in the lockfile move to the current
+    commit of their recorded revision, and what changed is printed (a signature method recorded for the
+    repo is required again). Nothing is written unless every file verified (exit 1 otherwise).
+    """
+    from vcache.lockfile import Lock, LockDiff
+    from vcache.pull import lock_repo
+
+    progress = TqdmProgress(quiet)
+    failed: list[PullReport] = []
+    lines: list[str] = []
+    try:
+        current = Lock.read(output) if output.exists() else Lock(source=output)
+        for spec in specs:
+            repo_id, at, revision = spec.partition("@")
+            if at and not revision:
+                raise UsageError(f"{spec!r}: nothing after '@'; write REPO_ID or REPO_ID@REVISION")
+            old = None
+            if update:
+                if revision or include or exclude:
+                    raise UsageError(
+                        f"--update takes bare REPO_IDs ({spec!r}): it re-applies the revision and patterns "
+                        f"recorded in {output}; to change them, lock the repo again without --update"
+                    )
+                old = current.require(repo_id, repo_type)
+            method = old.signature_method(verify_signature, str(output)) if old else verify_signature
+            entry, report = lock_repo(
+                repo_id,
+                revision=old.revision if old is not None else revision or None,
+                repo_type=repo_type,
+                include=old.include if old is not None else include,
+                exclude=old.exclude if old is not None else exclude,
+                cache_dir=cache_dir,
+                token=token,
+                max_workers=workers,
+                progress=progress.sink,
+                verify_signature=method,
+                allow_imports=allow_imports,
+            )
+            if entry is None:
+                failed.append(report)
+                continue
+            current = current.with_repo(entry)
+            if old is not None:
+                lines += LockDiff.between(old, entry).describe()
+            else:
+                lines.append(
+                    f"{entry.name}@{entry.revision}: {entry.commit[:12]}, {len(entry.files)} file(s) locked"
+                )
+        if not failed:
+            current.write(output)
+    except UsageError as exc:
+        progress.close()
+        _die(exc, EXIT_USAGE)
+    except (HubError, TransferError, VcacheError, OSError) as exc:
+        progress.close()
+        _die(exc, EXIT_TRANSFER)
+    progress.close()
+    if failed:
+        for r in failed:
+            print_table(r, title=f"{r.repo_id}@{(r.commit or '')[:12]}: {r.verdict.value}")
+        click.echo(f"nothing was written to {output}: the files above failed verification")
+        sys.exit(_exit_code(failed))
+    for line in lines:
+        click.echo(line)
+    click.echo(f"wrote {output}")
 
 
 from vcache.cluster_cli import cluster  # noqa: E402  (the group lives with the cluster code)

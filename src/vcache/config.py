@@ -7,7 +7,8 @@ What this module owns: every read of the environment in vcache (a test keeps it 
   lock is taken or the doctor looks (``VCACHE_LOCK_MODE``, ``VCACHE_LOCK_TIMEOUT``, ``VCACHE_LEASE_SECONDS``);
 - single values where they are used: :func:`give_up_seconds`, :func:`symlinks_disabled`,
   :func:`node_variable`, :func:`endpoint_variable`, :func:`hf_token_path`, :func:`xet_disabled`,
-  :func:`offline_variable`, and :func:`environment_values` for the doctor's comparison with ``vcache.env``.
+  :func:`offline_variable`, :func:`resolve_lock_path` (``VCACHE_LOCK``, the lockfile a pull applies), and
+  :func:`environment_values` for the doctor's comparison with ``vcache.env``.
 
 Not here: the proxy variables (``HTTP(S)_PROXY``, ``NO_PROXY``), which the HTTP libraries read themselves
 (``urllib.request`` in ``transfer``, httpx in ``hub``), and what huggingface_hub reads in :func:`resolve_token`.
@@ -208,6 +209,17 @@ def resolve_token(token: str | bool | None) -> str | None:
     from huggingface_hub import get_token
 
     return get_token()
+
+
+def resolve_lock_path(lock: str | os.PathLike[str] | None) -> Path | None:
+    """The lockfile a pull applies: the argument, else ``VCACHE_LOCK``, else none.
+
+    Only the path is resolved here; reading and checking the file is :mod:`vcache.lockfile`'s business.
+    """
+    if lock is not None:
+        return Path(lock).expanduser()
+    value = os.environ.get("VCACHE_LOCK", "").strip()
+    return Path(os.path.expandvars(os.path.expanduser(value))) if value else None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ def _first_note(f: FileReport, strict: bool) -> str:
         x = sorted(relevant, key=lambda x: order[x.severity])[0]
         more = f" (+{len(relevant) - 1} more)" if len(relevant) > 1 else ""
         return f"[{x.code}] {x.message}{more}"
+    unlisted = next((x for x in f.findings if x.code == "lock.unlisted"), None)
+    if unlisted is not None:  # not downloaded: nothing was checked, and that is the point
+        return f"[{unlisted.code}] {unlisted.message}"
     level = coverage(f.format, f.checks)
     if level == "digest only":
         what = (

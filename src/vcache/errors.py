@@ -84,7 +84,8 @@ class VcacheError(Exception):
 
 class UsageError(VcacheError, ValueError):
     """The caller asked for something that cannot be done as asked (``revision``, ``allow_patterns`` and
-    ``ignore_patterns`` name the argument at fault, when it is one of those)."""
+    ``ignore_patterns`` name the argument at fault, when it is one of those; ``lockfile`` the lockfile that
+    does not allow it, or cannot be used)."""
 
     def __init__(
         self,
@@ -95,12 +96,19 @@ class UsageError(VcacheError, ValueError):
         revision: str | None = None,
         allow_patterns: Sequence[str] | None = None,
         ignore_patterns: Sequence[str] | None = None,
+        lockfile: str | None = None,
     ) -> None:
         super().__init__(message, repo_id=repo_id, path=path)
         self.revision = revision
         self.allow_patterns = allow_patterns
         self.ignore_patterns = ignore_patterns
-        self._keep(revision=revision, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+        self.lockfile = lockfile
+        self._keep(
+            revision=revision,
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore_patterns,
+            lockfile=lockfile,
+        )
 
 
 class InvalidRepoId(UsageError, _hf.HFValidationError):

@@ -102,6 +102,14 @@ def hash_file(path: str | os.PathLike[str], algorithm: Algorithm, *, size: int |
     return hasher.digest()
 
 
+def sha256_hex(path: str | os.PathLike[str], known: Digest | None = None) -> str:
+    """The sha256 of the file at ``path``: ``known``'s value when it is a sha256 of these very bytes (no read),
+    else hashed now (small files named by a git blob sha1, whose sha256 a lockfile pins)."""
+    if known is not None and known.algorithm == "sha256":
+        return known.hexdigest
+    return hash_file(path, "sha256").hexdigest
+
+
 def hash_stream_into(
     fd: int,
     hasher: StreamHasher,

@@ -1,6 +1,9 @@
 """Per-blob verification records, so a later verify or load of an unchanged blob need not re-hash it.
 
-One JSON file per blob under ``<repo_folder>/.vcache/ledger/<etag>.json``, written atomically. A record is
+One JSON file per blob under ``<repo_folder>/.vcache/ledger/<etag>.json``, written atomically. Besides the
+digest the blob was checked against, a record keeps the sha256 of the bytes (for LFS blobs that is the same
+digest; for small files named by their git blob sha1 it is computed once, when they are verified), which is
+what a lockfile pins. Records written before the sha256 was kept have none and stay valid. A record is
 trusted only while the blob is a regular file whose *stat token* (inode, size, mtime, ctime) is unchanged and
 the record was written by checks at least as new as these (``CHECKS_VERSION``); anything else means "verify
 again". A blob that is a symlink (to a file that may sit outside the cache and change at will), a directory or
@@ -28,6 +31,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Sequence
@@ -37,7 +41,10 @@ from typing import Any, NamedTuple
 
 from vcache._version import __version__
 from vcache.cache import entry_kind, read_state, write_atomic
+from vcache.hashing import hash_file
 from vcache.report import Finding, findings_from_json
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 #: Bump when the checks change in a way that should make old records untrusted. 2: GGUF, PyTorch, pickle,
 #: TorchScript and ONNX files are checked (a pickle importing ``os.system`` passed version 1).
@@ -161,12 +168,13 @@ class LedgerRecord:
     checks_version: int
     verified_at: float
     restored: bool = False
+    sha256: str | None = None
     format: str | None = None
     checks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The on-disk form."""
-        return {
+        """The on-disk form (``sha256`` only when known)."""
+        out: dict[str, Any] = {
             "etag": self.etag,
             "digest": self.digest,
             "size": self.size,
@@ -185,6 +193,9 @@ class LedgerRecord:
             "format": self.format,
             "checks": list(self.checks),
         }
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerRecord:
@@ -203,9 +214,15 @@ class LedgerRecord:
             checks_version=int(data.get("checks_version", 0)),
             verified_at=float(data.get("verified_at", 0.0)),
             restored=bool(data.get("restored", False)),
+            sha256=_sha256_or_none(data.get("sha256")),
             format=None if data.get("format") is None else str(data["format"]),
             checks=tuple(str(c) for c in data.get("checks", [])),
         )
+
+
+def _sha256_or_none(value: Any) -> str | None:
+    """A recorded sha256 when it is one (64 lowercase hex); anything else is as if none was recorded."""
+    return value if isinstance(value, str) and _HEX64.fullmatch(value) else None
 
 
 class Ledger:
@@ -225,14 +242,19 @@ class Ledger:
         findings: Sequence[Finding],
         *,
         restored: bool = False,
+        sha256: str | None = None,
         format: str | None = None,
         checks: Sequence[str] = (),
     ) -> LedgerRecord:
         """Remember that ``blob`` (now at its final path) was verified with these findings, as ``format``
         with ``checks``.
 
-        Raises :class:`OSError` when ``blob`` is not a regular file: nothing else is ever vouched for.
+        ``sha256`` is the sha256 of the verified bytes when the caller knows it (taken from ``digest`` when
+        that is a sha256). Raises :class:`OSError` when ``blob`` is not a regular file: nothing else is ever
+        vouched for.
         """
+        if sha256 is None and digest.startswith("sha256:"):
+            sha256 = digest.removeprefix("sha256:")
         stat = StatToken.of(blob)
         rec = LedgerRecord(
             etag=etag,
@@ -244,6 +266,7 @@ class Ledger:
             checks_version=CHECKS_VERSION,
             verified_at=time.time(),
             restored=restored,
+            sha256=_sha256_or_none(sha256),
             format=format,
             checks=tuple(checks),
         )
@@ -272,6 +295,38 @@ class Ledger:
         except OSError:
             return None
         return rec if current == rec.stat else None
+
+    def sha256(self, etag: str, blob: Path) -> str | None:
+        """The sha256 of ``blob``'s bytes as verified, when its record for ``etag`` is valid (None otherwise).
+
+        A blob named by a sha256 was verified against that name, so the name is the answer. Otherwise it is
+        the sha256 the record kept; a record written before vcache kept one has the blob hashed now and the
+        record rewritten with it, provided the blob did not change meanwhile (best effort: a cache that
+        cannot be written to is hashed again next time).
+        """
+        rec = self.lookup(etag, blob)
+        if rec is None:
+            return None
+        if _HEX64.fullmatch(etag):
+            return etag
+        if rec.sha256 is not None:
+            return rec.sha256
+        value = hash_file(blob, "sha256").hexdigest
+        again = self.lookup(etag, blob)
+        if again is None or again.stat != rec.stat:
+            return None  # changed while it was hashed: these are not the verified bytes
+        with contextlib.suppress(OSError):
+            self.record(
+                etag,
+                blob,
+                rec.digest,
+                rec.findings,
+                restored=rec.restored,
+                sha256=value,
+                format=rec.format,
+                checks=rec.checks,
+            )
+        return value
 
     def forget(self, etag: str) -> None:
         """Drop the record (the blob was quarantined or replaced)."""

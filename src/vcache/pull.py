@@ -16,6 +16,12 @@ Data flows one way (``docs/design.md`` §4):
    (``signing``: compared with the digests verified above, no file hashed again);
 7. report; ``refs/`` and ``trees/`` are written only when every requested file is verified.
 
+Under a lockfile (``lock=``, ``VCACHE_LOCK``; see :mod:`vcache.lockfile`) the commit comes from the lock,
+only the locked files are planned, and every file is checked against the lock's size and sha256 on the bytes
+(the transfer computes the sha256 whatever the server sends), so a server that sends a wrong digest, or
+none, cannot pass other bytes off. A verified blob is named as the server names it when its bytes hash to
+that name (the HF cache convention), and by its locked sha256 otherwise.
+
 Invariant: nothing reaches ``blobs/`` or ``snapshots/`` unless it passed its checks.
 """
 
@@ -30,19 +36,27 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
 from vcache.checks import StreamingCheck
-from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers, still_stands
+from vcache.checks.judge import (
+    MISMATCH_CODES,
+    Judgement,
+    judge,
+    lock_size_mismatch,
+    parsed_headers,
+    still_stands,
+)
 from vcache.checks.pickles import parse_allow_imports
 from vcache.cluster import start_jitter
 from vcache.config import (
     Settings,
     TransferSettings,
     give_up_seconds,
+    resolve_lock_path,
     resolve_settings,
 )
 from vcache.errors import (
@@ -50,13 +64,15 @@ from vcache.errors import (
     DiskFull,
     EntryNotFound,
     IncompleteSnapshot,
+    OfflineError,
     RemoteChanged,
+    RevisionNotFound,
     TransferError,
     UsageError,
     VcacheError,
     VerificationFailed,
 )
-from vcache.hashing import Digest
+from vcache.hashing import Digest, hash_file, sha256_hex
 from vcache.hub import (
     COMMIT_RE,
     HubClient,
@@ -68,6 +84,16 @@ from vcache.hub import (
     validate_revision,
 )
 from vcache.ledger import Ledger
+from vcache.lockfile import (
+    Lock,
+    LockedFile,
+    LockedRepo,
+    canonical_patterns,
+    missing_file,
+    read_lock,
+    server_digest,
+    unlisted,
+)
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
 from vcache.quarantine import QuarantineEntry, quarantine_file
 from vcache.report import (
@@ -81,7 +107,7 @@ from vcache.report import (
     info,
 )
 from vcache.retry import ProgressWatch
-from vcache.signing import SignatureCheck, SignatureMethod
+from vcache.signing import SignatureCheck, SignatureMethod, parse_method
 from vcache.signing import prepare as prepare_signature
 from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.usage import use
@@ -90,7 +116,9 @@ from vcache.verify import (
     blob_not_regular,
     require_complete,
     resolve_cached_commit,
+    verified_sha256,
     verify_in_place,
+    verify_locked,
     verify_snapshot,
 )
 
@@ -166,6 +194,19 @@ class PullOptions:
     allow_imports: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Pin:
+    """The lock entry a pull follows, and the lockfile it came from (for messages)."""
+
+    repo: LockedRepo
+    lockfile: str
+
+
+#: What ``lock=`` accepts: a lockfile path, a parsed :class:`~vcache.lockfile.Lock`, None (``VCACHE_LOCK``
+#: if set) or False (no lock, whatever ``VCACHE_LOCK`` says).
+LockArg = str | os.PathLike[str] | Lock | Literal[False] | None
+
+
 def pull(
     repo_id: str,
     *,
@@ -186,6 +227,7 @@ def pull(
     options: PullOptions | None = None,
     verify_signature: str | SignatureMethod | None = None,
     allow_imports: Collection[str] = (),
+    lock: LockArg = None,
 ) -> PullReport:
     """Download and verify a repo snapshot into the HF cache; return what happened to every file.
 
@@ -207,13 +249,21 @@ def pull(
     ``model.sig`` (model-signing, the ``vcache[signing]`` extra) to come from that key or identity and to match
     every pulled file; its ``signature.*`` findings fail the report, and no ref is written. The method is
     loaded before anything is downloaded (see :func:`vcache.signing.prepare` for its errors).
+
+    ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``, ``False`` for
+    none) pins the repo: its locked commit is pulled whatever the branch says now, only its locked files
+    (narrowed by the patterns or ``files``), each checked on the bytes against the lock's size and sha256
+    (``lock.*`` findings). A repo the lock does not pin, or a revision other than the locked one, is a
+    :class:`~vcache.errors.UsageError` naming the lockfile; a locked commit the server no longer has, a
+    :class:`~vcache.errors.RevisionNotFound` naming it. Offline, the cache is checked against the lock. A
+    signature method the lock records for the repo is required as if given as ``verify_signature`` (giving
+    a different one is a :class:`~vcache.errors.UsageError`).
     """
     validate_repo_id(repo_id)
     if revision is not None:
         validate_revision(revision)
     if files is not None and not files:
         raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
-    signature = prepare_signature(verify_signature) if verify_signature is not None else None
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     try:
@@ -230,9 +280,29 @@ def pull(
         transfer=opts.transfer,
     )
     repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
+    pin = _pin_for(lock, repo_id, settings.repo_type, revision)
+    # The method is loaded (key read, sigstore's trust root fetched) before anything is downloaded.
+    method = (
+        pin.repo.signature_method(verify_signature, pin.lockfile) if pin is not None else verify_signature
+    )
+    signature = prepare_signature(method) if method is not None else None
+    if pin is not None and signature is not None:
+        _require_locked_signature_file(pin, signature)
     # Registered before anything is read, so gc leaves the repo's revisions and blobs alone (see usage).
-    with use(repo_id, revision, cache_dir=settings.cache_dir, repo_type=settings.repo_type):
+    used = pin.repo.commit if pin is not None else revision
+    with use(repo_id, used, cache_dir=settings.cache_dir, repo_type=settings.repo_type):
         if settings.offline:
+            if pin is not None:
+                return _pull_offline_locked(
+                    repo,
+                    pin,
+                    allow_patterns,
+                    ignore_patterns,
+                    files,
+                    opts.strict,
+                    opts.allow_imports,
+                    signature,
+                )
             return _pull_offline(
                 repo,
                 revision,
@@ -243,7 +313,7 @@ def pull(
                 opts.allow_imports,
                 signature,
             )
-        puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature)
+        puller = _Puller(settings, repo, opts, progress or Progress(), force_download, signature, pin)
         with _ticking(puller.watch):
             return puller.run(revision, allow_patterns, ignore_patterns, files, local_dir)
 
@@ -267,6 +337,128 @@ def _ticking(watch: ProgressWatch) -> Iterator[None]:
         yield
     finally:
         stop.set()
+
+
+def _pin_for(lock: LockArg, repo_id: str, repo_type: str, revision: str | None) -> _Pin | None:
+    """The lock entry this pull follows (None: no lock); UsageError when the lock does not pin the request."""
+    if lock is False:
+        return None
+    if isinstance(lock, Lock):
+        parsed = lock
+    else:
+        path = resolve_lock_path(lock)
+        if path is None:
+            return None
+        parsed = read_lock(path)
+    entry = parsed.require(repo_id, repo_type)
+    if revision is not None and revision not in (entry.revision, entry.commit):
+        raise UsageError(
+            f"{repo_id}@{revision} was asked for, but the lockfile {parsed.where} pins {entry.name}@"
+            f"{entry.revision} (commit {entry.commit}); drop the revision to pull the locked one, or move the "
+            f"lock with `vcache lock {repo_id}@{revision} -o {parsed.where}`",
+            repo_id=repo_id,
+            lockfile=parsed.where,
+        )
+    return _Pin(entry, parsed.where)
+
+
+def _require_locked_signature_file(pin: _Pin, signature: SignatureCheck) -> None:
+    """A locked pull fetches only locked files: a required signature needs its signature file locked."""
+    name = signature.signature_file
+    if pin.repo.file(name) is None:
+        raise UsageError(
+            f"{pin.repo.name}: the signature ({signature.method}) cannot be checked under the lockfile "
+            f"{pin.lockfile}, which does not pin {name}, and a locked pull fetches only locked files; nothing "
+            f"was downloaded. Lock the repo with its signature: `vcache lock {pin.repo.repo_id} "
+            f"--verify-signature {signature.method} -o {pin.lockfile}`",
+            repo_id=pin.repo.repo_id,
+            path=name,
+            lockfile=pin.lockfile,
+        )
+
+
+def _locked_selection(
+    pin: _Pin,
+    allow: str | Sequence[str] | None,
+    ignore: str | Sequence[str] | None,
+    files: Sequence[str] | None,
+    signature_file: str | None = None,
+) -> list[LockedFile]:
+    """The locked files this pull asks for: ``files`` (each must be locked), else the lock's files narrowed by
+    the patterns; and ``signature_file`` (when a signature is required, and locked) whatever they select."""
+    chosen = _locked_choice(pin, allow, ignore, files)
+    locked_sig = pin.repo.file(signature_file) if signature_file is not None else None
+    if locked_sig is not None and locked_sig not in chosen:
+        chosen.append(locked_sig)
+    return chosen
+
+
+def _locked_choice(
+    pin: _Pin,
+    allow: str | Sequence[str] | None,
+    ignore: str | Sequence[str] | None,
+    files: Sequence[str] | None,
+) -> list[LockedFile]:
+    entry = pin.repo
+    if files is not None:
+        chosen = []
+        for path in files:
+            locked = entry.file(path)
+            if locked is None:
+                raise UsageError(
+                    f"{path!r} of {entry.name} is not pinned in the lockfile {pin.lockfile}; nothing was "
+                    "downloaded. Lock it (`vcache lock --update` re-applies the recorded patterns) or fetch it "
+                    "without the lock",
+                    repo_id=entry.repo_id,
+                    path=path,
+                    lockfile=pin.lockfile,
+                )
+            chosen.append(locked)
+        return chosen
+    chosen = list(
+        filter_repo_objects(
+            entry.files, allow_patterns=_pat(allow), ignore_patterns=_pat(ignore), key=lambda f: f.path
+        )
+    )
+    if not chosen and (allow or ignore):
+        raise _selects_nothing(f"{entry.name} as locked in {pin.lockfile}", allow, ignore, len(entry.files))
+    return chosen
+
+
+def _pull_offline_locked(
+    repo: CacheRepo,
+    pin: _Pin,
+    allow: str | Sequence[str] | None,
+    ignore: str | Sequence[str] | None,
+    files: Sequence[str] | None,
+    strict: bool,
+    allow_imports: Collection[str],
+    signature: SignatureCheck | None,
+) -> PullReport:
+    """Offline under a lock: the locked commit's snapshot, checked against the lock (ledger fast path), and
+    against the signature when one is required."""
+    sig = signature.signature_file if signature is not None else None
+    wanted = _locked_selection(pin, allow, ignore, files, sig)
+    if not repo.snapshot_dir(pin.repo.commit).is_dir():
+        raise OfflineError(
+            f"{pin.repo.name}@{pin.repo.commit[:12]} (locked in {pin.lockfile}) is not in the cache at "
+            f"{repo.cache_dir}; run `vcache pull --lock {pin.lockfile} {pin.repo.repo_id}` with network "
+            "access first"
+        )
+    writable = os.access(repo.root, os.W_OK)
+    report = verify_locked(
+        repo,
+        pin.repo,
+        strict=strict,
+        quarantine=writable,
+        only={f.path for f in wanted},
+        lockfile=pin.lockfile,
+        allow_imports=allow_imports,
+    )
+    if signature is not None:
+        tree = repo.read_tree(pin.repo.commit)
+        report = signature.check(report, listed=tree.keys() if tree is not None else None)
+    return report
 
 
 def _pull_offline(
@@ -362,6 +554,7 @@ class _Puller:
         progress: Progress,
         force: bool,
         signature: SignatureCheck | None = None,
+        pin: _Pin | None = None,
     ):
         self.settings = settings
         self.signature = signature
@@ -369,6 +562,7 @@ class _Puller:
         self.opts = opts
         self.progress = progress
         self.force = force
+        self.pin = pin
         self.ledger = Ledger(repo.ledger_dir)
         self.read_only = False
         # One give-up budget for the whole pull: its Hub calls and every file's connections share it.
@@ -398,46 +592,58 @@ class _Puller:
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
         ts = self.transfer_settings
+        # Under a lock: locked files refused before any byte moved, and lock.unlisted notes (after the repo
+        # checks).
+        refused: dict[str, FileReport] = {}
+        extra: list[FileReport] = []
+        listing: list[RemoteFile] | None
+        sig = self.signature.signature_file if self.signature is not None else None
         with HubClient(s.endpoint, s.token, watch=self.watch, policy=ts.policy, clock=ts.clock) as hub:
-            if revision and COMMIT_RE.fullmatch(revision):
-                commit = revision
+            if self.pin is not None:
+                commit, revision = self.pin.repo.commit, self.pin.repo.revision
+                listing = self._locked_listing(hub, commit)
+                remote, refused, extra = self._locked_plan(listing, allow, ignore, files)
             else:
-                try:
-                    commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type, fail_fast=True)
-                except HubUnreachable as exc:
-                    fallback = self._cached_fallback(revision, allow, ignore, files, exc)
-                    if fallback is not None:
-                        return fallback
-                    commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
-            sig = self.signature.signature_file if self.signature is not None else None
-            if files is not None:
-                # The signature file is asked for too (it may be absent: signature.missing, not an error).
-                asked = [*files, sig] if sig is not None and sig not in files else list(files)
-                remote = hub.paths_info(self.repo.repo_id, commit, asked, s.repo_type)
-                found = {f.path for f in remote}
-                for want in files:
-                    if want not in found:
-                        raise EntryNotFound(
-                            f"{want!r} does not exist in {self.repo.repo_id}@{revision or commit[:12]}",
-                            repo_id=self.repo.repo_id,
-                            path=want,
+                if revision and COMMIT_RE.fullmatch(revision):
+                    commit = revision
+                else:
+                    try:
+                        commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type, fail_fast=True)
+                    except HubUnreachable as exc:
+                        fallback = self._cached_fallback(revision, allow, ignore, files, exc)
+                        if fallback is not None:
+                            return fallback
+                        commit = hub.resolve_commit(self.repo.repo_id, revision, s.repo_type)
+                if files is not None:
+                    # The signature file is asked for too (it may be absent: signature.missing, not an error).
+                    asked = [*files, sig] if sig is not None and sig not in files else list(files)
+                    remote = hub.paths_info(self.repo.repo_id, commit, asked, s.repo_type)
+                    found = {f.path for f in remote}
+                    for want in files:
+                        if want not in found:
+                            raise EntryNotFound(
+                                f"{want!r} does not exist in {self.repo.repo_id}@{revision or commit[:12]}",
+                                repo_id=self.repo.repo_id,
+                                path=want,
+                            )
+                    listing = None
+                else:
+                    listing = hub.list_files(self.repo.repo_id, commit, s.repo_type)
+                    remote = list(
+                        filter_repo_objects(
+                            listing,
+                            allow_patterns=_pat(allow),
+                            ignore_patterns=_pat(ignore),
+                            key=lambda f: f.path,
                         )
-                listing: list[RemoteFile] | None = None
-            else:
-                listing = hub.list_files(self.repo.repo_id, commit, s.repo_type)
-                remote = list(
-                    filter_repo_objects(
-                        listing,
-                        allow_patterns=_pat(allow),
-                        ignore_patterns=_pat(ignore),
-                        key=lambda f: f.path,
                     )
-                )
-                if not remote and (allow or ignore):
-                    where = f"{self.repo.repo_id}@{revision or commit[:12]}"
-                    raise _selects_nothing(where, allow, ignore, len(listing))
-                if sig is not None and all(f.path != sig for f in remote):
-                    remote += [f for f in listing if f.path == sig]  # checked whatever the patterns select
+                    if not remote and (allow or ignore):
+                        where = f"{self.repo.repo_id}@{revision or commit[:12]}"
+                        raise _selects_nothing(where, allow, ignore, len(listing))
+                    if sig is not None and all(f.path != sig for f in remote):
+                        remote += [
+                            f for f in listing if f.path == sig
+                        ]  # checked whatever the patterns select
         check_unique_paths(remote)
         self.read_only = not (is_writable_dir(self.repo.cache_dir) and is_writable_dir(self.repo.root))
         plan = [(f, self._cached_report(commit, f)) for f in remote]
@@ -518,13 +724,15 @@ class _Puller:
                             reports[path] = rep
                             self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
+        if refused:
+            ordered_reports = sorted([*ordered_reports, *refused.values()], key=lambda r: r.path)
         snapshot = self.repo.snapshot_dir(commit)
         ordered_reports = attach_repo_findings(
             snapshot,
             ordered_reports,
             strict=self.opts.strict,
             headers=parsed_headers(judged),
-            not_fetched=not_fetched,
+            not_fetched=not_fetched | refused.keys(),
         )
         report = PullReport(
             repo_id=self.repo.repo_id,
@@ -540,8 +748,17 @@ class _Puller:
         if self.signature is not None:
             listed = {f.path for f in listing} if listing is not None else None
             report = self.signature.check(report, listed=listed)
+        if extra:  # (after the signature check: these files were not pulled, there is nothing to compare)
+            report = replace(report, files=report.files + tuple(extra))
+        if self.pin is not None:
+            remote = [self._as_published(commit, f) for f in remote]
+            if listing is not None:
+                published = {f.path: f for f in remote}
+                listing = [published.get(f.path, f) for f in listing]
         if report.ok and not self.read_only:
             # Written only when they change (a cache shared read-only by its readers is not written to).
+            # Under a lock, refs/<revision> names the locked commit: tools that load by branch name offline
+            # get the locked snapshot.
             tree = (
                 {f.path: (f.size, f.blob_id, f.lfs_sha256) for f in listing} if listing is not None else None
             )
@@ -582,11 +799,97 @@ class _Puller:
             self.signature,
         )
 
-    # -- planning ---------------------------------------------------------------------------------------------
+    # -- planning under a lock -------------------------------------------------------------------------------
+    def _locked_listing(self, hub: HubClient, commit: str) -> list[RemoteFile]:
+        """The server's listing of the locked commit; a clear error naming the commit when it is gone."""
+        assert self.pin is not None
+        entry, s = self.pin.repo, self.settings
+        try:
+            return hub.list_files(self.repo.repo_id, commit, s.repo_type)
+        except RevisionNotFound as exc:
+            raise RevisionNotFound(
+                f"{entry.name}: the locked commit {commit} ({entry.revision} in {self.pin.lockfile}) is not on "
+                f"{s.endpoint}: the branch was force-pushed and the commit deleted, or this server never had it. "
+                "Nothing was downloaded. Point HF_ENDPOINT at a server that has it, or review the current "
+                f"revision and move the lock with `vcache lock --update {entry.repo_id} -o {self.pin.lockfile}`",
+                repo_id=self.repo.repo_id,
+            ) from exc
+
+    def _locked_plan(
+        self,
+        listing: Sequence[RemoteFile],
+        allow: str | Sequence[str] | None,
+        ignore: str | Sequence[str] | None,
+        files: Sequence[str] | None,
+    ) -> tuple[list[RemoteFile], dict[str, FileReport], list[FileReport]]:
+        """What to settle under the lock: the server's entry of each wanted locked file; the locked files
+        refused before any byte moves (``lock.missing_file``: the server lacks it; ``lock.size_mismatch``: it
+        lists another size, so the bytes cannot be the locked ones and are not downloaded); and a
+        ``lock.unlisted`` note for each file the server lists, the patterns select, and the lock lacks."""
+        assert self.pin is not None
+        pin, strict = self.pin, self.opts.strict
+        by_path = {f.path: f for f in listing}
+        remote: list[RemoteFile] = []
+        refused: dict[str, FileReport] = {}
+        sig = self.signature.signature_file if self.signature is not None else None
+        for lf in _locked_selection(pin, allow, ignore, files, sig):
+            f = by_path.get(lf.path)
+            if f is None:
+                finding = missing_file(
+                    f"{lf.path}: locked in {pin.lockfile}, but the server does not list it at commit "
+                    f"{pin.repo.commit[:12]}; the server is not serving the locked repo",
+                    path=lf.path,
+                )
+            elif f.size != lf.size:
+                finding = lock_size_mismatch(lf.path, lf.size, f.size)
+            else:
+                remote.append(f)
+                continue
+            refused[lf.path] = FileReport(lf.path, lf.size, str(lf.digest), (finding,), strict=strict)
+        notes: list[FileReport] = []
+        if files is None:
+            candidates = filter_repo_objects(
+                listing, allow_patterns=_pat(allow), ignore_patterns=_pat(ignore), key=lambda f: f.path
+            )
+            for f in candidates:
+                if pin.repo.file(f.path) is None and pin.repo.selects(f.path):
+                    note = unlisted(f.path, pin.lockfile, pin.repo.name)
+                    notes.append(FileReport(f.path, f.size, findings=(note,), strict=strict))
+        return remote, refused, notes
+
+    def _locked(self, f: RemoteFile) -> LockedFile | None:
+        """The lock's entry for ``f`` (None when the pull is not locked)."""
+        if self.pin is None:
+            return None
+        lf = self.pin.repo.file(f.path)
+        assert lf is not None  # only locked files are planned
+        return lf
+
+    def _blob_name(self, f: RemoteFile) -> str:
+        """The blob a file is looked for under: the server's etag, except that under a lock a file the server
+        calls LFS is named by its locked sha256 (what an honest server's LFS etag is)."""
+        lf = self._locked(f)
+        return lf.sha256 if lf is not None and f.is_lfs else f.etag
+
+    def _as_published(self, commit: str, f: RemoteFile) -> RemoteFile:
+        """Under a lock, ``f`` as the cache holds it: named by the locked sha256 where its blob is (see
+        :meth:`_published_name`), for the tree listing and a ``local_dir`` copy."""
+        lf = self._locked(f)
+        if lf is None:
+            return f
+        linked = self.repo.linked_etag(commit, f.path)
+        if linked is None and self.repo.blob_path(lf.sha256).exists():
+            linked = lf.sha256  # a copy, not a link (symlinks disabled)
+        return replace(f, lfs_sha256=lf.sha256) if linked == lf.sha256 else f
+
+    # -- planning --------------------------------------------------------------------------------------------
     def _cached_report(self, commit: str, f: RemoteFile) -> FileReport | None:
         """A report for a file already verified in the cache (linking it if needed), else None (fetch it)."""
         if self.force:
             return None
+        lf = self._locked(f)
+        if lf is not None:
+            return self._cached_locked(commit, f, lf)
         blob = self.repo.blob_path(f.etag)
         if not blob.exists():
             return None
@@ -609,9 +912,65 @@ class _Puller:
             checks=rec.checks,
         )
 
+    def _cached_locked(self, commit: str, f: RemoteFile, lf: LockedFile) -> FileReport | None:
+        """Under a lock: a blob the ledger vouches for whose verified sha256 is the locked one (under the
+        server's name or the locked sha256), linked into the snapshot; else None (fetch it)."""
+        for name in dict.fromkeys((self._blob_name(f), lf.sha256)):
+            blob = self.repo.blob_path(name)
+            rec = self.ledger.lookup(name, blob)
+            if rec is None or not still_stands(rec.findings, self.opts.allow_imports):
+                continue  # not verified by vcache (or not for this allowlist)
+            if self.ledger.sha256(name, blob) != lf.sha256:
+                continue  # verified as another version of the file
+            if self.repo.linked_etag(commit, f.path) != name:
+                if self.read_only:
+                    continue
+                self.repo.link(commit, f.path, name)
+            return FileReport(
+                f.path,
+                lf.size,
+                str(lf.digest),
+                rec.findings,
+                cached=True,
+                location=str(self.repo.snapshot_file(commit, f.path)),
+                strict=self.opts.strict,
+                format=rec.format,
+                checks=rec.checks,
+            )
+        return None
+
     def _verified_in_place(self, commit: str, f: RemoteFile) -> FileReport | None:
-        """On a read-only cache: the file the snapshot serves, hashed against the listing's digest and checked
-        where it is (nothing written or moved); None when the snapshot does not serve it."""
+        """On a read-only cache: the file the snapshot serves, hashed against the listing's digest (under a
+        lock: the lock's) and checked where it is (nothing written or moved); None when the snapshot does not
+        serve it."""
+        lf = self._locked(f)
+        if lf is not None:
+            snap = self.repo.snapshot_file(commit, f.path)
+            if not snap.exists():
+                return None
+            judgement = judge(
+                snap,
+                f.path,
+                expected_size=lf.size,
+                expected_digest=lf.digest,
+                strict=self.opts.strict,
+                against_lock=True,
+                allow_imports=self.opts.allow_imports,
+                root=self.repo.snapshot_dir(commit),
+            )
+            actual = judgement.actual_digest
+            return FileReport(
+                f.path,
+                judgement.size,
+                str(lf.digest),
+                judgement.findings,
+                actual_digest=str(actual) if actual is not None else None,
+                cached=True,
+                location=str(snap),
+                strict=self.opts.strict,
+                format=judgement.format,
+                checks=judgement.checks,
+            )
         rep = verify_in_place(
             self.repo,
             commit,
@@ -625,7 +984,7 @@ class _Puller:
             return None
         return rep
 
-    # -- one file ---------------------------------------------------------------------------------------------
+    # -- one file --------------------------------------------------------------------------------------------
     def _fetch_one(
         self, transfer: Transfer, commit: str, f: RemoteFile
     ) -> tuple[FileReport, Judgement | None]:
@@ -633,8 +992,9 @@ class _Puller:
         its report and, when its bytes were judged now and published, the judgement (with their header)."""
         repo = self.repo
         what = f"{repo.repo_id}/{f.path}"
-        with blob_lock(repo.lock_path(f.etag), what=what) as held:
-            blob = repo.blob_path(f.etag)
+        name = self._blob_name(f)
+        with blob_lock(repo.lock_path(name), what=what) as held:
+            blob = repo.blob_path(name)
             if held and not self.force:
                 # A fresh partial under our lock: its writer died moments ago (wait until it is stale, then
                 # resume it) or takes no lock (wait for its blob instead of fetching it twice).
@@ -648,26 +1008,30 @@ class _Puller:
                 )
             kind = entry_kind(blob)
             if kind not in (None, "file"):
-                self._set_aside(commit, f, kind)
+                self._set_aside(commit, f, name, kind)
             elif kind == "file" and not self.force:
-                settled = self._adopt_existing_blob(commit, f, blob)
+                settled = self._adopt_existing_blob(commit, f, name)
                 if settled is not None:
                     return settled
             return self._download(transfer, commit, f)
 
-    def _set_aside(self, commit: str, f: RemoteFile, kind: str) -> None:
-        """A blob that is not a regular file: set aside (:func:`set_aside_blob`) and the file fetched again."""
-        entry = set_aside_blob(self.repo, commit, f.path, f.etag, f.digest, kind)
+    def _set_aside(self, commit: str, f: RemoteFile, name: str, kind: str) -> None:
+        """``blobs/<name>`` is not a regular file: set aside (:func:`set_aside_blob`) and the file fetched
+        again."""
+        entry = set_aside_blob(self.repo, commit, f.path, name, Digest.from_etag(name), kind)
         self.progress.message(
             f"{f.path}: its blob is a {kind}, not a regular file; set aside as {entry.id}, fetching again"
         )
 
     def _adopt_existing_blob(
-        self, commit: str, f: RemoteFile, blob: Path
+        self, commit: str, f: RemoteFile, name: str
     ) -> tuple[FileReport, Judgement | None] | None:
-        """A blob is already there (another process, or huggingface_hub): trust it only after checking it.
-        None when it failed (it is quarantined: fetch the file)."""
-        rec = self.ledger.lookup(f.etag, blob)
+        """A blob is already there (another process, or huggingface_hub): trust it only after checking it
+        against its name. None when it failed (it is quarantined: fetch the file), or, under a lock, when it is
+        sound but not the locked version (it stays: another snapshot may use it; fetch the locked bytes)."""
+        blob = self.repo.blob_path(name)
+        expected = Digest.from_etag(name)
+        rec = self.ledger.lookup(name, blob)
         judgement = None
         if rec is not None and still_stands(rec.findings, self.opts.allow_imports):
             findings: Sequence[Finding] = rec.findings
@@ -677,7 +1041,7 @@ class _Puller:
                 blob,
                 f.path,
                 expected_size=f.size,
-                expected_digest=f.digest,
+                expected_digest=expected,
                 strict=self.opts.strict,
                 allow_imports=self.opts.allow_imports,
                 root=self.repo.snapshot_dir(commit),
@@ -690,8 +1054,8 @@ class _Puller:
                     blob,
                     path=f.path,
                     commit=commit,
-                    etag=f.etag,
-                    expected_digest=str(f.digest),
+                    etag=name,
+                    expected_digest=str(expected),
                     actual_digest=str(actual) if actual else None,
                     findings=findings,
                     source="cache",
@@ -701,12 +1065,23 @@ class _Puller:
                     f"{f.path}: cached copy failed verification; quarantined as {entry.id}, fetching again"
                 )
                 return None
-            self.ledger.record(f.etag, blob, str(actual), findings, format=fmt, checks=checks)
-        self.repo.link(commit, f.path, f.etag)
+            self.ledger.record(
+                name,
+                blob,
+                str(actual),
+                findings,
+                sha256=sha256_hex(blob, actual),
+                format=fmt,
+                checks=checks,
+            )
+        lf = self._locked(f)
+        if lf is not None and self.ledger.sha256(name, blob) != lf.sha256:
+            return None
+        self.repo.link(commit, f.path, name)
         report = FileReport(
             f.path,
             f.size,
-            str(f.digest),
+            str(lf.digest if lf is not None else f.digest),
             tuple(findings),
             cached=True,
             location=str(self.repo.snapshot_file(commit, f.path)),
@@ -720,11 +1095,15 @@ class _Puller:
         self, transfer: Transfer, commit: str, f: RemoteFile
     ) -> tuple[FileReport, Judgement | None]:
         repo, s = self.repo, self.settings
+        lf = self._locked(f)
+        # Under a lock the transfer hashes every file with sha256 and the bytes are judged against the lock,
+        # whatever digest the server gave (or did not give); its etag only keeps the transfer's identity checks.
+        expected = lf.digest if lf is not None else f.digest
         spec = FetchSpec(
             url=resolve_url(s.endpoint, repo.repo_id, commit, f.path, s.repo_type),
             etag=f.etag,
             size=f.size,
-            expected=f.digest,
+            expected=expected,
             commit=commit,
             path=f.path,
         )
@@ -758,17 +1137,21 @@ class _Puller:
                 result.data_path,
                 f.path,
                 expected_size=f.size,
-                expected_digest=f.digest,
+                expected_digest=expected,
                 actual_size=result.size,
                 actual_digest=result.actual,
                 streamed=stream,
                 strict=self.opts.strict,
+                against_lock=lf is not None,
                 allow_imports=self.opts.allow_imports,
                 root=repo.snapshot_dir(commit),
             )
             findings = judgement.findings
             if not judgement.mismatch and judgement.verdict is not Verdict.FAIL:
-                report = self._publish(commit, f, result, judgement, history, attempts, transferred)
+                name, note = self._published_name(f, result)
+                if note is not None:
+                    history.append(note)
+                report = self._publish(commit, f, result, name, judgement, history, attempts, transferred)
                 transfer.discard(result)  # the bytes moved to blobs/; drop the partial's sidecar
                 return report, judgement
             if not judgement.mismatch:
@@ -794,18 +1177,20 @@ class _Puller:
             path=f.path,
             commit=commit,
             etag=f.etag,
-            expected_digest=str(f.digest),
+            expected_digest=str(expected),
             actual_digest=str(result.actual),
             findings=findings,
             source="download",
         )
         transfer.discard(result)  # the bytes moved to the quarantine; drop the partial's sidecar
-        repo.unlink(commit, f.path)
+        if lf is None or not repo.snapshot_file(commit, f.path).exists():
+            # (under a lock, a link to a sound blob of the server's version stays: the snapshot is untouched)
+            repo.unlink(commit, f.path)
         self.progress.message(f"{f.path}: FAILED verification; quarantined as {entry.id}")
         report = FileReport(
             f.path,
             f.size,
-            str(f.digest),
+            str(expected),
             tuple(history) + tuple(findings),
             attempts=attempts,
             bytes_transferred=transferred,
@@ -817,34 +1202,61 @@ class _Puller:
         )
         return report, None  # the index check must see this shard as missing: no header of it
 
+    def _published_name(self, f: RemoteFile, result: FetchResult) -> tuple[str, Finding | None]:
+        """The blob name for bytes that passed: the server's etag, unless under a lock the bytes (which are
+        the locked ones) do not hash to it. Then they are named by their locked sha256, with a
+        ``lock.server_digest`` note: a server that names LFS files wrongly, or sends no LFS digest (so that its
+        etag is the git id of the LFS pointer), cannot put bytes under a name they do not hash to."""
+        lf = self._locked(f)
+        if lf is None:
+            return f.etag, None
+        name = self._blob_name(f)
+        if name == lf.sha256:
+            return name, None if f.etag == lf.sha256 else server_digest(f.path, f.etag, lf.sha256)
+        # A git blob id: cheap to check, since a real Hub stores only small files in git.
+        if hash_file(result.data_path, "gitsha1").hexdigest == name:
+            return name, None
+        return lf.sha256, server_digest(f.path, f.etag, lf.sha256)
+
     def _publish(
         self,
         commit: str,
         f: RemoteFile,
         result: FetchResult,
+        name: str,
         judgement: Judgement,
         history: Sequence[Finding],
         attempts: int,
         transferred: int,
     ) -> FileReport:
+        """Move verified bytes to ``blobs/<name>``, record them in the ledger (with their sha256) and link
+        them into the snapshot."""
         repo = self.repo
+        lf = self._locked(f)
         findings = judgement.findings
+        # The sha256 of the bytes, which a lockfile pins: the lock's, or the digest computed while they
+        # arrived when it is one, else hashed now.
+        try:
+            sha256 = lf.sha256 if lf is not None else sha256_hex(result.data_path, result.actual)
+        except OSError as exc:
+            raise translate_os_error(exc, f"hashing {f.path}") from exc
         publish_verified(
             repo,
             self.ledger,
             result.data_path,
-            f.etag,
-            str(result.actual),
+            name,
+            str(Digest.from_etag(name)),
             findings,
             f.path,
             format=judgement.format,
             checks=judgement.checks,
+            sha256=sha256,
         )
-        repo.link(commit, f.path, f.etag)
+        repo.link(commit, f.path, name)
         return FileReport(
             f.path,
             f.size,
-            str(f.digest),
+            str(lf.digest if lf is not None else f.digest),
             tuple(history) + tuple(findings),
             attempts=attempts,
             bytes_transferred=transferred,
@@ -894,14 +1306,16 @@ def publish_verified(
     *,
     format: str | None = None,
     checks: Sequence[str] = (),
+    sha256: str | None = None,
 ) -> Path:
     """Publish bytes that passed their judgement as ``blobs/<etag>`` and record the verification in the
     ledger (``actual`` is the digest they hashed to); returns the blob path. ``path`` names the file in
-    errors; ``format`` and ``checks`` are what the judgement recognised and ran. Linking it into a snapshot is
-    the caller's next step."""
+    errors; ``format`` and ``checks`` are what the judgement recognised and ran, ``sha256`` the sha256 of the
+    bytes when known (the ledger keeps it; see :meth:`~vcache.ledger.Ledger.record`). Linking it into a
+    snapshot is the caller's next step."""
     blob = repo.publish_blob(data_path, etag)
     try:
-        ledger.record(etag, blob, actual, findings, format=format, checks=checks)
+        ledger.record(etag, blob, actual, findings, format=format, checks=checks, sha256=sha256)
     except OSError as exc:
         raise translate_os_error(exc, f"recording {path}") from exc
     return blob
@@ -958,6 +1372,7 @@ def snapshot_download(
     strict: bool = False,
     verify_signature: str | SignatureMethod | None = None,
     allow_imports: Collection[str] = (),
+    lock: LockArg = None,
     **_ignored: Any,
 ) -> str:
     """Drop-in for ``huggingface_hub.snapshot_download`` that verifies every file; returns the snapshot path.
@@ -968,6 +1383,7 @@ def snapshot_download(
     arguments huggingface_hub accepts (``tqdm_class``, ``etag_timeout``, …) are accepted and ignored.
     ``verify_signature`` requires the publisher's model signature, as in :func:`pull`.
     ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`.
+    ``lock`` (default ``VCACHE_LOCK``) pins the repo to a lockfile's commit and bytes, as in :func:`pull`.
     """
     report = pull(
         repo_id,
@@ -985,6 +1401,7 @@ def snapshot_download(
         strict=strict,
         verify_signature=verify_signature,
         allow_imports=allow_imports,
+        lock=lock,
     )
     raise_for_report(report)
     assert report.snapshot_path is not None
@@ -1006,10 +1423,14 @@ def hf_hub_download(
     endpoint: str | None = None,
     strict: bool = False,
     allow_imports: Collection[str] = (),
+    lock: LockArg = None,
     **_ignored: Any,
 ) -> str:
     """Drop-in for ``huggingface_hub.hf_hub_download``: one verified file; returns its path in the snapshot.
-    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`."""
+
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`pull`. ``lock`` (default
+    ``VCACHE_LOCK``) pins it to a lockfile's commit and bytes, as in :func:`pull`.
+    """
     path = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
     report = pull(
         repo_id,
@@ -1024,6 +1445,7 @@ def hf_hub_download(
         strict=strict,
         files=[path],
         allow_imports=allow_imports,
+        lock=lock,
     )
     raise_for_report(report)
     assert report.snapshot_path is not None
@@ -1070,4 +1492,79 @@ def raise_for_report(report: PullReport) -> None:
                 log.warning("%s: [%s] %s", fr.path, x.code, x.message)
 
 
-__all__ = ["Progress", "PullOptions", "hf_hub_download", "pull", "raise_for_report", "snapshot_download"]
+def lock_repo(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    repo_type: str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    max_workers: int | None = None,
+    progress: Progress | None = None,
+    verify_signature: str | SignatureMethod | None = None,
+    allow_imports: Collection[str] = (),
+) -> tuple[LockedRepo | None, PullReport]:
+    """Pull ``repo_id`` (verified, without any lock) and make its lock entry from the verified bytes.
+
+    Returns the entry (None when some file failed: nothing may be locked then) and the pull's report. The
+    sha256 of a file comes from what vcache verified: the blob name of an LFS file, the sha256 the ledger
+    recorded when a small file was verified (or the blob hashed while its ledger record still vouches for
+    it). With ``verify_signature`` the pull also requires the publisher's signature (see
+    :func:`pull`), the signature file is locked with the other files, and the entry records the
+    method, so that every locked pull of the repo requires it too. ``allow_imports`` widens the allowlist of
+    pickle globals for this pull, as for :func:`pull` (it is not recorded). Raises what
+    :func:`pull` raises.
+    """
+    inc, exc = canonical_patterns(include), canonical_patterns(exclude)
+    method = parse_method(verify_signature) if verify_signature is not None else None
+    report = pull(
+        repo_id,
+        revision=revision,
+        repo_type=repo_type,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+        allow_patterns=list(inc) or None,
+        ignore_patterns=list(exc) or None,
+        max_workers=max_workers,
+        progress=progress,
+        lock=False,
+        verify_signature=method,
+        allow_imports=allow_imports,
+    )
+    if not report.ok or report.commit is None:
+        return None, report
+    settings = resolve_settings(cache_dir=cache_dir, repo_type=repo_type, local_files_only=True)
+    repo = CacheRepo(settings.cache_dir, repo_id, settings.repo_type)
+    ledger = Ledger(repo.ledger_dir)
+    files = []
+    for fr in report.files:
+        sha256 = verified_sha256(repo, ledger, report.commit, fr.path)
+        size = fr.size if fr.size is not None else os.stat(repo.snapshot_file(report.commit, fr.path)).st_size
+        files.append(LockedFile(fr.path, size, sha256))
+    entry = LockedRepo(
+        repo_id=repo_id,
+        repo_type=settings.repo_type,
+        revision=revision or "main",
+        commit=report.commit,
+        include=inc,
+        exclude=exc,
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        signature=str(method) if method is not None else None,
+    )
+    return entry, report
+
+
+__all__ = [
+    "LockArg",
+    "Progress",
+    "PullOptions",
+    "hf_hub_download",
+    "lock_repo",
+    "pull",
+    "raise_for_report",
+    "snapshot_download",
+]

@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -96,6 +97,16 @@ class SignatureMethod:
         if self.kind == "sigstore":
             return f"sigstore:{self.identity}@{self.issuer}"
         return f"{self.kind}:{self.path}"
+
+    def same_trust(self, other: SignatureMethod) -> bool:
+        """Whether ``other`` trusts the same thing: the same kind and PEM file (a relative path is taken from
+        the working directory), or the same sigstore identity and issuer."""
+
+        def anchor(m: SignatureMethod) -> tuple[str, str | None, str | None, str | None]:
+            where = os.path.abspath(m.path.expanduser()) if m.path is not None else None
+            return (m.kind, where, m.identity, m.issuer)
+
+        return anchor(self) == anchor(other)
 
     @classmethod
     def parse(cls, text: str) -> SignatureMethod:

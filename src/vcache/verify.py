@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from vcache.cache import CacheRepo, entry_kind, iter_repo_folders
-from vcache.checks.judge import Judgement, judge, parsed_headers, still_stands
+from vcache.checks.judge import (
+    Judgement,
+    judge,
+    lock_digest_mismatch,
+    lock_size_mismatch,
+    parsed_headers,
+    still_stands,
+)
 from vcache.checks.safetensors import SafetensorsHeader
 from vcache.errors import IncompleteSnapshot, OfflineError, UsageError
-from vcache.hashing import Digest
+from vcache.hashing import Digest, hash_file, sha256_hex
 from vcache.hub import COMMIT_RE
 from vcache.ledger import EntryState, Ledger, entry_state, states_from_json
+from vcache.lockfile import LockedFile, LockedRepo, missing_file
 from vcache.partial import PartialInfo
 from vcache.report import (
     FileReport,
@@ -175,7 +183,7 @@ def verify_snapshot(
     )
 
 
-# -- the snapshot record ---------------------------------------------------------------------------------------
+# -- the snapshot record -------------------------------------------------------------------------------------
 #
 # ``files``: path -> {"state": entry_state of the snapshot entry (a link into blobs/), "etag", "record":
 # entry_state of the per-blob record file, and the report fields that record gave: "size", "digest",
@@ -394,6 +402,173 @@ def _attach_remembered(
     return out, {"key": key, "folder": before, "extra": added}
 
 
+# -- against a lockfile --------------------------------------------------------------------------------------
+
+
+def verified_sha256(repo: CacheRepo, ledger: Ledger, commit: str, path: str, *, deep: bool = False) -> str:
+    """The sha256 of the bytes ``snapshots/<commit>/<path>`` serves, for a file already verified against its
+    blob name (by a pull, or by :func:`verify_snapshot`).
+
+    A blob named by a sha256 was verified against that name: the name is the answer, nothing is read. A blob
+    named by a git blob sha1 (a small file) has the sha256 its ledger record kept (unless ``deep``), else it
+    is hashed now; so is a snapshot entry that is a copy rather than a link into ``blobs/``.
+    """
+    etag = repo.linked_etag(commit, path)
+    if etag is None:
+        return hash_file(repo.snapshot_file(commit, path), "sha256").hexdigest
+    blob = repo.blob_path(etag)
+    digest = _digest_for(etag)
+    if digest is not None and digest.algorithm == "sha256":
+        return digest.hexdigest
+    if not deep:
+        recorded = ledger.sha256(etag, blob)
+        if recorded is not None:
+            return recorded
+    return hash_file(blob, "sha256").hexdigest
+
+
+def verify_locked(
+    repo: CacheRepo,
+    locked: LockedRepo,
+    *,
+    deep: bool = False,
+    strict: bool = False,
+    quarantine: bool = True,
+    only: Collection[str] | None = None,
+    lockfile: str = "the lockfile",
+    allow_imports: Collection[str] = (),
+) -> PullReport:
+    """Check the cached snapshot of a locked repo against its lock, offline.
+
+    The locked commit's snapshot must hold every locked file (``only``: just these paths), each first
+    verified as :func:`verify_snapshot` verifies it (the ledger fast path for an unchanged blob unless
+    ``deep``; a blob that fails against its own name is quarantined when ``quarantine``), then compared with
+    the lock's size and sha256 (``lock.size_mismatch``, ``lock.digest_mismatch``). A file the snapshot lacks
+    fails with ``lock.missing_file`` (every file, when the repo is not in the cache at all). Files the
+    snapshot holds that the lock does not list are not looked at. ``lockfile`` names the lock in messages;
+    ``allow_imports`` widens the allowlist of pickle globals, as for :func:`verify_snapshot`.
+    """
+    import time
+    from dataclasses import replace
+
+    t0 = time.monotonic()
+    commit = locked.commit
+    wanted = [f for f in locked.files if only is None or f.path in only]
+    snapshot = repo.snapshot_dir(commit)
+    pull_hint = f"`vcache pull --lock {lockfile} {locked.repo_id}`"
+    if not snapshot.is_dir():
+        absent = (
+            f"{locked.name}@{commit[:12]} is not in the cache at {repo.cache_dir}; fetch it with {pull_hint}"
+        )
+        return PullReport(
+            repo_id=repo.repo_id,
+            repo_type=repo.repo_type,
+            revision=locked.revision,
+            commit=commit,
+            files=tuple(
+                FileReport(
+                    f.path,
+                    f.size,
+                    str(f.digest),
+                    findings=(missing_file(f"{f.path}: {absent}", path=f.path),),
+                    cached=True,
+                    strict=strict,
+                )
+                for f in wanted
+            ),
+            elapsed=time.monotonic() - t0,
+            strict=strict,
+        )
+    base = verify_snapshot(
+        repo,
+        commit,
+        deep=deep,
+        strict=strict,
+        quarantine=quarantine,
+        only=[f.path for f in wanted],
+        revision=locked.revision,
+        allow_imports=allow_imports,
+    )
+    by_path = {r.path: r for r in base.files}
+    ledger = Ledger(repo.ledger_dir)
+    reports: list[FileReport] = []
+    for lf in wanted:
+        report = by_path.get(lf.path)
+        if report is None:  # the commit's tree listing does not name it: look at what the snapshot serves
+            report = _judged_against_lock(
+                repo, commit, lf, strict=strict, hint=pull_hint, allow_imports=allow_imports
+            )
+        elif report.verdict is not Verdict.FAIL:
+            report = _compared_with_lock(repo, ledger, commit, lf, report, deep=deep)
+        reports.append(report)
+    return replace(base, files=tuple(reports), elapsed=time.monotonic() - t0)
+
+
+def _compared_with_lock(
+    repo: CacheRepo, ledger: Ledger, commit: str, lf: LockedFile, report: FileReport, *, deep: bool
+) -> FileReport:
+    """A passing report of a cached file, with the lock's size and sha256 compared."""
+    from dataclasses import replace
+
+    sha256 = verified_sha256(repo, ledger, commit, lf.path, deep=deep)
+    size = report.size if report.size is not None else os.stat(repo.snapshot_file(commit, lf.path)).st_size
+    extra: list[Finding] = []
+    if size != lf.size:
+        extra.append(lock_size_mismatch(lf.path, lf.size, size))
+    if sha256 != lf.sha256:
+        extra.append(lock_digest_mismatch(lf.path, lf.digest, Digest("sha256", sha256)))
+    return replace(
+        report,
+        digest=str(lf.digest),
+        actual_digest=None if sha256 == lf.sha256 else f"sha256:{sha256}",
+        findings=report.findings + tuple(extra),
+    )
+
+
+def _judged_against_lock(
+    repo: CacheRepo, commit: str, lf: LockedFile, *, strict: bool, hint: str, allow_imports: Collection[str]
+) -> FileReport:
+    """A locked file the commit's tree does not list: what the snapshot serves, judged against the lock."""
+    snap = repo.snapshot_file(commit, lf.path)
+    if not snap.exists():
+        return FileReport(
+            lf.path,
+            lf.size,
+            str(lf.digest),
+            findings=(
+                missing_file(
+                    f"{lf.path} is locked but missing from the snapshot; fetch it with {hint}", path=lf.path
+                ),
+            ),
+            cached=True,
+            location=str(snap),
+            strict=strict,
+        )
+    judgement = judge(
+        snap,
+        lf.path,
+        expected_size=lf.size,
+        expected_digest=lf.digest,
+        strict=strict,
+        against_lock=True,
+        allow_imports=allow_imports,
+        root=repo.snapshot_dir(commit),
+    )
+    actual = judgement.actual_digest
+    return FileReport(
+        lf.path,
+        judgement.size,
+        str(lf.digest),
+        judgement.findings,
+        actual_digest=str(actual) if actual is not None else None,
+        cached=True,
+        location=str(snap),
+        strict=strict,
+        format=judgement.format,
+        checks=judgement.checks,
+    )
+
+
 def verify_in_place(
     repo: CacheRepo,
     commit: str,
@@ -542,7 +717,15 @@ def _verify_cached_file(
         _unlink_all(repo, etag or "")
     elif etag and expected is not None and actual == expected and kind == "file" and _writable(repo):
         # (a snapshot entry that is a symlink elsewhere, not a copy, has no record: it is hashed every time)
-        ledger.record(etag, blob, str(actual), findings, format=judgement.format, checks=judgement.checks)
+        ledger.record(
+            etag,
+            blob,
+            str(actual),
+            findings,
+            format=judgement.format,
+            checks=judgement.checks,
+            sha256=sha256_hex(blob, actual),
+        )
     return FileReport(
         exp.path,
         os.stat(entry.data).st_size if qid else exp.size,

@@ -126,6 +126,33 @@ def serve() -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
+def spy_weight_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every safetensors open by transformers and every ``from_pretrained`` of a model class."""
+    import safetensors
+    import transformers
+    import transformers.modeling_utils as modeling_utils
+    from transformers import LlamaForCausalLM
+
+    calls: list[str] = []
+    real_safe_open = modeling_utils.safe_open
+
+    def safe_open(*args: Any, **kwargs: Any) -> Any:
+        calls.append(f"safe_open {args[0]}")
+        return real_safe_open(*args, **kwargs)
+
+    real_from_pretrained = LlamaForCausalLM.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def spy_from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f"from_pretrained {cls.__name__}")
+        return real_from_pretrained(cls, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_open", safe_open)
+    monkeypatch.setattr(safetensors, "safe_open", safe_open)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(spy_from_pretrained))
+    return calls
+
+
+@pytest.fixture
 def logits_of() -> Callable[[Any], Any]:
     """``logits_of(model)``: logits for a fixed batch, computed deterministically."""
 

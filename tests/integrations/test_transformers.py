@@ -329,31 +329,6 @@ def hub_kwargs(hub: Any, tmp_path: Path) -> dict[str, Any]:
     return {"endpoint": hub.endpoint, "cache_dir": tmp_path / "hub"}
 
 
-@pytest.fixture
-def spy_weight_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every safetensors open by transformers and every ``from_pretrained`` of a model class."""
-    import safetensors
-    import transformers.modeling_utils as modeling_utils
-
-    calls: list[str] = []
-    real_safe_open = modeling_utils.safe_open
-
-    def safe_open(*args: Any, **kwargs: Any) -> Any:
-        calls.append(f"safe_open {args[0]}")
-        return real_safe_open(*args, **kwargs)
-
-    real_from_pretrained = LlamaForCausalLM.from_pretrained.__func__  # type: ignore[attr-defined]
-
-    def spy_from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(f"from_pretrained {cls.__name__}")
-        return real_from_pretrained(cls, *args, **kwargs)
-
-    monkeypatch.setattr(modeling_utils, "safe_open", safe_open)
-    monkeypatch.setattr(safetensors, "safe_open", safe_open)
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(spy_from_pretrained))
-    return calls
-
-
 def test_verified_model_tokenizer_and_config_equal_plain_transformers(
     tiny_llama: TinyLlama, serve: Callable[..., Any], tmp_path: Path, logits_of: Callable[[Any], Any]
 ) -> None:

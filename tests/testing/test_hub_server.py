@@ -270,6 +270,26 @@ def test_lfs_direct_style(direct_hub: HubServer, tiny: Tiny, fetch: Fetch) -> No
         assert get.body == data
 
 
+def test_a_hub_without_digests_sends_no_sha256_etag_or_linked_etag(
+    hub: HubServer, direct_hub: HubServer, tiny: Tiny, fetch: Fetch
+) -> None:
+    data = tiny.files["model.safetensors"]
+    for server in (hub, direct_hub):
+        server.digests = False
+        tree = fetch(f"{server.endpoint}/api/models/acme/tiny/tree/main?recursive=true").json()
+        info = fetch(f"{server.endpoint}/api/models/acme/tiny/revision/main?blobs=true").json()
+        assert [e for e in tree if "lfs" in e] == [] and [s for s in info["siblings"] if "lfs" in s] == []
+        entry = next(e for e in tree if e["path"] == "model.safetensors")
+        assert entry["oid"] == git_blob(tiny.repo.files_at("main")["model.safetensors"].pointer or b"")
+        first = fetch(resolve_url(server, "model.safetensors"))
+        answers = [first, fetch(first.headers["location"])] if first.status == 302 else [first]
+        assert answers[-1].status == 200 and answers[-1].body == data
+        for resp in answers:
+            assert not {"etag", "x-linked-etag"} & set(resp.headers), resp.headers
+        server.digests = True
+        assert fetch(resolve_url(server, "model.safetensors"), "HEAD").headers.get("etag")
+
+
 @pytest.mark.parametrize(
     ("rev", "expected"),
     [

@@ -9,7 +9,8 @@ safetensors header (so the repo-level checks never parse it again), and what ran
 
 The policy, in one place:
 
-- the size and the digest are compared first (``size_mismatch``, ``digest_mismatch``: fail);
+- the size and the digest are compared first (``size_mismatch``, ``digest_mismatch``: fail; against a
+  lockfile's size and sha256 instead of the publisher's, ``lock.size_mismatch``, ``lock.digest_mismatch``);
 - the bytes are *vouched* for only when a publisher digest is known and both matched; the content scan
   then reports zero-fill damage as a warning (the publisher shipped it), otherwise as a failure;
 - a content scan already made while the bytes were hashed is used instead of reading the file again, but
@@ -42,13 +43,16 @@ __all__ = [
     "Judgement",
     "digest_mismatch",
     "judge",
+    "lock_digest_mismatch",
+    "lock_size_mismatch",
     "parsed_headers",
     "size_mismatch",
     "still_stands",
 ]
 
-#: The codes that say the bytes are not the publisher's (as opposed to the publisher's bytes being bad).
-MISMATCH_CODES = ("size_mismatch", "digest_mismatch")
+#: The codes that say the bytes are not the expected ones, the publisher's or the lockfile's (as opposed to
+#: the expected bytes being bad): fetching again may help.
+MISMATCH_CODES = ("size_mismatch", "digest_mismatch", "lock.size_mismatch", "lock.digest_mismatch")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ def judge(
     actual_digest: Digest | None = None,
     streamed: StreamingCheck | None = None,
     strict: bool = False,
+    against_lock: bool = False,
     allow_imports: Collection[str] = (),
     root: Path | None = None,
 ) -> Judgement:
@@ -105,21 +110,27 @@ def judge(
     ``actual_size`` is the byte count received while the bytes streamed in (None: the size on disk, and
     a mismatch is worded as a file truncated or overwritten on disk); ``actual_digest`` the digest computed
     meanwhile (None: the file is hashed here when a digest is expected). ``streamed`` is the content scan
-    fed those same bytes, used when the digest matched. ``allow_imports`` (``module.name`` entries) widens
-    the allowlist of pickle globals for a user who trusts the repo; ``root`` is the folder the repo's files
-    are in when the bytes at ``path`` are ``root/name``'s (see :func:`~vcache.checks.check_file`).
+    fed those same bytes, used when the digest matched. ``against_lock`` says the expected size and digest
+    are a lockfile's (a sha256 pinned by the user), not the publisher's: the same comparison, reported with
+    the ``lock.*`` codes. ``allow_imports`` (``module.name`` entries) widens the allowlist of pickle globals
+    for a user who trusts the repo; ``root`` is the folder the repo's files are in when the bytes at ``path``
+    are ``root/name``'s (see :func:`~vcache.checks.check_file`).
     """
     size = os.stat(path).st_size if actual_size is None else actual_size
     mismatches: list[Finding] = []
     if expected_size is not None and size != expected_size:
-        mismatches.append(size_mismatch(name, expected_size, size, received=actual_size is not None))
+        if against_lock:
+            mismatches.append(lock_size_mismatch(name, expected_size, size))
+        else:
+            mismatches.append(size_mismatch(name, expected_size, size, received=actual_size is not None))
     checks: tuple[str, ...] = ()
     if expected_digest is not None:
         if actual_digest is None:
             actual_digest = hash_file(path, expected_digest.algorithm)
         checks = ("digest",)
         if actual_digest != expected_digest:
-            mismatches.append(digest_mismatch(name, expected_digest, actual_digest))
+            mismatch = lock_digest_mismatch if against_lock else digest_mismatch
+            mismatches.append(mismatch(name, expected_digest, actual_digest))
     vouched = expected_digest is not None and not mismatches
     # The streamed scan judged these very bytes as vouched; when they are not, the file is scanned again.
     content = streamed.findings(path) if vouched and streamed is not None else None
@@ -177,6 +188,29 @@ def digest_mismatch(name: str, expected: Digest, actual: Digest) -> Finding:
         "digest_mismatch",
         f"{name}: content hashes to {actual} but the publisher's digest is {expected}; "
         "the bytes were damaged in transit or on disk — fetch it again with `vcache pull`",
+        expected=str(expected),
+        actual=str(actual),
+    )
+
+
+def lock_size_mismatch(name: str, expected: int, actual: int) -> Finding:
+    """The finding for a file whose byte count is not the one the lockfile pins."""
+    return fail(
+        "lock.size_mismatch",
+        f"{name}: {actual} bytes, the lockfile pins {expected}; these are not the locked bytes (the server "
+        "changed the file, or it was damaged in transit or on disk)",
+        expected=expected,
+        actual=actual,
+    )
+
+
+def lock_digest_mismatch(name: str, expected: Digest, actual: Digest) -> Finding:
+    """The finding for bytes that do not hash to the sha256 the lockfile pins."""
+    return fail(
+        "lock.digest_mismatch",
+        f"{name}: content hashes to {actual} but the lockfile pins {expected}; these are not the locked bytes "
+        "(the server changed the file, or it was damaged in transit or on disk). If the change is intended, "
+        "review it and move the lock with `vcache lock --update`",
         expected=str(expected),
         actual=str(actual),
     )

@@ -630,11 +630,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = [
             ("Location", location),
             ("X-Repo-Commit", commit.id),
-            ("X-Linked-Etag", f'"{f.sha256}"'),
             ("X-Linked-Size", str(f.size)),
-            ("ETag", f'"{f.blob_id}"'),  # as on the Hub: the git id of the pointer, not the content's
             ("Content-Type", "text/plain; charset=utf-8"),
         ]
+        if self.hub.digests:
+            headers.insert(2, ("X-Linked-Etag", f'"{f.sha256}"'))
+            headers.append(("ETag", f'"{f.blob_id}"'))  # as on the Hub: the git id of the pointer
         return _Reply(302, headers, _mem(f"Found. Redirecting to {location}".encode()), fault)
 
     def _file(
@@ -660,7 +661,7 @@ class _Handler(BaseHTTPRequestHandler):
         delivery = fault if kind in ("drop_after", "stall", "short_body") else None
 
         headers = list(extra_headers) if content.hub_headers else []
-        if content.etag is not None:
+        if content.etag is not None and self.hub.digests:
             headers.append(("ETag", f'"{content.etag}"'))
         headers.append(("Content-Type", content.content_type))
         if content.honour_range:
@@ -781,7 +782,7 @@ class _Handler(BaseHTTPRequestHandler):
             sibling: dict[str, Any] = {"rfilename": path}
             if blobs:
                 sibling.update(size=f.size, blobId=f.blob_id)
-                if f.lfs and f.pointer is not None:
+                if f.lfs and f.pointer is not None and self.hub.digests:
                     sibling["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(f.pointer)}
             siblings.append(sibling)
         info: dict[str, Any] = {
@@ -807,7 +808,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _entry(self, repo: Repo, commit: Commit, f: RepoFile, expand: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {"type": "file", "oid": f.blob_id, "size": f.size, "path": f.path}
-        if f.lfs and f.pointer is not None:
+        if f.lfs and f.pointer is not None and self.hub.digests:
             entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": len(f.pointer)}
         if expand:
             last = repo.get_commit(commit.last_changed.get(f.path, commit.id))

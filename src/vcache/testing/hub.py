@@ -52,8 +52,11 @@ class HubServer:
     ``"direct"`` serves LFS bodies from the hub origin. ``tokens`` is the set of accepted bearer tokens
     (``None``: any token is accepted); private and gated repos need one. ``page_size`` is the tree page
     length. ``throttle_bps`` caps each connection's body rate and can be changed while running. Repos can
-    be added and committed to while the server runs. ``control=True`` enables the ``/_testhub/`` routes
-    (see the module docstring). Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    be added and committed to while the server runs. ``digests=False`` serves like a mirror that sends no
+    digest at all: no ``lfs`` record (so no sha256) in listings, no ``ETag`` or ``X-Linked-Etag`` on file
+    answers; listings keep the git ``oid`` (for an LFS file, the id of its pointer, as git stores it). It can be
+    changed while running. ``control=True`` enables the ``/_testhub/`` routes (see the module docstring). Use
+    as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class HubServer:
         page_size: int = 1000,
         tokens: Iterable[str] | None = None,
         throttle_bps: float | None = None,
+        digests: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
         cdn_port: int = 0,
@@ -77,6 +81,7 @@ class HubServer:
         self.page_size = page_size
         self.tokens: frozenset[str] | None = None if tokens is None else frozenset(tokens)
         self.throttle_bps = throttle_bps
+        self.digests = digests
         self.control = control
         self._host, self._port, self._cdn_port = host, port, cdn_port
         self._repos: dict[tuple[RepoType, str], Repo] = {}

@@ -12,6 +12,7 @@ anything other than through ``vcache.pull``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from vcache.integrations.transformers._remembered import _RememberedVerdict
 from vcache.report import Finding, Severity
 
 if TYPE_CHECKING:
+    from vcache.lockfile import Lock
     from vcache.signing import SignatureMethod
 
 #: Files a transformers (PyTorch) load never reads; skipped by default so that, e.g., Llama's ``original/``
@@ -79,6 +81,7 @@ def from_pretrained(
     max_workers: int | None = None,
     verify_signature: str | SignatureMethod | None = None,
     allow_imports: Collection[str] = (),
+    lock: str | os.PathLike[str] | Lock | None = None,
     **kwargs: Any,
 ) -> Any:
     """Pull and verify ``repo_id``, refuse anything incomplete or damaged, then ``cls.from_pretrained`` it.
@@ -113,6 +116,11 @@ def from_pretrained(
     their pickle imports must be one ``torch.load(weights_only=True)`` accepts, else the file fails
     (``pickle.unsafe_import``, with or without ``strict``) and nothing is loaded. ``allow_imports``
     (``module.name`` entries) widens that list for a repo you trust.
+    ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``) pins the load to
+    the lock's commit and bytes: step 1 pulls the locked commit and checks every file against the lock's
+    sha256 (offline: the cache against the lock), so a cache or server that does not match the lock is
+    refused with ``VerificationFailed`` before transformers reads a weight; a signature method the lock
+    records for the repo is required as if passed as ``verify_signature``.
     The load registers its use of the repo (:func:`vcache.use`) from the pull until ``cls.from_pretrained``
     returns, so ``vcache gc`` and ``vcache rm`` leave it alone meanwhile.
     """
@@ -134,6 +142,7 @@ def from_pretrained(
             max_workers=max_workers,
             verify_signature=verify_signature,
             allow_imports=allow_imports,
+            lock=lock,
             **kwargs,
         )
 
@@ -154,6 +163,7 @@ def _verified_load(
     max_workers: int | None,
     verify_signature: str | SignatureMethod | None,
     allow_imports: Collection[str],
+    lock: str | os.PathLike[str] | Lock | None,
     **kwargs: Any,
 ) -> Any:
     """:func:`from_pretrained`'s steps, while its use is registered."""
@@ -184,6 +194,7 @@ def _verified_load(
         force_download=force_download,
         verify_signature=verify_signature,
         allow_imports=allow_imports,
+        lock=lock,
     )
     where = _describe_source(repo_id, report)
     cls_name = getattr(cls, "__name__", repr(cls))
