@@ -102,3 +102,16 @@ def test_quarantine_restore_into_a_device_or_a_fifo_writes_into_it(cache: Path, 
     assert _written_through(fifo, lambda: restore(cache, entry.id, to=fifo)) == b"quarantined bytes"
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert entry.data.read_bytes() == b"quarantined bytes"  # the quarantined copy stays
+
+
+def test_a_lockfile_written_to_a_device_or_a_fifo_is_written_into_it(tmp_path: Path) -> None:
+    from vcache.lockfile import Lock
+
+    lock = Lock.parse("version = 1\n")
+    null = _null_device(tmp_path)
+    lock.write(null)
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert _written_through(fifo, lambda: lock.write(fifo)).decode() == lock.render()
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)

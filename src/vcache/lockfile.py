@@ -253,12 +253,17 @@ class Lock:
         return "".join(parts)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the canonical text to ``path`` atomically (nothing else is touched); returns the path."""
-        from vcache.cache import write_atomic
+        """Write the canonical text to ``path`` atomically (nothing else is touched); returns the path. A device
+        or a fifo (``-o /dev/stdout``) is written into, never replaced."""
+        from vcache.cache import write_atomic, written_in_place
 
         target = Path(path)
         try:
-            write_atomic(target, self.render().encode("utf-8"))
+            if written_in_place(target):
+                with open(target, "wb") as out:
+                    out.write(self.render().encode("utf-8"))
+            else:
+                write_atomic(target, self.render().encode("utf-8"))
         except OSError as exc:
             raise UsageError(f"cannot write the lockfile {target}: {exc.strerror or exc}") from exc
         return target
