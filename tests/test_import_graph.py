@@ -5,9 +5,10 @@ The rule the graph is built by:
 - Every ``import`` / ``from ... import`` statement that runs counts: at module level, inside a function or a
   method, under ``try`` or ``if``. A function-level import is still a dependency; it only hides the circle
   until the function runs.
-- Imports under ``if TYPE_CHECKING:`` do not count: they never run, so they cannot make import order matter,
-  and they only name the type of a value another module hands over (``errors`` names the ``RetryEvent`` a
-  ``RetriesExhausted`` carries, while ``retry`` raises it).
+- Imports under ``if TYPE_CHECKING:`` count too: they never run, but a circle through them is still two
+  modules that each need the other to be understood. Where one module only names a type of the other, the
+  type moves to the module that owns the value (``RetryEvent`` lives with the errors that carry it) or is
+  described by a protocol (the test Hub's wire side names what it uses of ``HubServer``).
 - A statement depends on the module it names: ``from vcache.a import b`` on ``vcache.a.b`` when that is a
   module, otherwise on ``vcache.a`` (its ``__init__``), so a submodule taking a name from its own package's
   ``__init__`` counts. The parent packages Python runs first to reach a module do not: every submodule would
@@ -37,23 +38,11 @@ def _modules(root: Path) -> dict[str, Path]:
     return out
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for stmt in node.body:  # the else branch runs
-                skipped.update(id(n) for n in ast.walk(stmt))
-    return skipped
-
-
 def _imports(name: str, path: Path, modules: Mapping[str, Path]) -> Iterator[tuple[str, int]]:
     """The modules of ``modules`` that ``name`` (at ``path``) imports, with the line of each import."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    skipped = _type_checking_nodes(tree)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -154,14 +143,14 @@ def test_the_checker_sees_function_level_and_package_init_circles(tmp_path: Path
     assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"pkg.sub", "pkg.sub.x"}
 
 
-def test_the_checker_skips_type_checking_imports(tmp_path: Path) -> None:
+def test_the_checker_counts_type_checking_imports(tmp_path: Path) -> None:
     root = _package(
         tmp_path,
         {
             "__init__.py": "",
             "a.py": "from pkg.b import f\n",
-            "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import A\nelse:\n    import os\n",
+            "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import A\n",
         },
     )
     graph = import_graph(root)
-    assert graph["pkg.b"] == {} and find_cycle(graph) is None
+    assert graph["pkg.b"] == {"pkg.a": 3} and find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]

@@ -47,6 +47,7 @@ Warnings are not errors: :class:`VcacheWarning` (a ``UserWarning``) is what the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 # Cheap: it needs only httpx2, which vcache's Hub client imports anyway.
@@ -54,7 +55,18 @@ from huggingface_hub import errors as _hf
 
 if TYPE_CHECKING:
     from vcache.report import Finding, PullReport
-    from vcache.retry import RetryEvent
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """One failed attempt: what went wrong (a short description), the status and ``Retry-After`` if any.
+
+    Kept with the errors, which carry them (``history``); :mod:`vcache.retry` records them.
+    """
+
+    cause: str
+    status: int | None = None
+    retry_after: float | None = None
 
 
 class VcacheError(Exception):

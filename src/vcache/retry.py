@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from vcache.errors import RateLimited, RetriesExhausted
+from vcache.errors import RateLimited, RetriesExhausted, RetryEvent
 
 __all__ = [
     "DEFAULT_GIVE_UP",
@@ -111,15 +111,6 @@ class FakeClock:
         """Move the fake time forward without recording a sleep."""
         with self._lock:
             self._now += max(0.0, seconds)
-
-
-@dataclass(frozen=True)
-class RetryEvent:
-    """One failed attempt: what went wrong (a short description), the status and ``Retry-After`` if any."""
-
-    cause: str
-    status: int | None = None
-    retry_after: float | None = None
 
 
 def describe_failure(error: BaseException | None, status: int | None) -> str:

@@ -35,16 +35,52 @@ from datetime import datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from vcache.testing._hubfaults import Fault, RequestKind, Shape
+from vcache.testing._hubfaults import Fault, FaultTable, RequestKind, Shape
 from vcache.testing._hubrepo import Commit, Repo, RepoFile, RepoType, lfs_pointer
 
-if TYPE_CHECKING:
-    from vcache.testing.hub import HubServer
-
 __all__ = ["Exchange", "LfsStyle", "Listener", "Origin", "RequestRecord"]
+
+
+class HubServer(Protocol):
+    """What the wire side uses of :class:`vcache.testing.hub.HubServer` (named here as a protocol, so that
+    this module never imports the one that imports it)."""
+
+    lfs_style: LfsStyle
+    page_size: int
+    tokens: frozenset[str] | None
+    throttle_bps: float | None
+    digests: bool
+    control: bool
+    _faults: FaultTable
+    _stopping: threading.Event
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def cdn_endpoint(self) -> str: ...
+
+    @property
+    def log(self) -> list[RequestRecord]: ...
+
+    def clear_log(self) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def _repo(self, repo_type: RepoType, repo_id: str) -> Repo | None: ...
+
+    def _count_sent(self, ex: Exchange, total: int, *, exact: bool = False) -> None: ...
+
+    def _responses_begun(self, n: int) -> None: ...
+
+    def _record(
+        self, ex: Exchange, slot: tuple[int, int] | None = None, unsent: int = 0, unsent_head: int = 0
+    ) -> tuple[int, int]: ...
+
+    def _tree_id(self, commit: Commit, directory: str) -> str: ...
 
 _logger = logging.getLogger("vcache.testing.hub")
 _logger.addHandler(logging.NullHandler())
