@@ -558,6 +558,13 @@ def test_export_under_a_lock_carries_its_entries_and_imports_under_it_offline(
     assert [
         r.ok for r in import_bundle(io.BytesIO(out.read_bytes()), cache_dir=tmp_path / "d2", lock=False)
     ] == [True]
+    doc = manifest_of(out.read_bytes())
+    doc["lock"]["repo"][0]["files"][0]["sha256"] = "0" * 64  # its own entries no longer agree with its files
+    items = members(out.read_bytes())
+    items[0] = (tarfile.TarInfo(MANIFEST_NAME), json.dumps(doc).encode())
+    with pytest.raises(BadBundle, match="the lock entries of its own manifest"):
+        import_bundle(io.BytesIO(make_tar(items)), cache_dir=tmp_path / "d3", lock=False)
+    assert not (tmp_path / "d3").exists()
 
 
 def test_a_bundle_whose_file_differs_from_the_lock_is_refused_naming_it(
@@ -621,6 +628,12 @@ def test_a_lock_of_another_commit_refuses_the_export_and_the_import(hub: Any, tm
     err = done.stderr.decode()
     assert moved in err and locked in err and str(lockfile) in err, err
     assert not dest.exists()
+
+    # VCACHE_LOCK applies to export as it does to a pull
+    done = vcache(
+        "export", REPO, "-o", str(out), "--cache-dir", str(newer), env={"VCACHE_LOCK": str(lockfile)}
+    )
+    assert done.returncode == 2 and str(lockfile) in done.stderr.decode()
 
     # a repo the lock does not pin: exit 2 naming the lock on export
     done = vcache(
