@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -490,3 +491,152 @@ def test_the_lock_hook_pins_sha256_before_any_byte_is_written(bundle: Path, tmp_
     pins = {(REPO, commit, f["path"]): f["sha256"] for f in manifest["repos"][0]["revisions"][0]["files"]}
     (report,) = import_bundle(io.BytesIO(bundle.read_bytes()), cache_dir=dest, pins=pins)
     assert report.ok
+
+
+def test_an_import_records_format_and_checks_in_the_ledger_as_a_pull_does(
+    source: Path, bundle: Path, tmp_path: Path
+) -> None:
+    from vcache.ledger import Ledger
+
+    dest = tmp_path / "dest"
+    (report,) = import_bundle(io.BytesIO(bundle.read_bytes()), cache_dir=dest)
+    assert report.ok
+    pulled, imported = Ledger(CacheRepo(source, REPO).ledger_dir), Ledger(CacheRepo(dest, REPO).ledger_dir)
+    carried = manifest_of(bundle.read_bytes())["repos"][0]["revisions"][0]["files"]
+    for f in carried:
+        want, got = pulled.get(f["etag"]), imported.get(f["etag"])
+        assert want is not None and got is not None and want.format is not None, f["path"]
+        assert (got.format, got.checks) == (want.format, want.checks), f["path"]
+    assert {f.path: f.format for f in report.files}[SHARD1] == "safetensors"
+
+    # verify reads them from the ledger (no re-hash) and reports them
+    done = vcache("verify", REPO, "--cache-dir", str(dest), "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    files = {f["path"]: f for f in json.loads(done.stdout)["files"]}
+    assert files[SHARD1]["format"] == "safetensors" and "digest" in files[SHARD1]["checks"]
+
+
+# -- bundles under a lockfile ------------------------------------------------------------------------------------
+
+
+def lock_repo_cli(hub: Any, lockfile: Path, cache: Path) -> None:
+    """`vcache lock acme/tiny-llama -o LOCKFILE`, pulling into ``cache``."""
+    done = vcache(
+        "lock", REPO, "-o", str(lockfile), "--cache-dir", str(cache), "-q", env={"HF_ENDPOINT": hub.endpoint}
+    )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_export_under_a_lock_carries_its_entries_and_imports_under_it_offline(
+    hub: Any, tmp_path: Path
+) -> None:
+    from vcache.lockfile import Lock
+
+    lockfile, locked_cache = tmp_path / "vcache.lock", tmp_path / "locking-cache"
+    lock_repo_cli(hub, lockfile, locked_cache)
+    lock = Lock.read(lockfile)
+    out = tmp_path / "tiny.tar"
+    done = vcache("export", REPO, "-o", str(out), "--cache-dir", str(locked_cache), "--lock", str(lockfile))
+    assert done.returncode == 0, done.stderr.decode()
+
+    manifest = manifest_of(out.read_bytes())
+    assert Lock.from_document(manifest["lock"], "the manifest") == lock  # the exported repos' entries
+    (revision,) = manifest["repos"][0]["revisions"]
+    assert revision["commit"] == lock.repos[0].commit and revision["refs"] == ["main"]
+    assert {(f["path"], f["size"], f["sha256"]) for f in revision["files"]} == {
+        (f.path, f.size, f.sha256) for f in lock.repos[0].files
+    }
+
+    hub.stop()  # the air-gapped side: nothing can be asked
+    dest = tmp_path / "dest"
+    done = vcache("import", str(out), "--cache-dir", str(dest), "--lock", str(lockfile), "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["verdict"] == "ok"
+    done = vcache("verify", "--lock", str(lockfile), "--cache-dir", str(dest))
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    # the bundle holds itself to the entries it carries: importing it with no lock passes too
+    assert [
+        r.ok for r in import_bundle(io.BytesIO(out.read_bytes()), cache_dir=tmp_path / "d2", lock=False)
+    ] == [True]
+    doc = manifest_of(out.read_bytes())
+    doc["lock"]["repo"][0]["files"][0]["sha256"] = "0" * 64  # its own entries no longer agree with its files
+    items = members(out.read_bytes())
+    items[0] = (tarfile.TarInfo(MANIFEST_NAME), json.dumps(doc).encode())
+    with pytest.raises(BadBundle, match="the lock entries of its own manifest"):
+        import_bundle(io.BytesIO(make_tar(items)), cache_dir=tmp_path / "d3", lock=False)
+    assert not (tmp_path / "d3").exists()
+
+
+def test_a_bundle_whose_file_differs_from_the_lock_is_refused_naming_it(
+    hub: Any, llama_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_lock import changed_shard
+    from vcache.testing.hub import Fault
+
+    lockfile = tmp_path / "vcache.lock"
+    lock_repo_cli(hub, lockfile, tmp_path / "locking-cache")
+    hub.fault(REPO, SHARD1, Fault.new_version(changed_shard(llama_folder)))  # same commit, other bytes
+    other = tmp_path / "other"
+    assert pull(REPO, endpoint=hub.endpoint, cache_dir=other, lock=False).ok  # consistent with itself
+    out = tmp_path / "changed.tar"
+    write_bundle_file(plan_export([REPO], cache_dir=other, lock=False), out)
+
+    dest = tmp_path / "dest"
+    done = vcache("import", str(out), "--cache-dir", str(dest), "--lock", str(lockfile))
+    assert done.returncode == 1, done.stderr.decode()
+    err = done.stderr.decode()
+    assert SHARD1 in err and str(lockfile) in err and "Nothing of it was published" in err, err
+    assert not dest.exists()
+
+    # VCACHE_LOCK applies as it does to a pull, in the Python API as on the command line
+    monkeypatch.setenv("VCACHE_LOCK", str(lockfile))
+    with pytest.raises(BadBundle, match=re.escape(SHARD1)):
+        import_bundle(io.BytesIO(out.read_bytes()), cache_dir=dest)
+    assert not dest.exists()
+    done = vcache("import", str(out), "--cache-dir", str(dest))
+    assert done.returncode == 1 and SHARD1 in done.stderr.decode() and not dest.exists()
+
+    # and exporting that cache under the lock fails verification against it: nothing is written
+    monkeypatch.delenv("VCACHE_LOCK")
+    again = tmp_path / "again.tar"
+    done = vcache("export", REPO, "-o", str(again), "--cache-dir", str(other), "--lock", str(lockfile))
+    assert done.returncode == 1, done.stderr.decode()
+    assert SHARD1 in done.stderr.decode() and "lock.digest_mismatch" in done.stderr.decode()
+    assert not again.exists()
+
+
+def test_a_lock_of_another_commit_refuses_the_export_and_the_import(hub: Any, tmp_path: Path) -> None:
+    lockfile = tmp_path / "vcache.lock"
+    lock_repo_cli(hub, lockfile, tmp_path / "locking-cache")
+    server_repo = hub._repo("model", REPO)
+    locked = server_repo.resolve("main")
+    moved = server_repo.commit({"config.json": b'{"moved": true}\n'}, message="main moved on")
+    newer = tmp_path / "newer"
+    assert pull(REPO, endpoint=hub.endpoint, cache_dir=newer, lock=False).ok
+
+    out = tmp_path / "b.tar"
+    for target in (REPO, f"{REPO}@main", f"{REPO}@{moved}"):
+        done = vcache("export", target, "-o", str(out), "--cache-dir", str(newer), "--lock", str(lockfile))
+        assert done.returncode == 2, (target, done.stderr.decode())
+        assert str(lockfile) in done.stderr.decode() and locked in done.stderr.decode(), target
+        assert not out.exists()
+
+    write_bundle_file(plan_export([REPO], cache_dir=newer, lock=False), out)
+    dest = tmp_path / "dest"
+    done = vcache("import", str(out), "--cache-dir", str(dest), "--lock", str(lockfile))
+    assert done.returncode == 1, done.stderr.decode()
+    err = done.stderr.decode()
+    assert moved in err and locked in err and str(lockfile) in err, err
+    assert not dest.exists()
+
+    # VCACHE_LOCK applies to export as it does to a pull
+    done = vcache(
+        "export", REPO, "-o", str(out), "--cache-dir", str(newer), env={"VCACHE_LOCK": str(lockfile)}
+    )
+    assert done.returncode == 2 and str(lockfile) in done.stderr.decode()
+
+    # a repo the lock does not pin: exit 2 naming the lock on export
+    done = vcache(
+        "export", "acme/unlocked", "-o", str(out), "--cache-dir", str(newer), "--lock", str(lockfile)
+    )
+    assert done.returncode == 2 and str(lockfile) in done.stderr.decode()

@@ -523,6 +523,40 @@ def test_the_certificate_method_works_offline(
     assert offline.ok and findings(offline, "signature.verified")
 
 
+def test_verify_lock_checks_the_recorded_key_offline_and_says_sigstore_was_not_checked(
+    signed_hub: tuple[Repo, HubServer], keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    _repo, hub = signed_hub
+    lockfile, cache = tmp_path / "vcache.lock", tmp_path / "cache"
+    method = key_method(keys["publisher"])
+    res = run(
+        "lock", REPO, "--verify-signature", method, "-o", str(lockfile), "--cache-dir", str(cache), "-q",
+        env={"HF_ENDPOINT": hub.endpoint},
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    hub.stop()  # offline from here on
+
+    (report,) = vcache.verify(lock=lockfile, cache_dir=cache)
+    assert report.ok and [p for p, _ in findings(report, "signature.verified")] == [SIGNATURE_FILE]
+
+    # A lock recording another key: the signature is checked against it, and is untrusted (exit 1).
+    other = tmp_path / "other.lock"
+    other.write_text(lockfile.read_text().replace(method, key_method(keys["other"])))
+    done = vcache_process("verify", "--lock", str(other), "--cache-dir", str(cache))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "[signature.untrusted]" in done.stdout
+
+    # sigstore needs the network: said not to be checked (a warning), never a silent pass.
+    sigstore = tmp_path / "sigstore.lock"
+    sigstore.write_text(
+        lockfile.read_text().replace(method, "sigstore:release@example.com@https://accounts.google.com")
+    )
+    (report,) = vcache.verify(lock=sigstore, cache_dir=cache)
+    ((path, note),) = findings(report, "signature.not_checked")
+    assert path == SIGNATURE_FILE and note.severity is Severity.WARN and "not checked" in note.message
+    assert not findings(report, "signature.verified") and report.verdict.value == "warn"
+
+
 # -- sigstore ---------------------------------------------------------------------------------------------------
 
 #: Makes every name but the loopback one unresolvable in the process it is loaded into: no network.

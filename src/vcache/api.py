@@ -13,7 +13,7 @@ from vcache.checks.pickles import parse_allow_imports
 from vcache.config import default_cache_dir
 from vcache.errors import UsageError
 from vcache.hub import COMMIT_RE, validate_repo_id, validate_revision
-from vcache.lockfile import Lock, read_lock
+from vcache.lockfile import Lock, LockedRepo, read_lock
 from vcache.report import PullReport
 from vcache.usage import use
 from vcache.verify import resolve_cached_commit, verify_locked, verify_path, verify_snapshot
@@ -55,7 +55,10 @@ def verify(
 
     With ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`), each locked repo (the targets: repo
     ids the lock pins; none: all of them) is checked against the lock instead: its locked commit's snapshot
-    must hold every locked file with the locked sha256 (see :func:`~vcache.verify.verify_locked`).
+    must hold every locked file with the locked sha256 (see :func:`~vcache.verify.verify_locked`). A signature
+    method the lock records for a repo is checked too when its snapshot holds the signature file: a key or a
+    certificate offline, as a locked pull checks it (``signature.*`` findings); a sigstore identity needs the
+    network and gets a ``signature.not_checked`` warning instead.
     """
     if revision is not None:
         validate_revision(revision)
@@ -155,9 +158,33 @@ def _verify_against_lock(
     for entry in entries or lock.repos:
         repo = CacheRepo(root, entry.repo_id, entry.repo_type)
         with use(entry.repo_id, entry.commit, cache_dir=root, repo_type=entry.repo_type):
-            reports.append(
-                verify_locked(
-                    repo, entry, deep=deep, strict=strict, lockfile=lock.where, allow_imports=allow_imports
-                )
+            report = verify_locked(
+                repo, entry, deep=deep, strict=strict, lockfile=lock.where, allow_imports=allow_imports
             )
+            reports.append(_with_locked_signature(repo, entry, report, lock.where))
     return reports
+
+
+def _with_locked_signature(
+    repo: CacheRepo, entry: LockedRepo, report: PullReport, lockfile: str
+) -> PullReport:
+    """``report`` with the signature method the lock records for the repo checked, offline: a key or certificate
+    against the snapshot's signature file (as a locked pull checks it); a sigstore identity, which needs the
+    network, is said not to have been checked (``signature.not_checked``, a warning), never passed silently."""
+    if entry.signature is None:
+        return report
+    from vcache.signing import SIGNATURE_FILE, SignatureMethod, not_checked, prepare
+
+    method = SignatureMethod.parse(entry.signature)
+    if method.kind == "sigstore":
+        return not_checked(
+            report,
+            method,
+            f"{entry.name}: {lockfile} requires the signature {method}, which cannot be checked offline "
+            "(sigstore needs its transparency log and trust root), so it was not checked. Check it with network "
+            f"access: `vcache pull --lock {lockfile} {entry.repo_id}`",
+        )
+    if not os.path.lexists(repo.snapshot_file(entry.commit, SIGNATURE_FILE)):
+        return report  # a locked signature file the snapshot lacks already fails (lock.missing_file)
+    tree = repo.read_tree(entry.commit)
+    return prepare(method).check(report, listed=tree.keys() if tree is not None else None)

@@ -61,8 +61,9 @@ from vcache.errors import (
 from vcache.hashing import Digest, hash_file
 from vcache.hub import COMMIT_RE, validate_repo_id, validate_repo_path, validate_revision
 from vcache.ledger import Ledger
+from vcache.lockfile import Lock, LockedRepo
 from vcache.locks import blob_lock
-from vcache.pull import Progress, publish_verified, set_aside_blob
+from vcache.pull import LockArg, Progress, lock_in_effect, publish_verified, set_aside_blob
 from vcache.quarantine import quarantine_file
 from vcache.report import (
     NOT_FETCHED,
@@ -75,7 +76,7 @@ from vcache.report import (
     info,
     verdict_of,
 )
-from vcache.verify import attach_repo_findings, resolve_cached_commit, verify_snapshot
+from vcache.verify import attach_repo_findings, resolve_cached_commit, verify_locked, verify_snapshot
 
 FORMAT = "vcache-bundle"
 #: The bundle format version this vcache writes and reads.
@@ -144,10 +145,12 @@ class BundleRepo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a bundle holds; its JSON form is the first member, ``vcache-bundle.json``."""
+    """What a bundle holds; its JSON form is the first member, ``vcache-bundle.json``. ``lock`` holds the lock
+    entries of its repos when it was exported under a lockfile (``vcache export --lock``), else None."""
 
     repos: tuple[BundleRepo, ...]
     created_by: str = f"vcache {__version__}"
+    lock: Lock | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``vcache-bundle.json`` form (``docs/bundle.md``)."""
@@ -179,6 +182,7 @@ class Manifest:
                 }
                 for r in self.repos
             ],
+            **({} if self.lock is None else {"lock": self.lock.to_document()}),
         }
 
     @classmethod
@@ -213,7 +217,13 @@ class Manifest:
             if len({x.commit for x in revisions}) != len(revisions):
                 raise ValueError(f"its manifest lists a commit of {repo_id} twice")
             repos.append(BundleRepo(repo_id, repo_type, tuple(revisions)))
-        return cls(tuple(repos), str(top.get("created_by", "")))
+        lock = None
+        if top.get("lock") is not None:
+            try:
+                lock = Lock.from_document(top["lock"], "the lock entries of its manifest")
+            except UsageError as exc:
+                raise ValueError(exc.message) from None
+        return cls(tuple(repos), str(top.get("created_by", "")), lock)
 
 
 def _revision(repo_id: str, data: object) -> BundleRevision:
@@ -346,9 +356,16 @@ def plan_export(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     repo_type: str = "model",
+    lock: LockArg = None,
 ) -> ExportPlan:
     """Verify each ``REPO_ID[@REVISION]`` target in the cache (offline, trusting unchanged ledger records) and
     plan the bundle of its files.
+
+    Under a lock (``lock``: a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``,
+    ``False`` for none) each target must be a repo the lock pins, at its locked commit (no revision: the
+    locked commit), else a :class:`UsageError` naming the lockfile; exactly the locked files are carried, each
+    checked against the lock's size and sha256 as ``vcache verify --lock`` checks it, and the manifest carries
+    the lock entries of the exported repos.
 
     The files carried are those the snapshot holds (of those its tree listing names, when there is one).
     Raises :class:`~vcache.errors.VerificationFailed` (with ``reports``, every revision's verify report) when a
@@ -363,6 +380,8 @@ def plan_export(
         raise UsageError("name at least one REPO_ID[@REVISION] to export")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     parsed = [parse_target(t) for t in targets]  # every target checked before any is read
+    held = lock_in_effect(lock)
+    entries = {repo_id: held.require(repo_id, repo_type) for repo_id, _ in parsed} if held is not None else {}
     revisions: dict[str, dict[str, tuple[list[str], tuple[BundleFile, ...], Tree | None]]] = {}
     reports: list[PullReport] = []
     sources: dict[str, tuple[Path, int]] = {}
@@ -374,16 +393,22 @@ def plan_export(
                 "point --cache-dir at the cache that holds it",
                 repo_id=repo_id,
             )
-        commit = resolve_cached_commit(repo, revision)
+        locked = entries.get(repo_id)
+        commit = (
+            _locked_commit(repo, revision, locked, held) if locked else resolve_cached_commit(repo, revision)
+        )
         ref = revision if revision and not COMMIT_RE.fullmatch(revision) else None
-        if revision is None and repo.read_ref("main") == commit:
-            ref = "main"
+        if revision is None:
+            implied = locked.revision if locked and not COMMIT_RE.fullmatch(locked.revision) else "main"
+            ref = implied if repo.read_ref(implied) == commit else None
+        elif locked and ref and repo.read_ref(ref) != commit:
+            ref = None  # the lock's commit, not what the ref names in this cache: no ref is carried
         commits = revisions.setdefault(repo_id, {})
         if commit in commits:
             if ref and ref not in commits[commit][0]:
                 commits[commit][0].append(ref)
             continue
-        files, tree, report = _verified_files(repo, commit, revision)
+        files, tree, report = _verified_files(repo, commit, revision, locked, held)
         reports.append(report)
         commits[commit] = ([ref] if ref else [], files, tree)
         for f in files:
@@ -415,9 +440,36 @@ def plan_export(
                 ),
             )
             for repo_id, commits in revisions.items()
-        )
+        ),
+        lock=None if held is None else Lock(tuple(entries.values())),
     )
     return ExportPlan(manifest, tuple(reports), sources)
+
+
+def _locked_commit(repo: CacheRepo, revision: str | None, locked: LockedRepo, lock: Lock | None) -> str:
+    """The commit to export of a locked repo: the locked one, which the target must name (no revision, the
+    locked revision, or a revision that resolves to the locked commit in the cache) and the cache must hold;
+    a :class:`UsageError` naming the lockfile otherwise."""
+    where = lock.where if lock is not None else "the lockfile"
+    if revision is not None and revision not in (locked.revision, locked.commit):
+        commit = resolve_cached_commit(repo, revision)
+        if commit != locked.commit:
+            raise UsageError(
+                f"{repo.repo_id}@{revision} is commit {commit} in the cache, but the lockfile {where} pins "
+                f"{locked.name}@{locked.revision} (commit {locked.commit}); export {repo.repo_id}@"
+                f"{locked.commit}, or move the lock with `vcache lock {repo.repo_id}@{revision} -o {where}`",
+                repo_id=repo.repo_id,
+                lockfile=where,
+            )
+    if not repo.snapshot_dir(locked.commit).is_dir():
+        raise UsageError(
+            f"{locked.name} is locked at commit {locked.commit} in the lockfile {where}, which the cache at "
+            f"{repo.cache_dir} does not hold; nothing was exported. Fetch it with `vcache pull --lock {where} "
+            f"{repo.repo_id}`, then export again",
+            repo_id=repo.repo_id,
+            lockfile=where,
+        )
+    return locked.commit
 
 
 def _member(repo: CacheRepo, etag: str) -> str:
@@ -425,13 +477,20 @@ def _member(repo: CacheRepo, etag: str) -> str:
 
 
 def _verified_files(
-    repo: CacheRepo, commit: str, revision: str | None
+    repo: CacheRepo,
+    commit: str,
+    revision: str | None,
+    locked: LockedRepo | None = None,
+    lock: Lock | None = None,
 ) -> tuple[tuple[BundleFile, ...], Tree | None, PullReport]:
     """The files of a cached revision with their sizes, sha256 and blob names, once they verified (an empty
-    tuple when some did not: the report says which)."""
+    tuple when some did not: the report says which). With ``locked``, exactly its files, verified against
+    the lock too."""
     tree = repo.read_tree(commit)
     snapshot = repo.snapshot_dir(commit)
-    if tree is not None:
+    if locked is not None:
+        paths = [f.path for f in locked.files]
+    elif tree is not None:
         paths = [p for p in sorted(tree) if os.path.lexists(repo.snapshot_file(commit, p))]
     else:
         paths = sorted(
@@ -446,7 +505,11 @@ def _verified_files(
             f"{repo.repo_id}`)",
             snapshot_path=str(snapshot),
         )
-    report = verify_snapshot(repo, commit, only=paths, quarantine=False, revision=revision)
+    if locked is not None:
+        where = lock.where if lock is not None else "the lockfile"
+        report = verify_locked(repo, locked, quarantine=False, lockfile=where)
+    else:
+        report = verify_snapshot(repo, commit, only=paths, quarantine=False, revision=revision)
     if not report.ok:
         return (), tree, report
     files: list[BundleFile] = []
@@ -462,9 +525,13 @@ def _verified_files(
                 snapshot_path=str(snapshot),
             )
         source = _source(repo, commit, BundleFile(path, 0, "", etag))
+        pinned = locked.file(path) if locked is not None else None
         try:
             size = os.stat(source).st_size
-            sha256 = etag if len(etag) == 64 else hash_file(source, "sha256").hexdigest
+            if pinned is not None:  # verified against the lock just now
+                sha256 = pinned.sha256
+            else:
+                sha256 = etag if len(etag) == 64 else hash_file(source, "sha256").hexdigest
         except OSError as exc:
             raise translate_os_error(exc, f"reading {where}: {path}") from exc
         files.append(BundleFile(path, size, sha256, etag))
@@ -670,6 +737,8 @@ class _Settled:
     judgement: Judgement | None = None
     quarantine_id: str | None = None
     cached: bool = False
+    format: str | None = None
+    checks: tuple[str, ...] = ()
 
 
 def import_bundle(
@@ -680,6 +749,7 @@ def import_bundle(
     progress: Progress | None = None,
     name: str = "the bundle",
     pins: Mapping[tuple[str, str, str], str] | None = None,
+    lock: LockArg = None,
 ) -> list[PullReport]:
     """Import a bundle read from ``source`` (a binary file object; a pipe will do) into the cache; one report
     per revision, as a pull reports it.
@@ -688,8 +758,14 @@ def import_bundle(
     must have (a lock file's entries): a manifest that disagrees is refused before any byte is written, and
     since every byte is checked against the manifest, the bytes are held to the pins too.
 
+    ``lock`` (a lockfile path or :class:`~vcache.lockfile.Lock`; default ``VCACHE_LOCK``, ``False`` for none)
+    holds the bundle to a lock the same way, before any byte is written: every repo it carries must be one the
+    lock pins, at the locked commit, with exactly the locked files, each with the locked size and sha256. With
+    no lock, a bundle exported under one (its manifest carries lock entries) is held to those entries. An
+    unreadable or invalid lockfile raises :class:`UsageError` before the bundle is read.
+
     Raises :class:`~vcache.errors.BadBundle` when the bundle is refused (not a vcache bundle, truncated,
-    altered, unsafe names or links, or disagreeing with ``pins``): nothing of it was published then.
+    altered, unsafe names or links, or disagreeing with ``pins`` or the lock): nothing of it was published then.
     :class:`~vcache.errors.TransferError` subclasses for disk problems. Files that fail their checks are
     quarantined and reported (``report.ok`` is False), not raised; a revision's refs and tree listing are
     written only when every one of its files verified.
@@ -697,11 +773,12 @@ def import_bundle(
     t0 = time.monotonic()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     progress = progress or Progress()
+    held = lock_in_effect(lock)
     with contextlib.suppress(AttributeError, OSError, ValueError):
         widen_pipe(source.fileno())
     with _Staging() as staging:
         try:
-            manifest, blobs, received = _receive(source, root, strict, progress, staging, pins)
+            manifest, blobs, received = _receive(source, root, strict, progress, staging, pins, held)
         except _Refused as exc:
             raise BadBundle(
                 f"refusing {name}: {exc}. Nothing of it was published; copy the bundle again, or export it again "
@@ -723,6 +800,7 @@ def _receive(
     progress: Progress,
     staging: _Staging,
     pins: Mapping[tuple[str, str, str], str] | None,
+    lock: Lock | None = None,
 ) -> tuple[Manifest, dict[str, _Blob], dict[str, _Received]]:
     """Read the whole stream: the manifest, then every member into a judged temporary file (or past it, when
     its blob is already verified here). Raises :class:`_Refused` unless the stream was complete and sound."""
@@ -740,6 +818,10 @@ def _receive(
                     f"it does not begin with a {MANIFEST_NAME} of at most {MAX_MANIFEST_BYTES} bytes"
                 )
             manifest = _parse_manifest(b"".join(_chunks(tar, first)))
+            if lock is not None:
+                _held_to_lock(manifest, lock, f"the lockfile {lock.where}")
+            elif manifest.lock is not None:
+                _held_to_lock(manifest, manifest.lock, "the lock entries of its own manifest")
             blobs = _blob_table(manifest, root, pins)
             todo = [b for b in blobs.values() if not b.verified]
             progress.planned(sum(b.size for b in todo), len(todo))
@@ -784,6 +866,37 @@ def _parse_manifest(raw: bytes) -> Manifest:
         raise _Refused(f"its manifest is not UTF-8 JSON ({exc})") from exc
     except ValueError as exc:  # what Manifest.from_json found wrong
         raise _Refused(str(exc)) from exc
+
+
+def _held_to_lock(manifest: Manifest, lock: Lock, where: str) -> None:
+    """:class:`_Refused` naming the repo, commit or file, unless every revision the manifest lists is a locked
+    repo's locked commit with exactly its locked files, each of the locked size and sha256 (the bytes are
+    then held to the lock by the import's checks against the manifest)."""
+    for brepo in manifest.repos:
+        locked = lock.find(brepo.repo_id, brepo.repo_type)
+        if locked is None:
+            raise _Refused(f"it carries {brepo.repo_id} ({brepo.repo_type}), which {where} does not pin")
+        for rev in brepo.revisions:
+            at = f"{locked.name}@{rev.commit[:12]}"
+            if rev.commit != locked.commit:
+                raise _Refused(
+                    f"it carries {locked.name} at commit {rev.commit}, but {where} pins commit {locked.commit}"
+                )
+            carried = {f.path: f for f in rev.files}
+            for f in rev.files:
+                pinned = locked.file(f.path)
+                if pinned is None:
+                    raise _Refused(f"{at}: it carries {f.path}, which {where} does not pin")
+                if (pinned.size, pinned.sha256) != (f.size, f.sha256):
+                    raise _Refused(
+                        f"{at}: {f.path} is {f.size} bytes with sha256 {f.sha256} in the bundle, but "
+                        f"{pinned.size} bytes with sha256 {pinned.sha256} in {where}"
+                    )
+            absent = [f.path for f in locked.files if f.path not in carried]
+            if absent:
+                raise _Refused(
+                    f"{at}: {where} pins {len(absent)} file(s) the bundle does not carry (first: {absent[0]})"
+                )
 
 
 def _blob_table(
@@ -1040,7 +1153,7 @@ def _settle_repo(
                     errors.append(message)
                     files.append(FileReport(f.path, findings=(fail(NOT_FETCHED, message),), strict=strict))
                     continue
-                outcome = _Settled(rec.findings, cached=True)
+                outcome = _Settled(rec.findings, cached=True, format=rec.format, checks=rec.checks)
             if outcome.quarantine_id is not None:
                 repo.unlink(rev.commit, f.path)
                 files.append(
@@ -1072,6 +1185,8 @@ def _settle_repo(
                         cached=outcome.cached,
                         location=location,
                         strict=strict,
+                        format=outcome.format,
+                        checks=outcome.checks,
                     )
                 )
             progress.file_done(files[-1])
@@ -1130,16 +1245,31 @@ def _settle_blob(
         if kind == "file":
             rec = ledger.lookup(blob.etag, target)
             if rec is not None:  # another process published it meanwhile: ours is not needed
-                return _Settled(rec.findings, cached=True)
+                return _Settled(rec.findings, cached=True, format=rec.format, checks=rec.checks)
         elif kind is not None:
             entry = set_aside_blob(repo, commit, path, blob.etag, digest, kind)
             progress.message(f"{path}: its blob was a {kind}, not a regular file; set aside as {entry.id}")
         # (a blob that passed matched the manifest's sha256 too: the ledger keeps it, as a pull's records do)
         publish_verified(
-            repo, ledger, got.data_path, blob.etag, got.actual, got.findings, path, sha256=blob.sha256
+            repo,
+            ledger,
+            got.data_path,
+            blob.etag,
+            got.actual,
+            got.findings,
+            path,
+            format=got.judgement.format,
+            checks=got.judgement.checks,
+            sha256=blob.sha256,
         )
         staging.consumed(got.data_path)
-    return _Settled(got.findings, got.actual, judgement=got.judgement)
+    return _Settled(
+        got.findings,
+        got.actual,
+        judgement=got.judgement,
+        format=got.judgement.format,
+        checks=got.judgement.checks,
+    )
 
 
 class _Staging:

@@ -785,14 +785,28 @@ def gc_command(
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="HF cache root (default: HF_HUB_CACHE).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was exported as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option(
+    "--lock",
+    "lockfile",
+    type=click.Path(path_type=Path),
+    help="Export the locked commit and files of each REPO_ID, checked against this lockfile, and carry its "
+    "entries in the bundle (default: VCACHE_LOCK).",
+)
 def export_cmd(
-    targets: tuple[str, ...], output: str, repo_type: str, cache_dir: Path | None, as_json: bool, quiet: bool
+    targets: tuple[str, ...],
+    output: str,
+    repo_type: str,
+    cache_dir: Path | None,
+    as_json: bool,
+    quiet: bool,
+    lockfile: Path | None,
 ) -> None:
     """Write verified revisions from the cache into one tar bundle, for a machine without network.
 
     Only revisions whose every file verifies are exported (exit 1 otherwise, and nothing is written). Carry
     the bundle over and run `vcache import BUNDLE` there; `-o -` streams it, as in
-    `vcache export org/name -o - | ssh host vcache import -`.
+    `vcache export org/name -o - | ssh host vcache import -`. Under a lockfile (--lock or VCACHE_LOCK) each
+    REPO_ID must be locked and at its locked commit (exit 2 otherwise).
     """
     import time
 
@@ -809,7 +823,7 @@ def export_cmd(
         )
     t0 = time.monotonic()
     try:
-        plan = plan_export(list(targets), cache_dir=cache_dir, repo_type=repo_type)
+        plan = plan_export(list(targets), cache_dir=cache_dir, repo_type=repo_type, lock=lockfile)
     except VerificationFailed as exc:
         if as_json:
             reports = list(getattr(exc, "reports", ()))
@@ -869,11 +883,21 @@ def export_cmd(
 @click.option("--strict", is_flag=True, help="Treat warnings as failures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only what did not verify.")
-def import_cmd(bundle: str, cache_dir: Path | None, strict: bool, as_json: bool, quiet: bool) -> None:
+@click.option(
+    "--lock",
+    "lockfile",
+    type=click.Path(path_type=Path),
+    help="Refuse the bundle unless its repos, commits and files are those this lockfile pins "
+    "(default: VCACHE_LOCK).",
+)
+def import_cmd(
+    bundle: str, cache_dir: Path | None, strict: bool, as_json: bool, quiet: bool, lockfile: Path | None
+) -> None:
     """Import a bundle made by `vcache export` into the cache, checking every byte (BUNDLE - reads stdin).
 
     Files are published as a pull publishes them; one that fails its checks is quarantined (exit 1). A bundle
-    that is truncated, altered, or holds unsafe names or links is refused (exit 1) with nothing of it published.
+    that is truncated, altered, or holds unsafe names or links is refused (exit 1) with nothing of it published,
+    and so is one that disagrees with the lockfile (--lock or VCACHE_LOCK): every byte is held to the lock.
     """
     from vcache.bundle import import_bundle
     from vcache.config import default_cache_dir
@@ -897,7 +921,7 @@ def import_cmd(bundle: str, cache_dir: Path | None, strict: bool, as_json: bool,
     try:
         with source:
             reports = import_bundle(
-                source, cache_dir=cache_dir, strict=strict, progress=progress.sink, name=name
+                source, cache_dir=cache_dir, strict=strict, progress=progress.sink, name=name, lock=lockfile
             )
     except BadBundle as exc:
         progress.close()

@@ -252,6 +252,28 @@ class Lock:
             parts.append("\n".join(lines) + "\n")
         return "".join(parts)
 
+    def to_document(self) -> dict[str, Any]:
+        """The lockfile's content as plain data (the keys and values of its TOML text, optional ones left out
+        when unset); :meth:`from_document` reads it back."""
+        repos: list[dict[str, Any]] = []
+        for r in self.repos:
+            entry: dict[str, Any] = {
+                "id": r.repo_id,
+                "type": r.repo_type,
+                "revision": r.revision,
+                "commit": r.commit,
+                "include": list(r.include),
+                "exclude": list(r.exclude),
+            }
+            if r.signature is not None:
+                entry["signature"] = r.signature
+            entry["files"] = [
+                {"path": f.path, "size": f.size, "sha256": f.sha256}
+                for f in sorted(r.files, key=lambda f: f.path)
+            ]
+            repos.append(entry)
+        return {"version": LOCK_VERSION, "repo": repos}
+
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the canonical text to ``path`` atomically (nothing else is touched); returns the path. A device
         or a fifo (``-o /dev/stdout``) is written into, never replaced."""
@@ -276,6 +298,15 @@ class Lock:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise _bad(where, f"is not valid TOML: {exc}") from None
+        return cls.from_document(doc, where, source)
+
+    @classmethod
+    def from_document(cls, doc: object, where: str, source: str | os.PathLike[str] | None = None) -> Lock:
+        """A lock from its parsed document (the tables of the TOML text, or the same keys in JSON, as a bundle
+        manifest carries them: :meth:`to_document`), checked as strictly as :meth:`parse` checks the text;
+        :class:`UsageError` naming ``where`` (``lockfile <path>``) and the entry on any problem."""
+        if not isinstance(doc, dict):
+            raise _bad(where, "is not a table of `version` and [[repo]] entries")
         _only_keys(doc, ("version", "repo"), where, "the top level")
         version = doc.get("version")
         if type(version) is not int:

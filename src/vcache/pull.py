@@ -339,17 +339,22 @@ def _ticking(watch: ProgressWatch) -> Iterator[None]:
         stop.set()
 
 
-def _pin_for(lock: LockArg, repo_id: str, repo_type: str, revision: str | None) -> _Pin | None:
-    """The lock entry this pull follows (None: no lock); UsageError when the lock does not pin the request."""
+def lock_in_effect(lock: LockArg) -> Lock | None:
+    """The lock a call applies: ``lock`` itself, the lockfile at that path, else the one ``VCACHE_LOCK`` names;
+    None for ``False`` or when there is none. A lockfile that cannot be read or is invalid: :class:`UsageError`."""
     if lock is False:
         return None
     if isinstance(lock, Lock):
-        parsed = lock
-    else:
-        path = resolve_lock_path(lock)
-        if path is None:
-            return None
-        parsed = read_lock(path)
+        return lock
+    path = resolve_lock_path(lock)
+    return read_lock(path) if path is not None else None
+
+
+def _pin_for(lock: LockArg, repo_id: str, repo_type: str, revision: str | None) -> _Pin | None:
+    """The lock entry this pull follows (None: no lock); UsageError when the lock does not pin the request."""
+    parsed = lock_in_effect(lock)
+    if parsed is None:
+        return None
     entry = parsed.require(repo_id, repo_type)
     if revision is not None and revision not in (entry.revision, entry.commit):
         raise UsageError(
@@ -1563,6 +1568,7 @@ __all__ = [
     "Progress",
     "PullOptions",
     "hf_hub_download",
+    "lock_in_effect",
     "lock_repo",
     "pull",
     "raise_for_report",

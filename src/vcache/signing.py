@@ -27,7 +27,9 @@ Finding codes (every one a failure, so the pull fails and writes no ref):
                          file of the snapshot is not signed and no ignore rule of the signature covers it
 =======================  ==================================================================================
 
-and ``signature.verified`` (info) on the signature file when everything matched.
+and ``signature.verified`` (info) on the signature file when everything matched, ``signature.not_checked``
+(warning, :func:`not_checked`) when a check that was required could not be made (sigstore offline, in
+``vcache verify --lock``).
 
 It must never import ``model_signing`` (or sigstore, cryptography, pyOpenSSL) at import time — ``import vcache``
 stays free of them —, report a pass for a check it could not make (sigstore without its trust root is an
@@ -50,7 +52,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from vcache.errors import TransferError, UsageError
 from vcache.hashing import Digest, sha256_of_git_file
-from vcache.report import FileReport, Finding, PullReport, Verdict, fail, info
+from vcache.report import FileReport, Finding, PullReport, Verdict, fail, info, warn
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ __all__ = [
     "SIGNATURE_FILE",
     "SignatureCheck",
     "SignatureMethod",
+    "not_checked",
     "parse_method",
     "prepare",
     "verified_sha256",
@@ -334,6 +337,14 @@ def verified_sha256(report: PullReport) -> dict[str, Digest | None]:
         except OSError:
             out[fr.path] = None
     return out
+
+
+def not_checked(report: PullReport, method: SignatureMethod, message: str) -> PullReport:
+    """``report`` with a ``signature.not_checked`` warning on the signature file: ``method`` was required but
+    could not be checked (``message`` says why and how to check it), so the report never reads as a pass of
+    it."""
+    finding = warn("signature.not_checked", message, method=str(method))
+    return _attach(report, {SIGNATURE_FILE: [finding]})
 
 
 def _attach(report: PullReport, findings: Mapping[str, list[Finding]]) -> PullReport:
