@@ -30,13 +30,11 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
-from vcache.checks import StreamingCheck
-from vcache.checks.judge import MISMATCH_CODES, Judgement, judge, parsed_headers, still_stands
 from vcache.checks.pickles import parse_allow_imports
 from vcache.cluster import start_jitter
 from vcache.config import (
@@ -69,7 +67,6 @@ from vcache.hub import (
 )
 from vcache.ledger import Ledger
 from vcache.locks import blob_lock, is_writable_dir, lease_seconds, lock_timeout, wait_for_other_writer
-from vcache.quarantine import QuarantineEntry, quarantine_file
 from vcache.report import (
     NOT_FETCHED,
     FileReport,
@@ -81,18 +78,13 @@ from vcache.report import (
     info,
 )
 from vcache.retry import ProgressWatch
-from vcache.signing import SignatureCheck, SignatureMethod
-from vcache.signing import prepare as prepare_signature
-from vcache.transfer import FetchResult, FetchSpec, Transfer
 from vcache.usage import use
-from vcache.verify import (
-    attach_repo_findings,
-    blob_not_regular,
-    require_complete,
-    resolve_cached_commit,
-    verify_in_place,
-    verify_snapshot,
-)
+
+if TYPE_CHECKING:  # what the first request does not need is imported when used (see _import_later)
+    from vcache.checks.judge import Judgement
+    from vcache.quarantine import QuarantineEntry
+    from vcache.signing import SignatureCheck, SignatureMethod
+    from vcache.transfer import FetchResult, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +205,11 @@ def pull(
         validate_revision(revision)
     if files is not None and not files:
         raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
-    signature = prepare_signature(verify_signature) if verify_signature is not None else None
+    signature = None
+    if verify_signature is not None:
+        from vcache.signing import prepare as prepare_signature
+
+        signature = prepare_signature(verify_signature)
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
     try:
@@ -279,6 +275,8 @@ def _pull_offline(
     allow_imports: Collection[str],
     signature: SignatureCheck | None = None,
 ) -> PullReport:
+    from vcache.verify import require_complete, resolve_cached_commit, verify_snapshot
+
     commit = resolve_cached_commit(repo, revision)
     tree = repo.read_tree(commit)
     only: list[str] | None = None
@@ -323,8 +321,20 @@ def _judged_last(path: str) -> bool:
     return path.lower().endswith(".onnx")
 
 
-def _import_scan() -> None:
-    import vcache.checks.tensors  # noqa: F401 - imported for its side effect (numpy loaded)
+def _import_later() -> None:
+    """Import what a pull needs after its first request (the transfer, the checks, numpy for the content
+    scan) while the Hub answers, not in the middle of the first downloads."""
+    import importlib
+
+    # numpy (imported by the tensor scan) last: the transfer is needed first.
+    for name in (
+        "vcache.transfer",
+        "vcache.checks.judge",
+        "vcache.verify",
+        "vcache.quarantine",
+        "vcache.checks.tensors",
+    ):
+        importlib.import_module(name)
 
 
 def _pat(p: str | Sequence[str] | None) -> list[str] | None:
@@ -392,9 +402,10 @@ class _Puller:
     ) -> PullReport:
         t0 = time.monotonic()
         s = self.settings
-        # The content scan needs numpy: import it while the Hub answers the listing, not in the middle of
-        # the first downloads (where it takes 0.1-0.2 s of CPU the transfer's ramp-up would misread).
-        threading.Thread(target=_import_scan, name="vcache-import", daemon=True).start()
+        # The transfer and the checks (the content scan needs numpy) are imported while the Hub answers the
+        # listing, not in the middle of the first downloads (where numpy takes 0.1-0.2 s of CPU the transfer's
+        # ramp-up would misread).
+        threading.Thread(target=_import_later, name="vcache-import", daemon=True).start()
         start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
         ts = self.transfer_settings
@@ -467,6 +478,8 @@ class _Puller:
         judged: list[Judgement] = []  # files judged now and published: their headers go to the repo checks
         if to_fetch:
             # partial staleness = the lease length; the give-up budget is the pull's, not the Transfer's own
+            from vcache.transfer import Transfer
+
             with Transfer(
                 endpoint=s.endpoint,
                 token=s.token,
@@ -519,6 +532,9 @@ class _Puller:
                             self.progress.file_done(rep)
         ordered_reports = [reports[f.path] for f in remote]
         snapshot = self.repo.snapshot_dir(commit)
+        from vcache.checks.judge import parsed_headers
+        from vcache.verify import attach_repo_findings
+
         ordered_reports = attach_repo_findings(
             snapshot,
             ordered_reports,
@@ -585,6 +601,8 @@ class _Puller:
     # -- planning ---------------------------------------------------------------------------------------------
     def _cached_report(self, commit: str, f: RemoteFile) -> FileReport | None:
         """A report for a file already verified in the cache (linking it if needed), else None (fetch it)."""
+        from vcache.checks.judge import still_stands
+
         if self.force:
             return None
         blob = self.repo.blob_path(f.etag)
@@ -612,6 +630,8 @@ class _Puller:
     def _verified_in_place(self, commit: str, f: RemoteFile) -> FileReport | None:
         """On a read-only cache: the file the snapshot serves, hashed against the listing's digest and checked
         where it is (nothing written or moved); None when the snapshot does not serve it."""
+        from vcache.verify import verify_in_place
+
         rep = verify_in_place(
             self.repo,
             commit,
@@ -667,6 +687,9 @@ class _Puller:
     ) -> tuple[FileReport, Judgement | None] | None:
         """A blob is already there (another process, or huggingface_hub): trust it only after checking it.
         None when it failed (it is quarantined: fetch the file)."""
+        from vcache.checks.judge import judge, still_stands
+        from vcache.quarantine import quarantine_file
+
         rec = self.ledger.lookup(f.etag, blob)
         judgement = None
         if rec is not None and still_stands(rec.findings, self.opts.allow_imports):
@@ -719,6 +742,11 @@ class _Puller:
     def _download(
         self, transfer: Transfer, commit: str, f: RemoteFile
     ) -> tuple[FileReport, Judgement | None]:
+        from vcache.checks import StreamingCheck
+        from vcache.checks.judge import judge
+        from vcache.quarantine import quarantine_file
+        from vcache.transfer import FetchSpec
+
         repo, s = self.repo, self.settings
         spec = FetchSpec(
             url=resolve_url(s.endpoint, repo.repo_id, commit, f.path, s.repo_type),
@@ -868,6 +896,9 @@ def set_aside_blob(
     directory), so a verified copy can take its place: never followed or trusted, it is moved as it is (the
     link itself moves; whatever it points to is left alone), and ``path``'s snapshot entry is removed first
     so no reader gets what it leads to meanwhile."""
+    from vcache.quarantine import quarantine_file
+    from vcache.verify import blob_not_regular
+
     finding = blob_not_regular(repo, path, etag, kind)
     repo.unlink(commit, path)
     return quarantine_file(
@@ -909,6 +940,8 @@ def publish_verified(
 
 def _damage_summary(findings: Sequence[Finding]) -> str:
     """``digest_mismatch; tensor.zero_rows in <tensor>``: the transport failure and what the bytes showed."""
+    from vcache.checks.judge import MISMATCH_CODES
+
     codes = [x.code for x in findings if x.code in MISMATCH_CODES]
     forensic = next((x for x in findings if x.tensor and x.severity is not Severity.INFO), None)
     if forensic is None:
@@ -1038,6 +1071,8 @@ def raise_for_report(report: PullReport) -> None:
     (offline, not in the cache) raise :class:`IncompleteSnapshot` instead, as huggingface_hub raises its
     ``IncompleteSnapshotError`` there: nothing's bytes were judged bad.
     """
+    from vcache.verify import require_complete
+
     if report.errors and not report.judged_bad:
         raise TransferError("; ".join(report.errors), repo_id=report.repo_id)
     failed = report.failed
