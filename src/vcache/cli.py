@@ -19,7 +19,6 @@ import click
 
 from vcache._version import __version__
 from vcache.config import limit_blas_threads
-from vcache.console import TqdmProgress, print_table
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
 from vcache.report import PullReport, Severity, Verdict, human_bytes
 
@@ -115,6 +114,7 @@ def pull(
     allow_imports: tuple[str, ...],
 ) -> None:
     """Download REPO_ID, verifying every file; exit 1 if any file fails verification."""
+    from vcache.console import TqdmProgress
     from vcache.pull import pull as do_pull
 
     progress = TqdmProgress(quiet or as_json)
@@ -146,6 +146,8 @@ def pull(
 
 
 def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summary: bool = False) -> NoReturn:
+    from vcache.console import print_table
+
     code = _exit_code(reports)
     if as_json:
         doc: Any = (
@@ -643,6 +645,7 @@ def export_cmd(
     import time
 
     from vcache.bundle import FdSink, plan_export, write_bundle, write_bundle_file
+    from vcache.console import TqdmProgress
     from vcache.errors import VerificationFailed
 
     to_stdout = output == "-"
@@ -723,6 +726,7 @@ def import_cmd(bundle: str, cache_dir: Path | None, strict: bool, as_json: bool,
     """
     from vcache.bundle import import_bundle
     from vcache.config import default_cache_dir
+    from vcache.console import TqdmProgress, print_table
     from vcache.errors import BadBundle
 
     if bundle == "-":

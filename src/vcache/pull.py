@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub.utils._paths import filter_repo_objects
 
 from vcache.cache import CacheRepo, entry_kind, translate_os_error
-from vcache.checks.pickles import parse_allow_imports
 from vcache.cluster import start_jitter
 from vcache.config import (
     Settings,
@@ -212,10 +211,15 @@ def pull(
         signature = prepare_signature(verify_signature)
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
-    try:
-        opts.allow_imports = parse_allow_imports((*opts.allow_imports, *allow_imports))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    wanted = (*opts.allow_imports, *allow_imports)
+    if wanted:  # none: the pickle module is not needed before the first request
+        from vcache.checks.pickles import parse_allow_imports
+
+        try:
+            wanted = parse_allow_imports(wanted)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    opts.allow_imports = wanted
     settings = resolve_settings(
         endpoint=endpoint,
         cache_dir=cache_dir,
