@@ -135,3 +135,43 @@ def test_a_fixed_number_of_connections_never_ramps() -> None:
     link = Link(cap=4, adaptive=False)
     assert link.ramp.target == 4 and link.ramp.frozen
     assert [link.window() for _ in range(4)] == [4, 4, 4, 4]
+
+
+# -- a capped link: connections that wait for bytes nearly all the time (_LINK_STRONG) -----------------------
+
+
+def test_a_capped_link_reaches_16_connections_in_three_windows() -> None:
+    """The first window votes, the second steps to 4, and 4 connections bringing 4 times the bytes go to 16."""
+    link = Link()
+    assert [link.window(waiting=0.99) for _ in range(3)] == [1, 4, 16]
+    assert link.ramp.frozen
+
+
+def test_once_each_connection_kept_its_rate_a_busy_cpu_does_not_hold_the_step_to_the_cap() -> None:
+    """Four connections brought four times the bytes: more connections demonstrably help, busy CPU or not."""
+    link = Link()
+    assert [link.window(waiting=0.99) for _ in range(2)] == [1, 4]
+    assert link.window(waiting=0.99, idle=0.02) == 16
+
+
+def test_a_busy_cpu_still_holds_the_first_step_of_a_capped_link() -> None:
+    """Before any step has shown that connections bring bytes, waiting on a busy CPU may be waiting for it."""
+    link = Link()
+    targets = [link.window(waiting=0.99, idle=0.02, seconds=_RAMP_RECHECK) for _ in range(10)]
+    assert targets == [1] * 10 and not link.ramp.frozen and link.ramp.votes == 0
+
+
+def test_a_strong_first_window_is_only_a_vote() -> None:
+    """A first window that looks capped (a start-up moment) must be confirmed by the next one."""
+    link = Link()
+    assert link.window(waiting=0.99) == 1 and link.ramp.votes == 1
+    assert link.window(waiting=0.6) == 1 and link.ramp.votes == 0  # an unthrottled loopback: held at one
+    assert not link.ramp.frozen and link.ramp.hold_until > link.clock.monotonic()
+
+
+def test_straight_to_the_cap_only_when_each_connection_kept_its_rate() -> None:
+    """Four connections bringing twice the bytes (each at half its rate) step again only after two votes."""
+    link = Link()
+    assert [link.window(waiting=0.99) for _ in range(2)] == [1, 4]
+    half = 5 * MB / 2
+    assert [link.window(waiting=0.99, per_connection=half) for _ in range(2)] == [4, 16]

@@ -19,7 +19,6 @@ import click
 
 from vcache._version import __version__
 from vcache.config import limit_blas_threads
-from vcache.console import TqdmProgress, print_table
 from vcache.errors import HubError, TransferError, UsageError, VcacheError
 from vcache.report import PullReport, Severity, Verdict, human_bytes
 
@@ -128,6 +127,7 @@ def pull(
     signature method the lock records for a repo is required (--verify-signature, if given, must match it).
     """
     from vcache.config import resolve_lock_path
+    from vcache.console import TqdmProgress
     from vcache.lockfile import read_lock
     from vcache.pull import pull as do_pull
 
@@ -174,6 +174,8 @@ def pull(
 
 
 def _finish(reports: list[PullReport], as_json: bool, quiet: bool, *, pull_summary: bool = False) -> NoReturn:
+    from vcache.console import print_table
+
     code = _exit_code(reports)
     if as_json:
         doc: Any = (
@@ -464,6 +466,7 @@ def lock(
     commit of their recorded revision, and what changed is printed (a signature method recorded for the
     repo is required again). Nothing is written unless every file verified (exit 1 otherwise).
     """
+    from vcache.console import TqdmProgress, print_table
     from vcache.lockfile import Lock, LockDiff
     from vcache.pull import lock_repo
 
@@ -811,6 +814,7 @@ def export_cmd(
     import time
 
     from vcache.bundle import FdSink, plan_export, write_bundle, write_bundle_file
+    from vcache.console import TqdmProgress
     from vcache.errors import VerificationFailed
 
     to_stdout = output == "-"
@@ -901,6 +905,7 @@ def import_cmd(
     """
     from vcache.bundle import import_bundle
     from vcache.config import default_cache_dir
+    from vcache.console import TqdmProgress, print_table
     from vcache.errors import BadBundle
 
     if bundle == "-":

@@ -10,7 +10,14 @@ A file starts with one connection. The ramp measures windows of ``_RAMP_INTERVAL
 
 The first window after the connections start receiving decides nothing (TCP slow start, the pull's own
 start-up). A file held back because it was not link-bound, or no CPU was idle, is measured again
-``_RAMP_RECHECK`` seconds later; a step that did not pay twice in a row ends the ramp. So capped CDN
+``_RAMP_RECHECK`` seconds later; a step that did not pay twice in a row ends the ramp.
+
+Connections that wait for bytes nearly all the time (``_LINK_STRONG``) cost almost no CPU: a capped link.
+Such a window counts as a vote even when it is the first; and when the last step multiplied the throughput
+nearly by the number of connections it added (``_RAMP_FLAT``: each connection kept its rate), the next step
+goes straight to the cap without a second vote, busy CPU or not (more connections demonstrably brought more
+bytes; the idle-CPU test is only a proxy for that). A 512 MiB file at 50 MB/s per connection is over in ~1.5 s: its connections must be open
+within the first 0.2-0.3 s. So capped CDN
 connections get many (1 GiB at a 50 MB/s cap per connection: ~390 MB/s on 2 cores), while an unthrottled
 loopback, or several files at once on a busy machine, stay at one per file (extra connections there only
 cost CPU).
@@ -42,6 +49,12 @@ _RAMP_VOTES = 2  # measuring windows in a row that must call for a step before i
 #: and more of them help. Measured: ~100% on a capped link; 50-65% on an unthrottled loopback, where the
 #: rest is the client's own copying and writing and more connections only add CPU work.
 _LINK_BOUND = 0.8
+#: At least this share: the link is the limit beyond doubt (a capped link waits ~100%), so the first window
+#: counts as a vote.
+_LINK_STRONG = 0.97
+#: A step whose throughput grew by at least this share of the connections it multiplied (4 connections: 3.2x)
+#: left each connection its rate: the next step goes to the cap at once.
+_RAMP_FLAT = 0.8
 
 CpuTimes = Callable[[], tuple[int, int] | None]
 
@@ -124,25 +137,30 @@ class _Ramp:
         waiting = (waited - self.waited) / (elapsed * max(1, running))
         idle = _cpu_idle_share(self.cpu, self._read_cpu())
         self._window(now, received, waited)
+        strong = waiting >= _LINK_STRONG
         if not self.warmed:
             # The first window after the connections start receiving sees TCP slow start and the start-up
-            # of the whole pull (imports, other files' first bytes): it decides nothing.
+            # of the whole pull (imports, other files' first bytes): it decides nothing, but connections
+            # waiting for the link nearly all the time count as a first vote (the next window confirms).
             self.warmed = True
+            self.votes = 1 if strong and not (idle is not None and idle < _CPU_IDLE_MIN) else 0
             return
         helped = self.prev is None or rate > _RAMP_GAIN * self.prev
-        if waiting < _LINK_BOUND or (idle is not None and idle < _CPU_IDLE_MIN):
+        # Each connection kept its rate through the last step: a per-connection cap, straight to the cap.
+        flat = strong and self.prev is not None and rate >= _RAMP_FLAT * _RAMP_STEP * self.prev
+        if waiting < _LINK_BOUND or (not flat and idle is not None and idle < _CPU_IDLE_MIN):
             # The link is not the limit now (loopback, LAN, a busy disk, or this process busy hashing a
             # resumed partial), or no CPU is idle (connections then wait for a CPU, not for the link:
             # several files at once, or a server on this machine): more connections would only cost
             # CPU. Look again in a while.
             self.hold_until = now + _RAMP_RECHECK
             self.votes = 0
-        elif helped and self.votes + 1 < _RAMP_VOTES:
+        elif helped and not flat and self.votes + 1 < _RAMP_VOTES:
             self.votes += 1  # one window may be a passing moment (a disk flush, a GC pause): confirm
         elif helped:
             self.votes = 0
             self.prev = rate
-            self.target = min(self.cap, self.target * _RAMP_STEP)
+            self.target = self.cap if flat else min(self.cap, self.target * _RAMP_STEP)
             self.frozen = self.target >= self.cap
             self.strikes = 0
         else:
