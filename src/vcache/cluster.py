@@ -23,12 +23,10 @@ import grp
 import importlib.util
 import json
 import os
-import random
 import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,10 +39,10 @@ from vcache.config import (
     DEFAULT_ENDPOINT,
     default_hf_home,
     endpoint_variable,
-    env_float,
     environment_values,
     hf_token_path,
     offline_variable,
+    start_jitter_seconds,
     xet_disabled,
 )
 from vcache.errors import UsageError
@@ -58,6 +56,7 @@ from vcache.locks import (
     lock_timeout,
 )
 from vcache.report import Finding, Severity, fail, human_bytes, info, warn
+from vcache.retry import start_jitter as _start_jitter
 
 ENV_FILE = "vcache.env"
 LOCKS_DIR = ".locks"
@@ -71,26 +70,10 @@ _EXAMPLES = 3
 
 # -- start jitter ------------------------------------------------------------------------------------------------
 
-_jitter_lock = threading.Lock()
-_jitter_done = False
-
-
 def start_jitter(*, sleep: bool = True) -> float:
-    """Sleep a random ``0..VCACHE_START_JITTER`` seconds, once per process; return the delay chosen.
-
-    Call it before the first Hub request. Later calls return 0 at once, so a process that pulls many repos
-    waits only once. Unset or 0: no delay.
-    """
-    global _jitter_done
-    spread = env_float("VCACHE_START_JITTER", 0.0)
-    with _jitter_lock:
-        if _jitter_done or spread <= 0:
-            return 0.0
-        _jitter_done = True
-        delay = random.uniform(0.0, spread)
-    if sleep:
-        time.sleep(delay)
-    return delay
+    """Sleep a random ``0..VCACHE_START_JITTER`` seconds, once per process; return the delay chosen
+    (:func:`vcache.retry.start_jitter` with the configured spread)."""
+    return _start_jitter(start_jitter_seconds(), sleep=sleep)
 
 
 # -- lock probes -------------------------------------------------------------------------------------------------

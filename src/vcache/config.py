@@ -60,6 +60,12 @@ def env_float(name: str, default: float) -> float:
         return default
 
 
+def start_jitter_seconds() -> float:
+    """The spread of the random delay before a process's first Hub request (``VCACHE_START_JITTER``, default
+    0: none)."""
+    return env_float("VCACHE_START_JITTER", 0.0)
+
+
 def give_up_seconds() -> float:
     """Seconds a pull waits for a Hub that says nothing before it gives up (``VCACHE_GIVE_UP_SECONDS``).
 

@@ -51,13 +51,13 @@ from vcache.checks.judge import (
     still_stands,
 )
 from vcache.checks.pickles import parse_allow_imports
-from vcache.cluster import start_jitter
 from vcache.config import (
     Settings,
     TransferSettings,
     give_up_seconds,
     resolve_lock_path,
     resolve_settings,
+    start_jitter_seconds,
 )
 from vcache.errors import (
     CacheNotWritable,
@@ -106,7 +106,7 @@ from vcache.report import (
     fail,
     info,
 )
-from vcache.retry import ProgressWatch
+from vcache.retry import ProgressWatch, start_jitter
 from vcache.signing import SignatureCheck, SignatureMethod, parse_method
 from vcache.signing import prepare as prepare_signature
 from vcache.transfer import FetchResult, FetchSpec, Transfer
@@ -594,7 +594,7 @@ class _Puller:
         # The content scan needs numpy: import it while the Hub answers the listing, not in the middle of
         # the first downloads (where it takes 0.1-0.2 s of CPU the transfer's ramp-up would misread).
         threading.Thread(target=_import_scan, name="vcache-import", daemon=True).start()
-        start_jitter()  # VCACHE_START_JITTER: N nodes started together do not all ask the Hub at once
+        start_jitter(start_jitter_seconds())  # N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
         ts = self.transfer_settings
         # Under a lock: locked files refused before any byte moved, and lock.unlisted notes (after the repo

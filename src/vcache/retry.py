@@ -48,6 +48,7 @@ __all__ = [
     "describe_failure",
     "exhausted",
     "parse_retry_after",
+    "start_jitter",
 ]
 
 _log = logging.getLogger(__name__)
@@ -412,3 +413,25 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         # An HTTP date is always GMT; servers that drop the zone still mean GMT.
         parsed = parsed.replace(tzinfo=datetime.UTC)
     return max(0.0, parsed.timestamp() - now)
+
+
+_jitter_lock = threading.Lock()
+_jitter_done = False
+
+
+def start_jitter(spread: float, *, sleep: bool = True) -> float:
+    """Sleep a random ``0..spread`` seconds, once per process; return the delay chosen.
+
+    Call it before the first Hub request, so that N processes started together (a cluster job) do not all ask
+    the Hub at once. Later calls return 0 at once, so a process that pulls many repos waits only once.
+    ``spread`` 0 or less: no delay. The clock of this wait is the real one: it happens before any request.
+    """
+    global _jitter_done
+    with _jitter_lock:
+        if _jitter_done or spread <= 0:
+            return 0.0
+        _jitter_done = True
+        delay = random.uniform(0.0, spread)
+    if sleep:
+        time.sleep(delay)
+    return delay

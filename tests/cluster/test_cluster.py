@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from filelock._soft import encode_marker
 from tests.cluster.conftest import finish, spawn, tree_listing
 
-from vcache import cluster
+from vcache import cluster, retry
 from vcache.cluster import SharedLayout, doctor, format_finding, init_shared_cache, probe_lock_exclusion
 from vcache.cluster_cli import cluster as cluster_group
 from vcache.locks import LockMode, lease_path
@@ -235,7 +235,7 @@ def test_doctor_on_a_missing_path_fails(tmp_path: Path) -> None:
 
 
 def test_start_jitter_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cluster, "_jitter_done", False)
+    monkeypatch.setattr(retry, "_jitter_done", False)
     monkeypatch.setenv("VCACHE_START_JITTER", "0")
     assert cluster.start_jitter(sleep=False) == 0.0
     monkeypatch.setenv("VCACHE_START_JITTER", "5")
@@ -489,13 +489,13 @@ def test_pull_takes_its_herd_settings_from_the_environment(
         return real_transfer(**kwargs)
 
     monkeypatch.setattr(pull_module, "Transfer", spy)
-    monkeypatch.setattr(cluster, "_jitter_done", False)
+    monkeypatch.setattr(retry, "_jitter_done", False)
     monkeypatch.setenv("VCACHE_MAX_CONNECTIONS", "3")
     monkeypatch.setenv("VCACHE_LEASE_SECONDS", "12")
     monkeypatch.setenv("VCACHE_START_JITTER", "0.05")
     assert vcache.pull(SIX_SHARDS, endpoint=six_hub.endpoint, cache_dir=tmp_path / "c").ok
     assert seen["max_connections"] == 3 and seen["stale_after"] == 12.0
-    assert cluster._jitter_done  # the pull waited its random start once
+    assert retry._jitter_done  # the pull waited its random start once
 
 
 def test_doctor_fails_on_an_unknown_lock_mode(shared_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
