@@ -23,7 +23,7 @@ from vcache.errors import HubError, TransferError, UsageError, VcacheError
 from vcache.report import PullReport, Severity, Verdict, human_bytes
 
 if TYPE_CHECKING:
-    from vcache.lifecycle import Plan, Removal, Skip
+    from vcache.lifecycle import CleanupReport, Plan, Removal, Skip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSFER = 0, 1, 2, 3
 
@@ -646,6 +646,23 @@ def _confirm_or_refuse(yes: bool, what: str) -> bool:
     return click.confirm(f"{what}?", default=False)
 
 
+def _carry_out(plan: Plan, yes: bool) -> CleanupReport:
+    """Confirm (see :func:`_confirm_or_refuse`), remove what ``plan`` says, and print what was freed; exits 0
+    when the user declines, 3 when the removal fails."""
+    from vcache.lifecycle import run_plan, summarize
+
+    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
+        click.echo("nothing removed")
+        sys.exit(EXIT_OK)
+    try:
+        report = run_plan(plan)
+    except (VcacheError, OSError) as exc:
+        _die(exc, EXIT_TRANSFER)
+    _show_plan(report.removed, report.skipped, done=True)
+    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+    return report
+
+
 def _warn_if_unprotected(plan: Plan) -> None:
     from vcache.locks import LockMode
 
@@ -673,7 +690,7 @@ def rm_command(target: str, repo_type: str, cache_dir: Path | None, yes: bool, d
     Blobs another revision links stay; so does the quarantine. A revision a process is using (pull, verify,
     from_pretrained, vcache.use) is kept and named; exit 3 when that happens.
     """
-    from vcache.lifecycle import plan_removal, run_plan, summarize
+    from vcache.lifecycle import plan_removal
 
     repo_id, at, revision = target.partition("@")
     try:
@@ -693,15 +710,7 @@ def rm_command(target: str, repo_type: str, cache_dir: Path | None, yes: bool, d
         kept = any(s.kind == "revision" for s in plan.skipped)
         sys.exit(EXIT_TRANSFER if kept and not dry_run else EXIT_OK)
     _show_plan(plan.removals, plan.skipped, done=False)
-    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
-        click.echo("nothing removed")
-        sys.exit(EXIT_OK)
-    try:
-        report = run_plan(plan)
-    except (VcacheError, OSError) as exc:
-        _die(exc, EXIT_TRANSFER)
-    _show_plan(report.removed, report.skipped, done=True)
-    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+    report = _carry_out(plan, yes)
     sys.exit(EXIT_TRANSFER if any(s.kind == "revision" for s in report.skipped) else EXIT_OK)
 
 
@@ -745,7 +754,7 @@ def gc_command(
 
     Repos a process is using (pull, verify, from_pretrained, vcache.use, on any node) are left alone.
     """
-    from vcache.lifecycle import parse_duration, parse_size, plan_gc, run_plan, summarize
+    from vcache.lifecycle import parse_duration, parse_size, plan_gc
 
     root = _cache(cache_dir)
     try:
@@ -766,15 +775,8 @@ def gc_command(
     if not plan.removals:
         click.echo("nothing to remove")
         sys.exit(EXIT_OK)
-    if not _confirm_or_refuse(yes, f"remove {summarize(plan.removals)} ({human_bytes(plan.freed)})"):
-        click.echo("nothing removed")
-        sys.exit(EXIT_OK)
-    try:
-        report = run_plan(plan)
-    except (VcacheError, OSError) as exc:
-        _die(exc, EXIT_TRANSFER)
-    _show_plan(report.removed, report.skipped, done=True)
-    click.echo(f"freed {human_bytes(report.freed)}: {summarize(report.removed)}")
+    _carry_out(plan, yes)
+
 
 # -- air-gapped transfer: export / import ---------------------------------------------------------------------
 
