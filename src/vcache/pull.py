@@ -83,7 +83,7 @@ from vcache.hub import (
     validate_repo_id,
     validate_revision,
 )
-from vcache.ledger import Ledger
+from vcache.ledger import Ledger, LedgerRecord
 from vcache.lockfile import (
     Lock,
     LockedFile,
@@ -905,17 +905,7 @@ class _Puller:
             if self.read_only:
                 return None  # cannot link it: only what the snapshot serves counts
             self.repo.link(commit, f.path, f.etag)
-        return FileReport(
-            f.path,
-            f.size,
-            str(f.digest),
-            rec.findings,
-            cached=True,
-            location=str(self.repo.snapshot_file(commit, f.path)),
-            strict=self.opts.strict,
-            format=rec.format,
-            checks=rec.checks,
-        )
+        return self._remembered(commit, f.path, f.size, str(f.digest), rec)
 
     def _cached_locked(self, commit: str, f: RemoteFile, lf: LockedFile) -> FileReport | None:
         """Under a lock: a blob the ledger vouches for whose verified sha256 is the locked one (under the
@@ -931,18 +921,22 @@ class _Puller:
                 if self.read_only:
                     continue
                 self.repo.link(commit, f.path, name)
-            return FileReport(
-                f.path,
-                lf.size,
-                str(lf.digest),
-                rec.findings,
-                cached=True,
-                location=str(self.repo.snapshot_file(commit, f.path)),
-                strict=self.opts.strict,
-                format=rec.format,
-                checks=rec.checks,
-            )
+            return self._remembered(commit, f.path, lf.size, str(lf.digest), rec)
         return None
+
+    def _remembered(self, commit: str, path: str, size: int, digest: str, rec: LedgerRecord) -> FileReport:
+        """The report of a file linked from a blob its ledger record vouches for (nothing read)."""
+        return FileReport(
+            path,
+            size,
+            digest,
+            rec.findings,
+            cached=True,
+            location=str(self.repo.snapshot_file(commit, path)),
+            strict=self.opts.strict,
+            format=rec.format,
+            checks=rec.checks,
+        )
 
     def _verified_in_place(self, commit: str, f: RemoteFile) -> FileReport | None:
         """On a read-only cache: the file the snapshot serves, hashed against the listing's digest (under a
