@@ -50,7 +50,6 @@ from vcache.checks.judge import (
     parsed_headers,
     still_stands,
 )
-from vcache.checks.pickles import parse_allow_imports
 from vcache.config import (
     Settings,
     TransferSettings,
@@ -266,10 +265,15 @@ def pull(
         raise UsageError(f"no file of {repo_id} was asked for (files=[]); name at least one path")
     opts = options or PullOptions()
     opts.strict = opts.strict or strict
-    try:
-        opts.allow_imports = parse_allow_imports((*opts.allow_imports, *allow_imports))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    wanted = (*opts.allow_imports, *allow_imports)
+    if wanted:  # none given: the pickle checks are not needed before the first request
+        from vcache.checks.pickles import parse_allow_imports
+
+        try:
+            wanted = parse_allow_imports(wanted)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    opts.allow_imports = wanted
     settings = resolve_settings(
         endpoint=endpoint,
         cache_dir=cache_dir,
