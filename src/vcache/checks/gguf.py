@@ -92,6 +92,7 @@ from vcache.checks.tensors import (
     _Hits,
     _provenance,
     default_allow_inf,
+    open_for_scan,
 )
 from vcache.checks.tensors import TensorStream as _TensorStream
 from vcache.report import Finding, Severity, fail, info, warn
@@ -1139,16 +1140,9 @@ def scan_gguf(
         raise ValueError(f"chunk_bytes must be at least {_MIN_CHUNK_BYTES}, got {chunk_bytes}")
     if zero_run_bytes < 1:
         raise ValueError(f"zero_run_bytes must be positive, got {zero_run_bytes}")
-    try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below; FileIO for readinto
-    except OSError as exc:
-        return [
-            fail(
-                "tensor.read_error",
-                f"could not open {path} to check its tensors ({exc}); re-download it with vcache pull.",
-                error=str(exc),
-            )
-        ]
+    f = open_for_scan(path)
+    if isinstance(f, Finding):
+        return [f]
     with f:
         return _GGUFScan(
             f,

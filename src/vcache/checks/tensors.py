@@ -1009,6 +1009,19 @@ class _FileScan:
         return out
 
 
+def open_for_scan(path: str | Path) -> io.FileIO | Finding:
+    """``path`` opened unbuffered for a chunked ``readinto`` scan, or the ``tensor.read_error`` finding that
+    says it could not be opened (the caller closes the file)."""
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as exc:
+        return fail(
+            "tensor.read_error",
+            f"could not open {path} to check its tensors ({exc}); re-download it with vcache pull.",
+            error=str(exc),
+        )
+
+
 def scan_tensors(
     path: str | Path,
     header: SafetensorsHeader,
@@ -1035,16 +1048,9 @@ def scan_tensors(
         raise ValueError(f"chunk_bytes must be at least 8, got {chunk_bytes}")
     if zero_run_bytes < 1:
         raise ValueError(f"zero_run_bytes must be positive, got {zero_run_bytes}")
-    try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below; FileIO for readinto
-    except OSError as exc:
-        return [
-            fail(
-                "tensor.read_error",
-                f"could not open {path} to check its tensors ({exc}); re-download it with vcache pull.",
-                error=str(exc),
-            )
-        ]
+    f = open_for_scan(path)
+    if isinstance(f, Finding):
+        return [f]
     with f:
         scan = _FileScan(
             f,
