@@ -2,9 +2,11 @@
 
 Two threads per fetch. The checkpointer writes the completed ranges to the partial's progress file every
 ``_CHECKPOINT_INTERVAL``: frequent so a kill loses little (at 500 MB/s, 0.025 s is ~12 MB), and never
-waiting for the disk (the progress file is overwritten in place). Once a second the syncer runs
-``fdatasync`` and then replaces the sidecar atomically, recording those ranges as durable (the ones trusted
-after a reboot). A rename can wait 0.1-0.2 s behind a running fdatasync on ext4, which is why the frequent
+waiting for the disk (the progress file is overwritten in place). Once a second, or as soon as
+``_SYNC_BYTES`` more bytes are complete, the syncer runs ``fdatasync`` and then replaces the sidecar
+atomically, recording those ranges as durable (the ones trusted after a reboot). Syncing as the bytes
+arrive, on its own thread, is also what keeps the ``fsync`` before publishing short: on the reference
+machine one 512 MiB file left to the end took 0.18-0.20 s to sync after its last byte. A rename can wait 0.1-0.2 s behind a running fdatasync on ext4, which is why the frequent
 checkpoints are not renames. An unchanged sidecar is rewritten every ``_HEARTBEAT`` so other processes see
 a live writer.
 
@@ -26,6 +28,10 @@ from vcache.transfer._state import _State
 
 _CHECKPOINT_INTERVAL = 0.025
 _SYNC_INTERVAL = 1.0
+#: Sync as soon as this many more bytes are complete than the last sync covered (checked every
+#: ``_SYNC_POLL``), so that the disk writes the file while it downloads rather than after.
+_SYNC_BYTES = 32 * (1 << 20)
+_SYNC_POLL = 0.02
 _HEARTBEAT = 5.0  # rewrite an unchanged sidecar this often so other processes see a live writer
 
 
@@ -89,12 +95,20 @@ class _Checkpointer:
                 return
 
     def _syncer(self) -> None:
-        """Every ``_SYNC_INTERVAL``: fdatasync, then record the ranges it covered in the sidecar."""
-        last_save = time.monotonic()
-        while not self._stop.wait(_SYNC_INTERVAL):
-            if self.state.error is not None:
+        """Every ``_SYNC_INTERVAL``, or once ``_SYNC_BYTES`` more are complete: fdatasync, then record the
+        ranges it covered in the sidecar."""
+        st = self.state
+        last_save = last_sync = time.monotonic()
+        while not self._stop.wait(_SYNC_POLL):
+            if st.error is not None:
                 return
             now = time.monotonic()
+            if now - last_sync < _SYNC_INTERVAL:
+                with st.cv:
+                    ahead = st.done.total - st.durable.total
+                if ahead < _SYNC_BYTES:
+                    continue
+            last_sync = now
             try:
                 if self.checkpoint(sync=True, force=now - last_save >= _HEARTBEAT):
                     last_save = now
