@@ -468,6 +468,8 @@ def test_quarantine_restore_to_folders_and_bad_targets(cache_dir: Path, tmp_path
     res = restore_to(str(out))
     assert res.returncode == 3 and "quarantined bytes" in one_error_line(res)
     assert list(out.iterdir()) == []
+
+
 # -- a Hub that stops answering: exit 3 within the give-up budget, after a line saying what vcache waits for --
 
 GIVE_UP = 3.0

@@ -259,6 +259,8 @@ def test_an_answer_that_is_not_the_api_json_is_a_hub_error_naming_url_and_type(
     message = str(err.value)
     assert f"{hub.endpoint}/api/models/{repo}/" in message and content_type in message
     assert err.value.context["repo_id"] == repo
+
+
 # -- giving up on a server that says nothing ------------------------------------------------------------------
 
 

@@ -575,15 +575,15 @@ def test_a_connection_that_stays_behind_gets_a_clamped_receive_buffer() -> None:
     import http.client
     import socket
 
+    from vcache import connections as tr
     from vcache.hub import Origin
-    from vcache.transfer import _pool as tr
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     http_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     http_conn.connect()
     peer, _ = listener.accept()
-    conn = tr._Conn(Origin("http", "127.0.0.1", port), http_conn, None)
+    conn = tr.Connection(Origin("http", "127.0.0.1", port), http_conn, None)
     assert conn.sock is not None
     # A window as autotuning grows it on a fast link (a fresh socket starts at 128 KiB).
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

@@ -70,6 +70,7 @@ _EXAMPLES = 3
 
 # -- start jitter ------------------------------------------------------------------------------------------------
 
+
 def start_jitter(*, sleep: bool = True) -> float:
     """Sleep a random ``0..VCACHE_START_JITTER`` seconds, once per process; return the delay chosen
     (:func:`vcache.retry.start_jitter` with the configured spread)."""

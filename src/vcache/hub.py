@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx2
 
 from vcache._version import __version__
+from vcache.connections import Origin as Origin
+from vcache.connections import Pool, PoolTransport
+from vcache.connections import origin_of as origin_of
+from vcache.connections import redact_url as redact_url
 from vcache.errors import (
     AuthError,
     EntryNotFound,
@@ -190,40 +195,6 @@ def repo_url_prefix(repo_type: str) -> str:
 def resolve_url(endpoint: str, repo_id: str, commit: str, path: str, repo_type: str = "model") -> str:
     """The download URL of ``path`` pinned to ``commit`` (never a branch, so the bytes cannot move)."""
     return f"{endpoint}/{repo_url_prefix(repo_type)}{repo_id}/resolve/{commit}/{quote(path)}"
-
-
-class Origin(NamedTuple):
-    """Scheme, host and port of a URL: the unit the token rule speaks of."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials and query string (signed CDN URLs carry secrets there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
-    except ValueError:
-        return "<unparsable URL>"
-
-
-def origin_of(url: str) -> Origin:
-    """The origin of an http(s) URL (default ports filled in); ValueError for anything else."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"not an http(s) URL: {redact_url(url)}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError(f"URL has no host: {redact_url(url)}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    return Origin(scheme, host, port)
 
 
 def host_of(url: str) -> str:
@@ -397,6 +368,7 @@ class HubClient:
         clock: Clock = SYSTEM_CLOCK,
         timeout: float = 30.0,
         watch: ProgressWatch | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._host = host_of(self.endpoint)
@@ -406,7 +378,10 @@ class HubClient:
         self._watch = watch or ProgressWatch(clock=clock)
         self._timeout = timeout
         headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible"}
+        # vcache's own pool under the httpx API: no httpcore2 import, and a TLS context only for HTTPS.
+        pool = Pool(min(timeout, 10.0), ssl_context, trust_env=True, max_idle=4)
         self._client = httpx2.Client(
+            transport=PoolTransport(pool),
             headers=headers,
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=True,

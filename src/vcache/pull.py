@@ -607,7 +607,14 @@ class _Puller:
         extra: list[FileReport] = []
         listing: list[RemoteFile] | None
         sig = self.signature.signature_file if self.signature is not None else None
-        with HubClient(s.endpoint, s.token, watch=self.watch, policy=ts.policy, clock=ts.clock) as hub:
+        with HubClient(
+            s.endpoint,
+            s.token,
+            watch=self.watch,
+            policy=ts.policy,
+            clock=ts.clock,
+            ssl_context=ts.ssl_context,
+        ) as hub:
             if self.pin is not None:
                 commit, revision = self.pin.repo.commit, self.pin.repo.revision
                 listing = self._locked_listing(hub, commit)

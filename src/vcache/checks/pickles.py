@@ -840,7 +840,9 @@ def allowlist_agrees(findings: Iterable[Finding], allow_imports: Collection[str]
         names = f.detail.get("imports") if f.detail else None
         if not isinstance(names, list):
             continue
-        if f.code == "pickle.allowed_import" and not all(import_allowed(str(n), allow_imports) for n in names):
+        if f.code == "pickle.allowed_import" and not all(
+            import_allowed(str(n), allow_imports) for n in names
+        ):
             return False
         if f.code == "pickle.unsafe_import" and any(import_allowed(str(n), allow_imports) for n in names):
             return False

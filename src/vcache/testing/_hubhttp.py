@@ -82,6 +82,7 @@ class HubServer(Protocol):
 
     def _tree_id(self, commit: Commit, directory: str) -> str: ...
 
+
 _logger = logging.getLogger("vcache.testing.hub")
 _logger.addHandler(logging.NullHandler())
 

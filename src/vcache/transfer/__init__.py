@@ -1,6 +1,7 @@
 """One file's bytes from the Hub (or its CDN) into a resumable partial on disk, hashed as they arrive.
 
-:class:`Transfer` owns the HTTP machinery of one pull: a keep-alive connection pool per origin, the
+:class:`Transfer` owns the HTTP machinery of one pull: a keep-alive connection pool per origin
+(:mod:`vcache.connections`, shared with the Hub client's transport), the
 Transfer-wide connection cap and the shared rate-limit gate. :meth:`Transfer.fetch` moves one file:
 
 * **Bodies** are read with ``readinto1`` into a reused buffer per connection and written with ``os.pwrite``
@@ -28,7 +29,6 @@ The modules, one concept each (each docstring says what it owns and must never d
 ``_parts``         the part table: planning, handing out, work stealing
 ``_ramp``          the ramp-up of connections per file (driven by an injected clock and CPU reading)
 ``_http``          requests, redirects, the token rule, identity and ``Content-Range`` checks, refusals
-``_pool``          keep-alive connections, proxies, receive buffers
 ``_gate``          the rate-limit gate
 ``_hashing``       the hashing frontier (the one place a download's bytes are hashed)
 ``_checkpoint``    the checkpointer and syncer threads (progress file, sidecar)

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from vcache.connections import Connection as _Conn
 from vcache.errors import RemoteChanged, RetriesExhausted, TransferError
 from vcache.hub import host_of as _host_of
 from vcache.partial import Partial, RangeSet
@@ -42,7 +43,6 @@ from vcache.transfer._gate import _pause
 from vcache.transfer._hashing import _Frontier
 from vcache.transfer._http import _Body, _receive, _Requests, _Retry
 from vcache.transfer._parts import _ALIGN, _Part, _Parts, _plan
-from vcache.transfer._pool import _Conn
 from vcache.transfer._ramp import _RAMP_INTERVAL, _Ramp
 from vcache.transfer._shared import _Shared
 from vcache.transfer._state import _Cancelled, _State

@@ -30,13 +30,13 @@ import time
 from typing import NamedTuple
 from urllib.parse import urljoin
 
+from vcache.connections import Connection as _Conn
 from vcache.errors import HubError, RemoteChanged, TransferError
 from vcache.hub import Origin as _Origin
 from vcache.hub import origin_of as _origin_of
 from vcache.hub import refusal_detail, refusal_error
 from vcache.hub import server_text as _clean
 from vcache.retry import parse_retry_after
-from vcache.transfer._pool import _Conn
 from vcache.transfer._shared import _Shared
 from vcache.transfer._state import _Cancelled
 from vcache.transfer._values import FetchSpec

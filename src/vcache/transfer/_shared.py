@@ -14,10 +14,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from vcache.connections import Pool as _Pool
 from vcache.hub import Origin
 from vcache.retry import Clock, ProgressWatch, RetryPolicy
 from vcache.transfer._gate import _Gate
-from vcache.transfer._pool import _Pool
 
 
 class _Slots:

@@ -1,6 +1,6 @@
 """The Transfer: one per pull, the owner of everything its fetches share.
 
-:class:`Transfer` holds the HTTP machinery of one pull (a keep-alive connection pool per origin, ``_pool``),
+:class:`Transfer` holds the HTTP machinery of one pull (a keep-alive connection pool per origin, :mod:`vcache.connections`),
 the Transfer-wide connection cap (``_shared._Slots``) and the shared rate-limit gate (``_gate``), and hands
 them to each :meth:`Transfer.fetch` explicitly as one :class:`~vcache.transfer._shared._Shared` value.
 :meth:`Transfer.fetch` opens (or adopts) the file's partial, checks the free space, and runs one
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vcache._version import __version__
+from vcache.connections import Pool as _Pool
 from vcache.errors import DiskFull, TransferError
 from vcache.hub import host_of as _host_of
 from vcache.hub import origin_of as _origin_of
@@ -25,7 +26,6 @@ from vcache.partial import DEFAULT_STALE_AFTER, PartialMeta, open_partial, remov
 from vcache.retry import SYSTEM_CLOCK, Clock, ProgressWatch, RetryPolicy
 from vcache.transfer._fetch import _Fetch
 from vcache.transfer._gate import _Gate
-from vcache.transfer._pool import _Pool
 from vcache.transfer._shared import _Shared, _Slots
 from vcache.transfer._values import ByteObserver, FetchResult, FetchSpec
 
