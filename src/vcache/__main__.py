@@ -1,5 +1,5 @@
 """``python -m vcache``: the command line."""
 
-from vcache.cli import main
+from vcache.cli import run
 
-main()
+run()

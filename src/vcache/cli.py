@@ -7,10 +7,13 @@ is never printed.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -55,6 +58,37 @@ def main(verbose: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run() -> NoReturn:
+    """The ``vcache`` command (the console script and ``python -m vcache``): :func:`main`, then a quick exit.
+
+    Once the command has returned, the exit handlers have run and the output is flushed, tearing the
+    interpreter down (freeing every module and object: 0.04-0.08 s after a pull, measured) does nothing for
+    the user, so the process ends with ``os._exit`` and the same exit status. If a non-daemon thread is still
+    running (none of vcache's are), the process exits the ordinary way instead, which waits for it.
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = None
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if any(t.is_alive() for t in others):
+        sys.exit(code)
+    if code is None or isinstance(code, int):
+        status = code or 0
+    else:  # sys.exit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: Python would report it and exit 120
+            status = status or 120
+    os._exit(status & 0xFF)
 
 
 _allow_import_opt = click.option(
