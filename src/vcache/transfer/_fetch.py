@@ -121,10 +121,12 @@ class _Fetch:
             except OSError as exc:
                 raise _disk_error(exc, self.spec.path, self.partial.partial_dir) from exc
             _log.debug(
-                "%s: last byte %.2f s before the digest (%.0f%% hashed as it arrived), fsync took %.2f s",
+                "%s: last byte %.2f s before the digest (%.0f%% hashed as it arrived, %.0f%% from handed "
+                "buffers), fsync took %.2f s",
                 self.spec.path,
                 hashed_at - self.last_byte_at,
                 100 * self.frontier.hashed_inline / max(1, st.size),
+                100 * self.frontier.hashed_handed / max(1, st.size),
                 time.monotonic() - hashed_at,
             )
             self.checkpointer.complete(st.size)
@@ -231,10 +233,11 @@ class _Fetch:
     # -- worker threads ---------------------------------------------------------------------------------
 
     def _work(self, buffer_size: int, extra: bool) -> None:
-        buf = memoryview(bytearray(buffer_size))
+        # The worker's receive buffer; a hand-off to the hasher (see _write) swaps it for a spare.
+        self.local.buf = memoryview(bytearray(buffer_size))
         try:
             while (part := self._next_part()) is not None:
-                self._run_part(part, buf)
+                self._run_part(part)
                 if extra and self.shared.slots.first_waiters:
                     break  # hand this connection to a fetch that has none
         except _Cancelled:
@@ -255,7 +258,7 @@ class _Fetch:
                 return None
             return self.parts.take(self.state.generation)
 
-    def _run_part(self, part: _Part, buf: memoryview) -> None:
+    def _run_part(self, part: _Part) -> None:
         st = self.state
         policy = self.shared.policy
         watch = self.shared.watch
@@ -270,7 +273,7 @@ class _Fetch:
             self.shared.gate.wait(self.cancel)
             watch.check(self.spec.path, path=self.spec.path)
             try:
-                self._attempt(part, buf)
+                self._attempt(part)
                 cdn_refusals = 0
             except _Retry as failure:
                 if part.pos > part.hwm:
@@ -314,7 +317,7 @@ class _Fetch:
 
     # -- one attempt: request, read, write --------------------------------------------------------------
 
-    def _attempt(self, part: _Part, buf: memoryview) -> None:
+    def _attempt(self, part: _Part) -> None:
         with self.state.cv:
             # The part's own generation, never the fetch's: a part from before a restart must not start
             # committing under the new one.
@@ -335,11 +338,11 @@ class _Fetch:
                 self._restart_from_zero(part, generation, new_size, keep=conn, ignored_range=ranged)
                 generation = part.generation
                 start = 0
-            reusable = self._read_body(part, generation, body, start, buf)
+            reusable = self._read_body(part, generation, body, start)
         finally:
             self.http.finish(conn, reusable)
 
-    def _read_body(self, part: _Part, generation: int, body: _Body, start: int, buf: memoryview) -> bool:
+    def _read_body(self, part: _Part, generation: int, body: _Body, start: int) -> bool:
         """Read the body into the file; True when the response was consumed to its end."""
         st = self.state
         conn, resp = body.conn, body.resp
@@ -356,10 +359,11 @@ class _Fetch:
             if pos >= limit:
                 return False  # the rest of this part was stolen: drop the connection, not the bytes
             began = time.monotonic()
+            buf = self.local.buf
             n, failure, arrived = _receive(resp, buf[: min(len(buf), limit - pos)], pos, stall)
             now = time.monotonic()
             if n:  # keep what arrived, even before a failure
-                self._write(part, generation, buf[:n], pos, now - began, now - arrived)
+                self._write(part, generation, buf, n, pos, now - began, now - arrived)
                 pos += n
                 if self.running > 1:  # each of several connections needs only a share of the window
                     conn.note_backlog()
@@ -373,19 +377,29 @@ class _Fetch:
                     f"body ended at byte {pos:,} of {stop:,} (connection closed before Content-Length)"
                 )
         if open_ended:
-            return self.http.expect_end(resp, buf, stall)
+            return self.http.expect_end(resp, self.local.buf, stall)
         resp.close()  # read exactly to its Content-Length: the connection is ready for the next request
         return pos >= body.stop
 
     def _write(
-        self, part: _Part, generation: int, view: memoryview, pos: int, waited: float, late: float = 0.0
+        self,
+        part: _Part,
+        generation: int,
+        buf: memoryview,
+        n: int,
+        pos: int,
+        waited: float,
+        late: float = 0.0,
     ) -> None:
-        """pwrite ``view`` at ``pos`` and record it complete (unless a restart or a thief got there first).
+        """pwrite ``buf[:n]`` at ``pos`` and record it complete (unless a restart or a thief got there first).
 
         ``waited`` is how long the bytes took to arrive, for the ramp-up's link-bound test; ``late`` is how
-        long ago the last of them arrived (the give-up budget counts from then, not from this write).
+        long ago the last of them arrived (the give-up budget counts from then, not from this write). Once
+        committed, the buffer may go to the hasher (``_Frontier.hand_off``), and the worker's next reads go
+        into the spare it gets back.
         """
         st = self.state
+        view = buf[:n]
         with st.cv:
             if st.error is not None or generation != st.generation:
                 raise _Cancelled
@@ -414,6 +428,8 @@ class _Fetch:
                     st.done.add(pos, hi)
                     part.pos = max(part.pos, hi)
                     committed = hi - pos
+                if committed == n:  # all of it is the file's bytes now: the hasher may take the buffer
+                    self.local.buf = self.frontier.hand_off(generation, buf, n, pos)
             st.cv.notify_all()
         self.shared.watch.progress(ago=late)
         if committed and self.on_progress is not None:
