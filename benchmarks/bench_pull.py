@@ -318,8 +318,10 @@ def alternate(
 ) -> dict[str, list[Run]]:
     """Run the clients in turn, ``runs`` times; the first two swap places every other run.
 
-    Each run starts on an empty cache folder. A run that fails (or, for a client writing one file, leaves
-    it short) is reported and left out.
+    Each run starts on an empty cache folder, which is removed again right after the run: a client that does
+    not sync its files (huggingface_hub, hf_transfer) would otherwise leave hundreds of MiB of unwritten pages
+    that the kernel flushes to disk during the next client's run. A run that fails (or, for a client writing
+    one file, leaves it short) is reported and left out.
     """
     results: dict[str, list[Run]] = {client: [] for client in clients}
     names = list(clients)
@@ -336,6 +338,7 @@ def alternate(
             if single.exists() and single.stat().st_size != size:
                 print(f"  {client} wrote {single.stat().st_size} bytes of {size}", file=sys.stderr)
                 run = Run(run.secs, run.peak_kib, -1)
+            shutil.rmtree(cache, ignore_errors=True)  # its unwritten pages are dropped, not flushed later
             if run.status == 0:
                 results[client].append(run)
             print(
