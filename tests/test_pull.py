@@ -348,6 +348,31 @@ def test_offline_pull_uses_cache_without_network(
     assert hub.log == []
 
 
+def test_offline_a_snapshot_no_ref_names_is_not_taken_for_main(
+    hub: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old behaviour: with no ``refs/main`` and one snapshot folder, an offline pull (and so an offline
+    ``from_pretrained``) used that folder, even when it was an interrupted pull's (refs and the tree listing are
+    written only once every file verified): a partial model passed as the repo. Now, as huggingface_hub does,
+    ``main`` needs ``refs/main``; the message names the snapshot and how to use it on purpose."""
+    first = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    repo = CacheRepo(cache_dir, REPO)
+    commit = first.commit
+    # What a pull killed before its last file leaves: some files linked, no ref, no tree listing.
+    repo.ref_path("main").unlink()
+    repo.tree_path(commit).unlink()
+    shards = sorted(p for p in repo.snapshot_dir(commit).iterdir() if p.suffix == ".safetensors")
+    shards[-1].unlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(vcache.OfflineError) as info:
+        pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir)
+    message = str(info.value)
+    assert "refs/main" in message and commit[:12] in message and "--revision" in message
+    # Named on purpose, the snapshot is the user's choice (and its files are still verified).
+    named = pull(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, revision=commit)
+    assert named.commit == commit
+
+
 def test_local_dir_export(hub: Any, cache_dir: Path, tmp_path: Path, llama_folder: Path) -> None:
     out = tmp_path / "local"
     path = vcache.snapshot_download(REPO, endpoint=hub.endpoint, cache_dir=cache_dir, local_dir=out)

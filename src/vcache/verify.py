@@ -100,12 +100,21 @@ def resolve_cached_commit(repo: CacheRepo, revision: str | None) -> str:
         )
     commit = repo.read_ref(revision or "main")
     if commit is None:
+        # A snapshot folder no ref names is not taken for the revision (huggingface_hub does not either): it
+        # may be an interrupted pull's (refs are written only once every file verified) or another commit.
+        rev = revision or "main"
         snaps = repo.snapshots()
-        if revision is None and len(snaps) == 1:
-            return snaps[0]
+        held = ""
+        if snaps:
+            shown = ", ".join(c[:12] for c in snaps[:3]) + (", ..." if len(snaps) > 3 else "")
+            held = (
+                f"; the cache holds snapshot(s) {shown} that no ref names (a download by commit, or a pull "
+                "that did not finish): pass --revision <commit> to use one on purpose"
+            )
         raise OfflineError(
-            f"{repo.repo_id}@{revision or 'main'} is not in the cache at {repo.cache_dir} (no refs/{revision or 'main'}); "
-            "run `vcache pull` with network access first"
+            f"{repo.repo_id}@{rev} is not in the cache at {repo.cache_dir} (no refs/{rev}){held}; "
+            "or run `vcache pull` with network access first",
+            repo_id=repo.repo_id,
         )
     return commit
 
