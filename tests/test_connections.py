@@ -13,7 +13,7 @@ import httpcore2
 import pytest
 
 from transfer_helpers import ScriptedServer, http_response, self_signed_tls
-from vcache.connections import Origin, Pool
+from vcache.connections import Origin, Pool, PoolTransport
 from vcache.errors import RetriesExhausted
 from vcache.hub import HubClient, HubUnreachable
 from vcache.retry import FakeClock, RetryPolicy
@@ -169,3 +169,17 @@ def test_a_hub_client_for_a_plain_http_endpoint_does_not_import_httpcore2() -> N
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(SRC)}
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_without_trust_env_the_hub_client_ignores_the_proxy_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    remote = Origin("http", "hub.invalid", 80)
+    for trust_env, proxied in ((True, True), (False, False)):
+        with HubClient("http://hub.invalid", None, trust_env=trust_env) as client:
+            transport = client._client._transport
+            assert isinstance(transport, PoolTransport)
+            assert (transport.pool._proxy_for(remote) is not None) == proxied

@@ -357,6 +357,9 @@ class HubClient:
 
     ``policy`` bounds the retries of one call; ``watch`` (share the pull's, as its transfer does) gives up
     on an endpoint that has said nothing for its budget, and cuts every timeout and backoff to fit it.
+    Requests go through a :class:`vcache.connections.Pool`, as downloads do: ``ssl_context`` (default: the
+    trust store huggingface_hub uses) for HTTPS, and with ``trust_env`` the ``HTTP(S)_PROXY`` / ``NO_PROXY``
+    variables (never for a loopback endpoint).
     """
 
     def __init__(
@@ -369,6 +372,7 @@ class HubClient:
         timeout: float = 30.0,
         watch: ProgressWatch | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        trust_env: bool = True,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._host = host_of(self.endpoint)
@@ -379,7 +383,7 @@ class HubClient:
         self._timeout = timeout
         headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible"}
         # vcache's own pool under the httpx API: no httpcore2 import, and a TLS context only for HTTPS.
-        pool = Pool(min(timeout, 10.0), ssl_context, trust_env=True, max_idle=4)
+        pool = Pool(min(timeout, 10.0), ssl_context, trust_env=trust_env, max_idle=4)
         self._client = httpx2.Client(
             transport=PoolTransport(pool),
             headers=headers,

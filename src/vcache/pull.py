@@ -614,6 +614,7 @@ class _Puller:
             policy=ts.policy,
             clock=ts.clock,
             ssl_context=ts.ssl_context,
+            trust_env=ts.trust_env,
         ) as hub:
             if self.pin is not None:
                 commit, revision = self.pin.repo.commit, self.pin.repo.revision
