@@ -651,9 +651,10 @@ def test_inline_hashing_gives_the_same_digest_and_scan_as_reading_back(
     assert sum(n for _, n in seen) == len(data)
 
 
+@pytest.mark.parametrize("connections", [1, 4])
 @pytest.mark.parametrize("fault", [None, "drop", "restart", "slow_hasher"])
 def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
-    tmp_path: Path, fault: str | None, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, fault: str | None, connections: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Old behaviour: the hashing thread read every byte back with ``pread`` (0.10-0.15 CPU-s per 512 MiB, a
     third of the pipeline's slower half). Now a worker hands each committed buffer over and receives into a
@@ -685,7 +686,7 @@ def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
     with (
         mock.patch.object(_hashing._Frontier, "__init__", spy_init),
         serve({"w.bin": data}) as s,
-        make_transfer(s, connections_per_file=1, buffer_size=1 * MiB) as t,
+        make_transfer(s, connections_per_file=connections, buffer_size=1 * MiB, part_size=4 * MiB) as t,
     ):
         t._cpus = 64  # never "crowded": workers do not hash inline
         if fault == "drop":
