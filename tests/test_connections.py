@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,8 @@ import pytest
 
 from transfer_helpers import ScriptedServer, http_response, self_signed_tls
 from vcache.connections import Origin, Pool, PoolTransport
-from vcache.errors import RetriesExhausted
-from vcache.hub import HubClient, HubUnreachable
+from vcache.errors import HubError, RetriesExhausted
+from vcache.hub import MAX_API_ANSWER, HubClient, HubUnreachable
 from vcache.retry import FakeClock, RetryPolicy
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -75,21 +75,65 @@ def test_a_plain_http_pool_makes_no_tls_context(monkeypatch: pytest.MonkeyPatch)
             assert client.resolve_commit("o/n", None) == SHA
 
 
-def test_the_hub_client_keeps_one_connection_for_its_calls_and_reads_compressed_answers() -> None:
-    body = gzip.compress(json.dumps({"sha": SHA}).encode())
-
-    def gzipped(req: Any, sock: Any) -> bool:
-        headers = {"Content-Length": str(len(body)), "Content-Encoding": "gzip"}
-        sock.sendall(http_response(200, headers, body))
-        return True
-
-    with ScriptedServer(gzipped) as srv, HubClient(srv.endpoint, "tok") as client:
+def test_the_hub_client_keeps_one_connection_for_its_calls_and_asks_for_uncompressed_answers() -> None:
+    with ScriptedServer(_revision) as srv, HubClient(srv.endpoint, "tok") as client:
         for _ in range(3):
             assert client.resolve_commit("o/n", "main") == SHA
         assert len(srv._conns) == 1  # keep-alive: one connection for the three calls
         assert [r.target for r in srv.requests] == ["/api/models/o/n/revision/main"] * 3
         assert srv.requests[0].headers["authorization"] == "Bearer tok"
         assert srv.requests[0].headers["host"] == srv.endpoint.split("//", 1)[1]
+        assert srv.requests[0].headers["accept-encoding"] == "identity"
+
+
+def _endless(req: Any, sock: Any) -> bool:
+    """A hostile answer: a JSON string that never ends (chunked), 1 MiB per chunk."""
+    chunk = b"a" * (1 << 20)
+    try:
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        )
+        sock.sendall(b'2\r\n["\r\n')
+        while True:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except OSError:
+        return False
+
+
+def _gzip_bomb(req: Any, sock: Any) -> bool:
+    """A compressed answer nobody asked for: 200 KiB that expand to 200 MiB."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing, compressed piece by piece
+    chunk = b"a" * (1 << 20)
+    body = z.compress(b'["') + b"".join(z.compress(chunk) for _ in range(200)) + z.compress(b'"]') + z.flush()
+    headers = {
+        "Content-Length": str(len(body)),
+        "Content-Encoding": "gzip",
+        "Content-Type": "application/json",
+    }
+    sock.sendall(http_response(200, headers, body))
+    return True
+
+
+@pytest.mark.parametrize("script", [_endless, _gzip_bomb], ids=["endless", "gzip-bomb"])
+def test_an_api_answer_too_large_to_be_one_is_refused_without_reading_it_all(script: Any) -> None:
+    """Old behaviour: the whole answer was read into memory, however large (an endless one until the process
+    ran out of memory, a compressed one after decoding). Now at most ``MAX_API_ANSWER`` bytes, uncompressed,
+    are read; beyond, a HubError (not retried: the server is not a Hub)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with (
+        ScriptedServer(script) as srv,
+        HubClient(srv.endpoint, None) as client,
+        pytest.raises(HubError) as info,
+    ):
+        endpoint = srv.endpoint
+        client.resolve_commit("o/n", None)
+    message = str(info.value)
+    assert endpoint in message and "HF_ENDPOINT" in message
+    assert len(srv.requests) == 1  # not retried
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 3 * MAX_API_ANSWER / (1 << 20) + 64
 
 
 def test_a_body_cut_short_is_a_protocol_error_not_a_short_answer() -> None:

@@ -47,7 +47,7 @@ try:
 except ImportError:  # not on Windows: no backlog probe there
     fcntl = termios = None  # type: ignore[assignment]
 
-from vcache.errors import TransferError
+from vcache.errors import HubError, TransferError
 
 _log = logging.getLogger(__name__)
 
@@ -295,8 +295,11 @@ class PoolTransport(httpx2.BaseTransport):
     connection the server closed while idle is retried once on a new one (nothing was processed).
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, max_body: int | None = None) -> None:
         self.pool = pool
+        # With a limit, a body is read only up to it, and only uncompressed (a compressed body's size after
+        # decoding is not known until it is decoded): either is a HubError, not retried.
+        self.max_body = max_body
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` and return the response with its body still to be read."""
@@ -329,14 +332,30 @@ class PoolTransport(httpx2.BaseTransport):
                     self.pool.discard_idle(origin)
                     continue
                 raise _mapped(exc, request, sending=not sent) from None
+            if self.max_body is not None:
+                self._check_size(conn, resp, str(url))
             return httpx2.Response(
                 resp.status,
                 headers=resp.getheaders(),
-                stream=_BodyStream(self.pool, conn, resp, request),
+                stream=_BodyStream(self.pool, conn, resp, request, self.max_body),
                 extensions={"http_version": b"HTTP/1.1", "reason_phrase": resp.reason.encode("latin-1")},
                 request=request,
             )
         raise AssertionError("unreachable")
+
+    def _check_size(self, conn: Connection, resp: http.client.HTTPResponse, url: str) -> None:
+        assert self.max_body is not None
+        encoding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
+        length = resp.length
+        problem = None
+        if encoding not in ("identity", ""):
+            problem = f"{encoding}-compressed although an uncompressed answer was asked for"
+        elif length is not None and length > self.max_body:
+            problem = f"of {length:,} bytes"
+        if problem is not None:
+            resp.close()
+            conn.close()
+            raise too_large(url, problem)
 
     def _connect(
         self, origin: Origin, fresh: bool, timeout: float | None, request: httpx2.Request
@@ -358,23 +377,37 @@ class _BodyStream(httpx2.SyncByteStream):
     """A response body read from its pooled connection; the connection goes back once it is read to the end."""
 
     def __init__(
-        self, pool: Pool, conn: Connection, resp: http.client.HTTPResponse, request: httpx2.Request
+        self,
+        pool: Pool,
+        conn: Connection,
+        resp: http.client.HTTPResponse,
+        request: httpx2.Request,
+        limit: int | None,
     ) -> None:
         self._pool = pool
         self._conn = conn
         self._resp = resp
         self._request = request
+        self._limit = limit
         self._complete = False  # the body was read to its end
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
         resp = self._resp
-        try:
-            while chunk := resp.read1(64 * 1024):
-                yield chunk
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise _mapped(exc, self._request, sending=False) from None
+        read = 0
+        while True:
+            try:
+                chunk = resp.read1(64 * 1024)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise _mapped(exc, self._request, sending=False) from None
+            if not chunk:
+                break
+            read += len(chunk)
+            if self._limit is not None and read > self._limit:
+                self.close()
+                raise too_large(str(self._request.url), f"of more than {self._limit:,} bytes")
+            yield chunk
         if resp.length:  # http.client's read1 ends quietly when the connection closes early
             self.close()
             raise httpx2.RemoteProtocolError(
@@ -392,6 +425,15 @@ class _BodyStream(httpx2.SyncByteStream):
             self._pool.put(self._conn)  # read to the end: reusable
         else:
             self._conn.close()
+
+
+def too_large(url: str, problem: str) -> HubError:
+    """The error for an answer a Hub API would never send (see :class:`PoolTransport`'s ``max_body``)."""
+    return HubError(
+        f"{redact_url(url)} sent an answer {problem}, which a Hub API never sends: HF_ENDPOINT does not point "
+        "at a Hub, or something else answered in its place. Check HF_ENDPOINT and the network, then run again",
+        url=redact_url(url),
+    )
 
 
 def _mapped(exc: BaseException, request: httpx2.Request, *, sending: bool) -> httpx2.TransportError:

@@ -52,6 +52,9 @@ from vcache.retry import (
 )
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+#: The largest Hub API answer read (a tree listing page of 1,000 entries is well under 1 MiB); a longer one is
+#: a HubError.
+MAX_API_ANSWER = 64 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _REFNAME_BAD_CHAR = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -381,11 +384,13 @@ class HubClient:
         self._clock = clock
         self._watch = watch or ProgressWatch(clock=clock)
         self._timeout = timeout
-        headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible"}
+        # Uncompressed answers, read up to MAX_API_ANSWER: a hostile or broken server cannot make the client
+        # hold an endless answer, or decode a small compressed one into gigabytes.
+        headers = {"user-agent": f"vcache/{__version__}; hf_hub-compatible", "accept-encoding": "identity"}
         # vcache's own pool under the httpx API: no httpcore2 import, and a TLS context only for HTTPS.
         pool = Pool(min(timeout, 10.0), ssl_context, trust_env=trust_env, max_idle=4)
         self._client = httpx2.Client(
-            transport=PoolTransport(pool),
+            transport=PoolTransport(pool, max_body=MAX_API_ANSWER),
             headers=headers,
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=True,
