@@ -32,7 +32,7 @@ It also times interpreter start-up (``python -c pass``), ``python -c "import vca
 ``vcache --version`` (medians of 5), and prints the load average before and after (the machine's noise).
 
     python benchmarks/bench_pull.py [--runs 5] [--only a,b,c,d,e,f,g,h] [--scale 1] [--work /tmp/vcache-bench]
-                                    [--settle 0]
+                                    [--settle 0] [--warmup 1]
 
 ``--scale F`` multiplies every file size (e.g. ``--scale 0.05`` to check the script quickly; the ratios are
 only meaningful at 1). hf_transfer comes with ``pip install 'vcache[bench]'``; without it (h) is skipped.
@@ -41,8 +41,12 @@ only meaningful at 1). hf_transfer comes with ``pip install 'vcache[bench]'``; w
 memory back to its host (virtio-balloon free page reporting, as on this Firecracker machine), memory that
 stayed free for a few seconds must be faulted in again by the host when the page cache reuses it: about
 1.5-2 CPU-seconds more per GiB written, for every client. ``--settle 5`` measures that "cold memory" case
-on purpose; the default measures whatever state the machine is in (often warm, since each run frees the
-previous run's files just before).
+on purpose; the default measures whatever state the machine is in (often warm, since each run's files are
+deleted right after it and the next run starts at once).
+
+``--warmup N`` (default 1) runs each client N times untimed before a scenario's timed runs, so that what the
+previous scenario left behind (a large deletion's memory taken back by the host, a page cache full of other
+files) is not paid by whichever client happens to run first.
 
 vcache runs with all its checks: digest, sniff, strict safetensors structure and the tensor content scan.
 Timings are not asserted anywhere; the ratios are what the README reports.
@@ -315,8 +319,13 @@ def alternate(
     work: Path,
     runs: int,
     settle: float = 0.0,
+    warmup: int = 1,
 ) -> dict[str, list[Run]]:
     """Run the clients in turn, ``runs`` times; the first two swap places every other run.
+
+    Before them, each client runs ``warmup`` times untimed: the first runs after another scenario otherwise
+    pay for what that one left (memory the hypervisor took back after a large deletion, a page cache full of
+    other files), and which client pays depends only on who runs first.
 
     Each run starts on an empty cache folder, which is removed again right after the run: a client that does
     not sync its files (huggingface_hub, hf_transfer) would otherwise leave hundreds of MiB of unwritten pages
@@ -325,6 +334,15 @@ def alternate(
     """
     results: dict[str, list[Run]] = {client: [] for client in clients}
     names = list(clients)
+    for _ in range(warmup):
+        for client in names:
+            cache = work / "cache" / client
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(parents=True)
+            run_client(clients[client](cache), env)
+            shutil.rmtree(cache, ignore_errors=True)
+    if warmup:
+        print(f"  {name}: {warmup} untimed warm-up run(s) of each client done", flush=True)
     for r in range(runs):
         order = names if r % 2 == 0 else [*names[:2][::-1], *names[2:]]
         for client in order:
@@ -418,13 +436,14 @@ def scenario(
     throttle: float | None,
     aria: bool,
     settle: float = 0.0,
+    warmup: int = 1,
 ) -> dict[str, list[Run]]:
     hub.throttle_bps = throttle
     env = base_env(hub.endpoint, work / "home")
     clients = {"vcache": vcache_argv(repo_id), "huggingface_hub": official_argv(repo_id)}
     if aria and shutil.which("aria2c"):
         clients["aria2c"] = aria_argv(f"{hub.endpoint}/{repo_id}/resolve/main/model.safetensors")
-    return alternate(name, size, clients, env, work, runs, settle)
+    return alternate(name, size, clients, env, work, runs, settle, warmup)
 
 
 def kill_resume(hub: Any, repo_id: str, size: int, work: Path) -> str:
@@ -626,6 +645,9 @@ def main() -> None:
     ap.add_argument("--only", default="a,b,c,d,e,f,g,h", help="comma-separated scenarios, e.g. e,f,g,h")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every file size (quick checks)")
     ap.add_argument("--settle", type=float, default=0.0, help="seconds between cache deletion and a run")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs of each client before a scenario's runs"
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     unknown = only - set("abcdefgh")
@@ -668,7 +690,16 @@ def main() -> None:
                 if key in only:
                     print(title, flush=True)
                     results = scenario(
-                        key, hub, repo_id, size, args.work, args.runs, throttle, aria, args.settle
+                        key,
+                        hub,
+                        repo_id,
+                        size,
+                        args.work,
+                        args.runs,
+                        throttle,
+                        aria,
+                        args.settle,
+                        args.warmup,
                     )
                     table += rows(title, size, results, "huggingface_hub")
             kill_line = kill_resume(hub, "bench/one-gib", one_size, args.work) if "d" in only else ""
@@ -696,20 +727,20 @@ def main() -> None:
                 title = f"(e) 4×{label(scaled(128, args.scale))}, Hub process"
                 print(title, flush=True)
                 clients = {"vcache": vcache_argv(repo_id), "huggingface_hub": official_argv(repo_id)}
-                res = alternate(key, size, clients, env, args.work, args.runs, args.settle)
+                res = alternate(key, size, clients, env, args.work, args.runs, args.settle, args.warmup)
                 table += rows(title, size, res, "huggingface_hub", speed_target=1.5, memory_target_mib=150)
             elif key == "f":
                 title = f"(f) {label(shard)} @50MB/s/conn, Hub process"
                 print(title, flush=True)
                 clients = {"vcache": vcache_argv(repo_id), "huggingface_hub": official_argv(repo_id)}
-                res = alternate(key, size, clients, env, args.work, args.runs, args.settle)
+                res = alternate(key, size, clients, env, args.work, args.runs, args.settle, args.warmup)
                 table += rows(title, size, res, "huggingface_hub", speed_target=6)
             elif key == "h":
                 title = f"(h) {label(shard)}, Hub process, vs hf_transfer on the CDN URL"
                 print(title, flush=True)
                 url = hub.cdn_url(repo_id, "model.safetensors")
                 clients = {"vcache": vcache_argv(repo_id), "hf_transfer": hf_transfer_argv(url)}
-                res = alternate(key, shard, clients, env, args.work, args.runs, args.settle)
+                res = alternate(key, shard, clients, env, args.work, args.runs, args.settle, args.warmup)
                 table += rows(title, shard, res, "hf_transfer", speed_target=0.5)
             else:
                 title = f"(g) {label(shard)} @50MB/s/conn, SIGKILL at 50 %, pull again"

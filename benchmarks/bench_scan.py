@@ -131,6 +131,8 @@ def bench_pytorch_zip(tmp: str, size_mib: int, repeat: int) -> None:
                 f"{sha_best:>7.2f} GB/s {best / sha_best:>8.2f}x"
             )
             path.unlink()
+
+
 def write_gguf(path: Path, kind: str, size: int, *, seed: int = 0) -> None:
     """A GGUF of ``size`` bytes of tensor data in 64 MiB [N, 4096] tensors: F16 weights (one exact zero
     in about every 50,000), or Q8_0 / Q4_0 blocks of random quants with f16 scales in [1e-4, 1e-2)."""

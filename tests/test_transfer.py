@@ -706,3 +706,21 @@ def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
     assert handed > 0, line
     if fault == "slow_hasher":
         assert handed < 100, line
+
+
+def test_a_small_file_gets_buffers_of_its_size(tmp_path: Path) -> None:
+    """Old behaviour: every fetch took a 4 MiB receive buffer and an 8 MiB read-back buffer, zeroed and
+    resident, even for a 1 KB config file (12 MiB and a few ms of memset per small file)."""
+    import tracemalloc
+
+    data = b'{"model_type": "llama"}\n' * 40
+    with serve({"config.json": data}) as s, make_transfer(s) as t:
+        t.fetch(s.spec("config.json"), tmp_path / "warm")  # imports and first connection outside the trace
+        tracemalloc.start()
+        try:
+            result = t.fetch(s.spec("config.json"), tmp_path / "traced")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert read(result.data_path) == data
+    assert peak < 2 * MiB, f"{peak / MiB:.1f} MiB"

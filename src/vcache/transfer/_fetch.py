@@ -191,6 +191,7 @@ class _Fetch:
         # what a kill loses from the buffers to a few MiB.
         extra = bool(self.threads)
         size = max(_ALIGN, self.shared.buffer_size // 16) if extra else self.shared.buffer_size
+        size = min(size, max(_ALIGN, self.spec.size))  # a small file needs no 4 MiB buffer
         t = threading.Thread(
             target=self._work, args=(size, extra), name=f"vcache-fetch-{len(self.threads)}", daemon=True
         )

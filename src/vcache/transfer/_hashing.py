@@ -93,7 +93,8 @@ class _Frontier:
         waiting for bytes.
         """
         state = self.state
-        buffer = bytearray(HASH_STEP)
+        # No bigger than the file (a small file's read-back buffer was 8 MiB of zeroed, resident memory).
+        buffer = bytearray(max(1, min(HASH_STEP, state.size)))
         feed = None if self.observer is None else self.observer.feed
         while True:
             with state.cv:
