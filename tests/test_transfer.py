@@ -672,15 +672,22 @@ def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
         real_init(self, *args, **kwargs)
         frontiers.append(self)
 
+    served: list[Any] = []
+
     class Recorder:
         def reset(self) -> None:
             fed.clear()
 
         def feed(self, offset: int, view: memoryview) -> None:
             assert offset == len(fed), (offset, len(fed))
+            if fault == "slow_hasher" and not fed:
+                # The hasher stalls at its first bytes until the server has sent the whole file: the workers
+                # find both spares taken and keep their buffers, and those bytes are read back.
+                hub, deadline = served[0], time.monotonic() + 30
+                while sum(r.body_bytes for r in hub.body_requests(path="w.bin")) < len(data):
+                    assert time.monotonic() < deadline, "the server never finished sending"
+                    time.sleep(0.01)
             fed.extend(view)
-            if fault == "slow_hasher":
-                time.sleep(0.002)  # the hasher falls behind: the spares run out, the rest is read back
 
     caplog.set_level(logging.DEBUG, logger="vcache.transfer")
     with (
@@ -689,6 +696,7 @@ def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
         make_transfer(s, connections_per_file=connections, buffer_size=1 * MiB, part_size=4 * MiB) as t,
     ):
         t._cpus = 64  # never "crowded": workers do not hash inline
+        served.append(s.hub)
         if fault == "drop":
             s.hub.fault(s.repo_id, "w.bin", Fault.drop_after(5 * MiB + 12345))
         elif fault == "restart":
