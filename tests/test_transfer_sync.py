@@ -25,6 +25,8 @@ def test_the_syncer_syncs_as_soon_as_enough_bytes_are_complete(
     """Old behaviour: one fdatasync a second, so a file that downloads in 0.5 s was synced only by the
     fsync before publishing (0.18-0.20 s for 512 MiB after its last byte). Now the syncer follows the bytes."""
     monkeypatch.setattr(_checkpoint, "_SYNC_BYTES", 1 << 20)
+    # The once-a-second sync pushed far away: any sync seen here is the byte trigger's.
+    monkeypatch.setattr(_checkpoint, "_SYNC_INTERVAL", 3600.0)
     synced: list[int] = []
     real = os.fdatasync
 
@@ -44,10 +46,10 @@ def test_the_syncer_syncs_as_soon_as_enough_bytes_are_complete(
         os.pwrite(partial.fd, b"\1" * (2 << 20), 0)
         with state.cv:
             state.done.add(0, 2 << 20)
-        deadline = started + 0.6  # well before the once-a-second sync
+        deadline = started + 30  # generous: a loaded machine may schedule the syncer late
         while not synced and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert synced, "no fdatasync within 0.6 s of 2 MiB completing (the threshold is 1 MiB)"
+        assert synced, "no fdatasync after 2 MiB completed (the threshold is 1 MiB)"
         # The sidecar then records those bytes as durable: they survive a reboot.
         while time.monotonic() < deadline + 1:
             doc = json.loads(partial.sidecar_path.read_text())
