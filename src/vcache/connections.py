@@ -83,6 +83,14 @@ def redact_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+def server_text(text: str | None, limit: int = 200) -> str:
+    """Server-supplied text made safe for a message: printable, one line, bounded."""
+    if not text:
+        return ""
+    out = "".join(c if c.isprintable() else " " for c in text).strip()
+    return out[:limit] + ("…" if len(out) > limit else "")
+
+
 def origin_of(url: str) -> Origin:
     """The origin of an http(s) URL (default ports filled in); ValueError for anything else."""
     parts = urlsplit(url)
@@ -438,9 +446,7 @@ def too_large(url: str, problem: str) -> HubError:
 
 def _mapped(exc: BaseException, request: httpx2.Request, *, sending: bool) -> httpx2.TransportError:
     """The httpx exception for a failure after the connection was made."""
-    # Server bytes can reach the text (a garbled status line): printable, one line, bounded.
-    raw = str(exc) or type(exc).__name__
-    text = "".join(c if c.isprintable() else " " for c in raw).strip()[:200]
+    text = server_text(str(exc)) or type(exc).__name__  # server bytes can reach it (a garbled status line)
     if isinstance(exc, TimeoutError):
         return httpx2.ReadTimeout(text, request=request)
     if isinstance(exc, http.client.HTTPException):

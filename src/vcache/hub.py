@@ -27,6 +27,7 @@ from vcache.connections import Origin as Origin
 from vcache.connections import Pool, PoolTransport
 from vcache.connections import origin_of as origin_of
 from vcache.connections import redact_url as redact_url
+from vcache.connections import server_text as server_text
 from vcache.errors import (
     AuthError,
     EntryNotFound,
@@ -211,14 +212,6 @@ def same_origin(a: str, b: str) -> bool:
         return origin_of(a) == origin_of(b)
     except ValueError:
         return False
-
-
-def server_text(text: str | None, limit: int = 200) -> str:
-    """Server-supplied text made safe for a message: printable, one line, bounded."""
-    if not text:
-        return ""
-    out = "".join(c if c.isprintable() else " " for c in text).strip()
-    return out[:limit] + ("…" if len(out) > limit else "")
 
 
 def _error_from_body(body: bytes) -> str:
