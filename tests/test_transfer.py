@@ -668,8 +668,40 @@ def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
     frontiers: list[_hashing._Frontier] = []
     real_init = _hashing._Frontier.__init__
 
+    class HasherLateToRestart:
+        """The frontier's lock; the hashing thread (the one calling ``fetch``) takes it, after a restart,
+        only once the worker has received the whole new body, as a hasher thread on a loaded machine can wake
+        late. Until then every buffer the worker commits is of a generation the digest may not have started
+        yet, and must still be handed over, not read back."""
+
+        def __init__(self, frontier: _hashing._Frontier) -> None:
+            self.inner = threading.Lock()
+            self.frontier = frontier
+            self.hasher = threading.get_ident()
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            f, deadline = self.frontier, time.monotonic() + 30
+            if threading.get_ident() == self.hasher and f.key[0] != f.state.generation:
+                while True:
+                    with f.state.cv:
+                        if f.state.done.prefix() >= f.state.size:
+                            break
+                    assert time.monotonic() < deadline, "the worker never received the whole file"
+                    time.sleep(0.01)
+            return self.inner.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            self.inner.release()
+
+        def __enter__(self) -> bool:
+            return self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
     def spy_init(self: _hashing._Frontier, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
+        self.lock = HasherLateToRestart(self)  # type: ignore[assignment]
         frontiers.append(self)
 
     served: list[Any] = []
@@ -714,6 +746,37 @@ def test_workers_hand_their_buffers_to_the_hasher_instead_of_it_reading_back(
     assert handed > 0, line
     if fault == "slow_hasher":
         assert handed < 100, line
+
+
+def test_spares_follow_the_size_of_the_buffers_handed_over() -> None:
+    """Old behaviour: the spares kept the size of the first buffers handed over. An extra connection's small
+    buffers (1/16 of the size) went first, so the two spares were small, and no full-size buffer could be
+    handed over for the rest of the fetch (a restart-from-zero on 4 connections hashed 0 % from memory).
+    Now a spare of the wrong size is replaced by one of the right size, still at most two."""
+    from vcache.transfer._hashing import _SPARES, _Frontier
+    from vcache.transfer._state import _State
+
+    size = 24 * MiB
+    state = _State(size, RangeSet(), RangeSet())
+    frontier = _Frontier(state, "sha256", None, lambda: False, "w.bin")
+    small = [memoryview(bytearray(64 * 1024)) for _ in range(_SPARES)]
+    for i, buf in enumerate(small):
+        with state.cv:
+            assert frontier.hand_off(0, buf, len(buf), 8 * MiB + i * len(buf)) is not buf
+    with frontier.lock:
+        state.generation += 1  # a restart from zero: the small buffers come back as spares
+        frontier.reset()
+    assert sorted(len(b) for b in frontier.spares) == [64 * 1024] * _SPARES
+    for i in range(3):
+        big = memoryview(bytearray(1 * MiB))
+        with state.cv:
+            got = frontier.hand_off(1, big, len(big), i * MiB)
+        if i < _SPARES:
+            assert got is not big and len(got) == len(big), i
+        else:
+            assert got is big  # both spares are handed over: the worker keeps its buffer
+    assert frontier.spares_made <= _SPARES
+    assert len(frontier.spares) + len(frontier.handed) <= _SPARES
 
 
 def test_a_small_file_gets_buffers_of_its_size(tmp_path: Path) -> None:

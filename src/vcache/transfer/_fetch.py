@@ -469,6 +469,7 @@ class _Fetch:
                 self.partial.truncate()
             except OSError as exc:
                 raise _disk_error(exc, self.spec.path, self.partial.partial_dir) from exc
+            self.frontier.reset()  # before the new body's first buffer, so that buffer can be handed over
         if lost and self.on_progress is not None:
             self.on_progress(-lost)
 

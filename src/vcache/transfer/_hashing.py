@@ -81,7 +81,7 @@ class _Frontier:
         self.handoff_lock = threading.Lock()
         self.handed: deque[_Handed] = deque()
         self.spares: list[memoryview] = []
-        self.spares_made = 0
+        self.spares_made = 0  # spares alive (in ``spares`` or given to a worker for one handed over)
         self.hashed_handed = 0  # bytes hashed from handed buffers
         if observer is not None:
             observer.reset()
@@ -116,7 +116,7 @@ class _Frontier:
                 # A restart truncates the file under this lock, so these bytes are at worst stale (and
                 # then dropped when the key changes), never a short read.
                 if self.key != (state.generation, state.size):
-                    self._reset()
+                    self.reset()
                     continue
                 start = self.hashed
                 handed = self._handed_at(start)
@@ -145,8 +145,13 @@ class _Frontier:
                     ) from None
                 self.hashed = stop
 
-    def _reset(self) -> None:
-        """Under ``lock``: hash the current generation of the file from byte 0."""
+    def reset(self) -> None:
+        """Under ``lock``: hash the current generation of the file from byte 0.
+
+        A restart from zero calls this itself, right after truncating the file: were it left to the hashing
+        thread to notice, every buffer the worker committed meanwhile would be of a generation the digest had
+        not started yet, and could not be handed over (on a loaded machine, that was a whole small file).
+        """
         with self.handoff_lock:
             self.key = (self.state.generation, self.state.size)
             while self.handed:
@@ -177,6 +182,11 @@ class _Frontier:
             elif self.spares_made < _SPARES:
                 spare = memoryview(bytearray(len(buf)))
                 self.spares_made += 1
+            elif self.spares:
+                # Only spares of another size (an extra connection's smaller buffers went first): replace
+                # one, so the spares follow the buffers being handed over and there are never more than two.
+                self.spares.pop()
+                spare = memoryview(bytearray(len(buf)))
             else:
                 return buf
             self.handed.append(_Handed(generation, pos, buf, n))
