@@ -791,3 +791,46 @@ def test_readers_never_see_a_temporary_name_in_snapshots_or_refs(
     assert sorted(appeared) == final  # each final name appeared once, and no other name did
     made_there = [e for e in out["events"] if e[0] == "created" and e[1].startswith(tuple(watched))]
     assert made_there == []  # every entry arrived by one rename from outside those folders
+
+
+def test_numpy_is_loaded_by_the_first_check_that_needs_it_not_up_front(cache_dir: Path) -> None:
+    """Old behaviour: every pull imported numpy (0.1 s of CPU) on a thread of its own as it started, holding the
+    GIL while the pull made its first Hub requests, even for a repo of text files that no check reads with
+    numpy. Now a pull of config files never loads it, and a pull with a safetensors shard loads it for the
+    content scan, which still runs (an all-zero row is found)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    weights = np.ones((4, 8), dtype=np.float32)
+    weights[2] = 0.0
+    repo = Repo("acme/text")
+    repo.commit(
+        {
+            "config.json": b'{"model_type": "llama"}',
+            "tokenizer_config.json": b"{}",
+            "README.md": b"# text\n",
+        },
+        branch="main",
+    )
+    shard = Repo("acme/shard")
+    shard.commit({"config.json": b"{}", "model.safetensors": save({"o_proj.weight": weights})}, branch="main")
+    child = (
+        "import json, sys, vcache\n"
+        "report = vcache.pull(sys.argv[1], cache_dir=sys.argv[2], endpoint=sys.argv[3])\n"
+        "codes = sorted({f.code for r in report.files for f in r.findings})\n"
+        "print(json.dumps({'numpy': 'numpy' in sys.modules, 'codes': codes}))\n"
+    )
+    with HubServer([repo, shard]) as hub:
+        seen = {}
+        for repo_id in ("acme/text", "acme/shard"):
+            done = subprocess.run(
+                [sys.executable, "-c", child, repo_id, str(cache_dir), hub.endpoint],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            seen[repo_id] = json.loads(done.stdout.splitlines()[-1])
+    assert seen["acme/text"]["numpy"] is False, seen
+    assert seen["acme/shard"]["numpy"] is True
+    assert any("zero_rows" in code for code in seen["acme/shard"]["codes"]), seen

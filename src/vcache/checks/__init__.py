@@ -173,15 +173,19 @@ def check_file(
 
 def _recognise(head: bytes, name: str) -> str | None:
     """The checker for bytes whose name implies no format: by their first bytes."""
-    from vcache.checks.gguf import looks_like_gguf
-    from vcache.checks.onnx import looks_like_onnx
+    from vcache.checks.sniff import looks_like_gguf
 
     if looks_like_gguf(head):
         return "gguf"
     if _maybe_pytorch(head):
         return "pytorch"
-    if looks_like_onnx(head, name):
-        return "onnx"
+    # An ONNX ModelProto starts with field 1 (tag 0x08), or is named .onnx: only then load its checker
+    # (which loads numpy).
+    if head[:1] == b"\x08" or name.lower().endswith(".onnx"):
+        from vcache.checks.onnx import looks_like_onnx
+
+        if looks_like_onnx(head, name):
+            return "onnx"
     return None
 
 
@@ -343,7 +347,7 @@ class StreamingCheck:
             stream.feed(offset + used, data[used:])
 
     def _feed_gguf(self, data: memoryview) -> None:
-        from vcache.checks.gguf import GGUFStream, looks_like_gguf, parse_gguf_header_bytes
+        from vcache.checks.sniff import looks_like_gguf
 
         head = self._head
         if len(head) < 4:
@@ -354,6 +358,8 @@ class StreamingCheck:
                 return
             if not looks_like_gguf(head):
                 raise ValueError("not a format the download's read scans")  # checked after the download
+        from vcache.checks.gguf import GGUFStream, parse_gguf_header_bytes  # loads numpy: a GGUF file only
+
         head += data
         if len(head) < min(self._next_parse, self.size):
             return

@@ -83,6 +83,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vcache.checks.safetensors import SafetensorsHeader, TensorEntry
+from vcache.checks.sniff import GGUF_MAGIC, looks_like_gguf
 from vcache.checks.tensors import (
     _BITS,
     DEFAULT_CHUNK_BYTES,
@@ -109,9 +110,6 @@ __all__ = [
     "read_gguf_header",
     "scan_gguf",
 ]
-
-GGUF_MAGIC: Final = b"GGUF"
-"""The first four bytes of every GGUF file."""
 
 _SUPPORTED_VERSIONS: Final = (2, 3)
 _DEFAULT_ALIGNMENT: Final = 32  # when the file has no general.alignment
@@ -198,11 +196,6 @@ _REFUSED: Final = (
     "llama.cpp refuses this file, so it is corrupt or was written by a tool that does not follow the "
     "format. Re-download it; if the problem persists, report it to the publisher."
 )
-
-
-def looks_like_gguf(head: bytes | bytearray | memoryview) -> bool:
-    """True when ``head`` (the first bytes of a file) starts with the GGUF magic."""
-    return bytes(head[:4]) == GGUF_MAGIC
 
 
 @dataclass(frozen=True)

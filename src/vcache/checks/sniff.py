@@ -39,9 +39,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Final
 
 from vcache.report import Finding, fail, info
 
@@ -252,6 +250,8 @@ def _all_zero(f: io.BufferedReader, size: int) -> bool:
         f.seek(off)
         if any(f.read(_SAMPLE_BYTES)):
             return False
+    import numpy as np  # only here: a pull of text files never loads numpy (0.1 s)
+
     f.seek(0)
     buf = bytearray(_CONFIRM_CHUNK)
     view = memoryview(buf)
@@ -259,6 +259,18 @@ def _all_zero(f: io.BufferedReader, size: int) -> bool:
         if np.frombuffer(view[:n], np.uint8).any():
             return False
     return True
+
+
+GGUF_MAGIC: Final = b"GGUF"
+"""The first four bytes of every GGUF file."""
+
+
+def looks_like_gguf(head: bytes | bytearray | memoryview) -> bool:
+    """True when ``head`` (the first bytes of a file) starts with the GGUF magic.
+
+    Here rather than in :mod:`vcache.checks.gguf` so that recognising a file does not load numpy.
+    """
+    return bytes(head[:4]) == GGUF_MAGIC
 
 
 class InvalidJson(ValueError):
