@@ -52,9 +52,8 @@ class Link:
 def test_a_link_bound_file_on_an_idle_machine_steps_1_4_16() -> None:
     link = Link()
     targets = [link.window() for _ in range(6)]
-    # The first window decides nothing; two agreeing windows make the first step; 4 connections bringing 4
-    # times the bytes, link-bound, go to the cap at once (two votes per step when they do not: see below).
-    assert targets == [1, 1, 4, 16, 16, 16]
+    # The first window decides nothing; then two agreeing windows per step, each step paying off.
+    assert targets == [1, 1, 4, 4, 16, 16]
     assert link.ramp.frozen  # at the cap: nothing more to decide
 
 
@@ -178,20 +177,19 @@ def test_straight_to_the_cap_only_when_each_connection_kept_its_rate() -> None:
     assert [link.window(waiting=0.99, per_connection=half) for _ in range(2)] == [4, 16]
 
 
-def test_each_connection_kept_its_rate_while_link_bound_not_only_when_waiting_nearly_always() -> None:
-    """Measured on a 50 MB/s-per-connection link: 1 connection 49 MB/s, then 4 connections 208 MB/s while
-    waiting for bytes 94 % of the time (the other 6 %: the pull's own start-up on the same CPUs). Old
-    behaviour: "each connection kept its rate" also required waiting >= 97 %, so that window was only a vote
-    and the step to 16 came one window (0.1 s at a quarter of the speed) later. Four connections bringing four
-    times the bytes while link-bound (_LINK_BOUND) is the evidence; how long they waited adds nothing to it."""
+def test_four_times_the_bytes_while_waiting_less_than_nearly_always_is_only_a_vote() -> None:
+    """Measured on a 50 MB/s-per-connection link: 4 connections brought 4 times the bytes while waiting 94 %
+    of the time (the pull's start-up sharing the CPUs). Going straight to 16 there filled the server's send
+    buffers on a 2-core machine (a SIGKILL then lost 12-18 % of the file in half the runs): it takes a
+    second window, as any step does."""
     link = Link()
     assert [link.window(waiting=0.98, per_connection=49 * MB) for _ in range(2)] == [1, 4]
+    assert link.window(waiting=0.94, per_connection=52 * MB) == 4 and link.ramp.votes == 1
     assert link.window(waiting=0.94, per_connection=52 * MB) == 16
-    assert link.ramp.frozen
 
 
 def test_connections_that_did_not_keep_their_rate_or_were_not_link_bound_are_not_flat() -> None:
-    """The relaxed rule still needs both: four connections at 3.2x the bytes or more, and link-bound."""
+    """Straight to the cap needs four connections at 3.2x the bytes or more, waiting for the link."""
     below = Link()
     assert [below.window(waiting=0.98) for _ in range(2)] == [1, 4]
     assert below.window(waiting=0.94, per_connection=5 * MB * 0.7) == 4  # 2.8x: a vote, not the cap

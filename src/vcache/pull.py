@@ -594,7 +594,8 @@ class _Puller:
         # numpy (0.1 s of CPU, under the GIL) is imported by the first check that needs it, not up front on a
         # thread of its own: that thread held the GIL while this one went through its Hub requests, and the
         # first body request went out 30-40 ms later (A/B medians of 12 alternating runs: one 512 MiB shard
-        # unthrottled 0.99 vs 1.03 s, 4 x 128 MiB 0.94 vs 0.99 s).
+        # unthrottled 0.99 vs 1.03 s, 4 x 128 MiB 0.94 vs 0.99 s; but one 512 MiB shard at 50 MB/s per
+        # connection 1.62 vs 1.56 s, where the import now lands in the ramp-up's first windows).
         start_jitter(start_jitter_seconds())  # N nodes started together do not all ask the Hub at once
         # The metadata client shares the transfer's retry policy and clock (tests inject a fake clock).
         ts = self.transfer_settings
