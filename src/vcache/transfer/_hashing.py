@@ -39,12 +39,12 @@ _SPARES = 2
 
 
 class _Handed:
-    """A worker's buffer given to the hasher: ``buf[:n]`` are the committed bytes at ``pos``."""
+    """A worker's buffer given to the hasher: ``buf[:n]`` are the committed bytes at ``pos`` (always of the
+    generation the digest is for: :meth:`_Frontier.reset` empties the list whenever that changes)."""
 
-    __slots__ = ("buf", "generation", "n", "pos")
+    __slots__ = ("buf", "n", "pos")
 
-    def __init__(self, generation: int, pos: int, buf: memoryview, n: int) -> None:
-        self.generation = generation
+    def __init__(self, pos: int, buf: memoryview, n: int) -> None:
         self.pos = pos
         self.buf = buf
         self.n = n
@@ -189,19 +189,19 @@ class _Frontier:
                 spare = memoryview(bytearray(len(buf)))
             else:
                 return buf
-            self.handed.append(_Handed(generation, pos, buf, n))
+            self.handed.append(_Handed(pos, buf, n))
             return spare
 
     def _handed_at(self, start: int) -> _Handed | None:
-        """Under ``lock``: the handed buffer holding byte ``start``, after dropping stale ones."""
+        """Under ``lock``: the handed buffer holding byte ``start``, after dropping those already hashed."""
         with self.handoff_lock:
             while self.handed:
                 head = self.handed[0]
-                if head.generation == self.key[0] and head.pos <= start < head.end:
-                    return head
-                if head.generation == self.key[0] and head.pos > start:
+                if head.pos > start:
                     return None  # bytes before it are read back first
-                self.spares.append(self.handed.popleft().buf)  # hashed meanwhile, or of an old generation
+                if start < head.end:
+                    return head
+                self.spares.append(self.handed.popleft().buf)  # hashed meanwhile (inline or read back)
         return None
 
     def _release(self, handed: _Handed) -> None:
